@@ -1,0 +1,33 @@
+# The two commands: `make test` (set up and run the tests) and `make demo` (set up and run the platform).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install test lint protos bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+
+protos: install
+	$(PY) -m ai_platform.protos.generate
+
+bench: install
+	$(PY) bench/bench_storage.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

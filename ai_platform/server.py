@@ -1,0 +1,179 @@
+"""gRPC server bootstrap shared by every service.
+
+One ``grpc.aio`` server with: the standard health and reflection services, a configured
+message size limit, Prometheus metrics (per-RPC counts and latency) over HTTP, translation
+of :class:`PlatformError` into gRPC status at the edge, and a graceful shutdown on
+SIGTERM/SIGINT that stops accepting calls and drains the ones in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+from ai_platform.config import Settings, split_addr
+from ai_platform.errors import PlatformError
+
+log = logging.getLogger("ai_platform.server")
+
+RPC_TOTAL = Counter("aip_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
+RPC_SECONDS = Histogram(
+    "aip_grpc_request_seconds",
+    "gRPC call latency (streams: until the stream ends)",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+async def _abort_for(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, PlatformError):
+        await context.abort(exc.grpc_code, exc.message)
+    log.error("unhandled error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (details in the service log)")
+
+
+def _status_label(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, PlatformError):
+        return exc.grpc_code.name
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "OK" if exc is None else "UNKNOWN"
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC, and turns PlatformError (or a crash) into a gRPC status."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        for kind, factory in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        ):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return factory(
+                    self._wrap(method, behavior),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        service = self.service
+
+        def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
+            RPC_TOTAL.labels(service, method, _status_label(context, exc)).inc()
+            RPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, error = time.perf_counter(), None
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+                    error = exc
+                    raise
+                except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
+                    error = exc
+                    await _abort_for(context, method, exc)
+                finally:
+                    record(context, started, error)
+
+            return stream_wrapper
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, error = time.perf_counter(), None
+            try:
+                return await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+                error = exc
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
+                error = exc
+                await _abort_for(context, method, exc)
+            finally:
+                record(context, started, error)
+
+        return wrapper
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.max_message_bytes
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
+async def serve(
+    service: str,
+    settings: Settings,
+    register: Callable[[grpc.aio.Server], Sequence[str]],
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a gRPC service until SIGTERM/SIGINT, then drain in-flight calls for ``settings.grace_s``.
+
+    ``register`` adds the servicers to the server and returns their full service names
+    (for health and reflection).
+    """
+    addr = settings.addr_of(service)
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=grpc_options(settings))
+    service_names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    try:
+        bound = server.add_insecure_port(addr)
+    except RuntimeError as exc:
+        raise SystemExit(f"{service}: cannot bind {addr}: {exc} (is the port in use?)") from exc
+    if bound == 0:
+        raise SystemExit(f"{service}: cannot bind {addr} (is the port in use?)")
+    metrics_addr = settings.metrics_addr_of(service)
+    metrics_host, metrics_port = split_addr(metrics_addr)
+    try:
+        metrics_server, _ = start_http_server(metrics_port, metrics_host)
+    except OSError as exc:
+        raise SystemExit(f"{service}: cannot bind metrics address {metrics_addr}: {exc}") from exc
+
+    await server.start()
+    for name in ("", *service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s listening", service, extra={"addr": addr, "metrics": f"http://{metrics_addr}/metrics"})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("%s shutting down, draining for up to %.1fs", service, settings.grace_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_s)
+    if on_shutdown is not None:
+        await on_shutdown()
+    metrics_server.shutdown()
+    log.info("%s stopped", service)

@@ -1,0 +1,33 @@
+"""``python -m storage_svc``: run the storage service alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from ai_platform.config import build_parser, settings_from_args
+from ai_platform.logs import setup_logging
+from ai_platform.protos.aiplatform.v1 import storage_pb2, storage_pb2_grpc
+from ai_platform.server import serve
+from storage_svc.catalog import LakeCatalog
+from storage_svc.server import StorageServicer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser("storage", "Storage service: datasets and models in a versioned Lance lake.")
+    settings = settings_from_args("storage", parser.parse_args(argv))
+    setup_logging(settings.log_level)
+    catalog = LakeCatalog(settings.home_uri(), settings.storage_options)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        storage_pb2_grpc.add_StorageServiceServicer_to_server(
+            StorageServicer(catalog, settings.max_message_bytes), server
+        )
+        return [storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name]
+
+    asyncio.run(serve("storage", settings, register))
+
+
+if __name__ == "__main__":
+    main()

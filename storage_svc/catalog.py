@@ -1,0 +1,315 @@
+"""The lake catalog: datasets and models as versioned Lance tables under one home.
+
+Plain Python over Lance and Arrow; knows nothing of gRPC. Every write is one Lance
+commit, so an interrupted write leaves the last committed version intact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import lance
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from ai_platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.names import validate_name
+
+log = logging.getLogger("storage_svc.catalog")
+
+MAX_PREVIEW_ROWS = 1000
+TARGET_BATCH_BYTES = 4 * 1024 * 1024
+_RUST_LOCATION = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
+
+
+class TableKind(StrEnum):
+    DATASET = "dataset"
+    MODEL = "model"
+
+    @property
+    def folder(self) -> str:
+        return self.value + "s"
+
+
+class WriteMode(StrEnum):
+    CREATE = "create"
+    APPEND = "append"
+    OVERWRITE = "overwrite"
+
+
+@dataclass
+class TableInfo:
+    name: str
+    kind: TableKind
+    uri: str
+    schema: list[tuple[str, str]]
+    num_rows: int
+    size_bytes: int
+    version: int
+    latest_version: int
+    num_versions: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class VersionInfo:
+    version: int
+    timestamp: dt.datetime
+    metadata: dict[str, str]
+
+
+def lance_message(exc: BaseException) -> str:
+    """Lance's error text without Rust source locations."""
+    return _RUST_LOCATION.sub("", str(exc)).strip()
+
+
+def _utc(ts: dt.datetime) -> dt.datetime:
+    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts
+
+
+def _describe_schema(schema: pa.Schema) -> list[tuple[str, str]]:
+    return [(f.name, str(f.type)) for f in schema]
+
+
+def _schema_metadata(schema: pa.Schema) -> dict[str, str]:
+    return {k.decode(): v.decode(errors="replace") for k, v in (schema.metadata or {}).items()}
+
+
+def _json_value(value: object) -> object:
+    """Preview-friendly values: large binaries are summarised, times become ISO strings."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def rows_for_batch_bytes(schema: pa.Schema, target_bytes: int = TARGET_BATCH_BYTES) -> int:
+    """Rows per streamed batch so that one batch is about ``target_bytes`` (estimated from fixed widths)."""
+    row_bytes = 0
+    for f in schema:
+        t = f.type
+        width = 1
+        while pa.types.is_fixed_size_list(t):
+            width *= t.list_size
+            t = t.value_type
+        row_bytes += width * (t.bit_width // 8 if pa.types.is_primitive(t) and t.bit_width >= 8 else 64)
+    return max(256, min(131072, target_bytes // max(row_bytes, 1)))
+
+
+class LakeCatalog:
+    """Datasets and models under ``<home>/datasets`` and ``<home>/models`` (local dir or ``s3://``)."""
+
+    def __init__(self, home_uri: str, storage_options: dict[str, str] | None = None) -> None:
+        self.home = home_uri.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self.fs, self._root = pafs.FileSystem.from_uri(self.home)
+        for kind in TableKind:
+            self.fs.create_dir(self._dir(kind), recursive=True)
+
+    # -- layout ---------------------------------------------------------------
+    def _dir(self, kind: TableKind) -> str:
+        return f"{self._root}/{kind.folder}"
+
+    def _path(self, kind: TableKind, name: str) -> str:
+        return f"{self._dir(kind)}/{validate_name(name, f'{kind.value} name')}.lance"
+
+    def uri(self, kind: TableKind, name: str) -> str:
+        return f"{self.home}/{kind.folder}/{validate_name(name, f'{kind.value} name')}.lance"
+
+    def exists(self, kind: TableKind, name: str) -> bool:
+        return self.fs.get_file_info(f"{self._path(kind, name)}/_versions").type == pafs.FileType.Directory
+
+    def _not_found(self, kind: TableKind, name: str) -> NotFound:
+        return NotFound(f"{kind.value} '{name}' does not exist")
+
+    def open(self, kind: TableKind, name: str, version: int | None = None) -> lance.LanceDataset:
+        if not self.exists(kind, name):
+            raise self._not_found(kind, name)
+        uri = self.uri(kind, name)
+        try:
+            return lance.dataset(uri, version=version or None, storage_options=self.storage_options or None)
+        except ValueError as exc:
+            if version and "not found" in str(exc).lower():
+                raise NotFound(f"{kind.value} '{name}' has no version {version}") from exc
+            raise
+
+    # -- catalog --------------------------------------------------------------
+    def list_tables(self, kind: TableKind) -> list[TableInfo]:
+        selector = pafs.FileSelector(self._dir(kind), allow_not_found=True)
+        tables = []
+        for entry in sorted(self.fs.get_file_info(selector), key=lambda e: e.base_name):
+            name = entry.base_name.removesuffix(".lance")
+            if entry.type != pafs.FileType.Directory or not entry.base_name.endswith(".lance"):
+                continue
+            try:
+                tables.append(self.describe(kind, name))
+            except (NotFound, InvalidArgument, OSError, ValueError) as exc:
+                log.warning("skipping unreadable table %s/%s: %s", kind.folder, entry.base_name, exc)
+        return tables
+
+    def describe(self, kind: TableKind, name: str, version: int | None = None) -> TableInfo:
+        ds = self.open(kind, name, version)
+        versions = ds.versions()
+        return TableInfo(
+            name=name,
+            kind=kind,
+            uri=self.uri(kind, name),
+            schema=_describe_schema(ds.schema),
+            num_rows=ds.count_rows(),
+            size_bytes=self._size_bytes(kind, name),
+            version=ds.version,
+            latest_version=ds.latest_version,
+            num_versions=len(versions),
+            created_at=_utc(versions[0]["timestamp"]),
+            updated_at=_utc(versions[-1]["timestamp"]),
+            metadata=_schema_metadata(ds.schema),
+        )
+
+    def _size_bytes(self, kind: TableKind, name: str) -> int:
+        selector = pafs.FileSelector(self._path(kind, name), recursive=True, allow_not_found=True)
+        return sum(e.size or 0 for e in self.fs.get_file_info(selector) if e.type == pafs.FileType.File)
+
+    def versions(self, kind: TableKind, name: str) -> list[VersionInfo]:
+        ds = self.open(kind, name)
+        return [
+            VersionInfo(v["version"], _utc(v["timestamp"]), {k: str(x) for k, x in (v.get("metadata") or {}).items()})
+            for v in ds.versions()
+        ]
+
+    def delete(self, kind: TableKind, name: str) -> None:
+        if not self.exists(kind, name):
+            raise self._not_found(kind, name)
+        self.fs.delete_dir(self._path(kind, name))
+
+    def resolve(
+        self, kind: TableKind, name: str, version: int | None = None, must_exist: bool = False
+    ) -> tuple[str, bool, int]:
+        """(uri, exists, version): what a script or inference_svc opens directly."""
+        uri = self.uri(kind, name)
+        if not self.exists(kind, name):
+            if must_exist or version:
+                raise self._not_found(kind, name)
+            return uri, False, 0
+        return uri, True, self.open(kind, name, version).version
+
+    # -- data -----------------------------------------------------------------
+    def preview(
+        self,
+        kind: TableKind,
+        name: str,
+        version: int | None = None,
+        offset: int = 0,
+        limit: int = 10,
+        columns: list[str] | None = None,
+    ) -> tuple[list[dict], int]:
+        if offset < 0 or limit < 0:
+            raise InvalidArgument("offset and limit must be >= 0")
+        limit = min(limit or 10, MAX_PREVIEW_ROWS)
+        ds = self.open(kind, name, version)
+        self._check_columns(ds, columns)
+        table = ds.to_table(columns=columns or None, offset=offset, limit=limit)
+        return [_json_value(row) for row in table.to_pylist()], ds.count_rows()
+
+    def _check_columns(self, ds: lance.LanceDataset, columns: list[str] | None) -> None:
+        unknown = [c for c in columns or [] if c not in ds.schema.names]
+        if unknown:
+            raise InvalidArgument(f"unknown column(s) {unknown}; the table has {ds.schema.names}")
+
+    def scan(
+        self,
+        kind: TableKind,
+        name: str,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        filter: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        batch_rows: int | None = None,
+    ) -> pa.RecordBatchReader:
+        """A lazy reader over the table: batches are produced as they are consumed."""
+        if (limit or 0) < 0 or (offset or 0) < 0 or (batch_rows or 0) < 0:
+            raise InvalidArgument("limit, offset and batch_rows must be >= 0")
+        ds = self.open(kind, name, version)
+        self._check_columns(ds, columns)
+        projected = ds.schema if not columns else pa.schema([ds.schema.field(c) for c in columns])
+        try:
+            scanner = ds.scanner(
+                columns=columns or None,
+                filter=filter or None,
+                limit=limit or None,
+                offset=offset or None,
+                batch_size=batch_rows or rows_for_batch_bytes(projected),
+            )
+            return scanner.to_reader()
+        except (ValueError, OSError) as exc:
+            raise InvalidArgument(f"cannot scan {kind.value} '{name}': {lance_message(exc)}") from exc
+
+    def write(
+        self,
+        kind: TableKind,
+        name: str,
+        mode: WriteMode,
+        schema: pa.Schema,
+        batches: Iterable[pa.RecordBatch],
+        metadata: dict[str, str] | None = None,
+    ) -> TableInfo:
+        """Write ``batches`` as one Lance commit. If ``batches`` raises, nothing is committed."""
+        uri = self.uri(kind, name)
+        exists = self.exists(kind, name)
+        if mode is WriteMode.CREATE and exists:
+            raise AlreadyExists(f"{kind.value} '{name}' already exists (use mode append or overwrite)")
+        if mode is WriteMode.APPEND and exists:
+            current = self.open(kind, name).schema
+            if not current.remove_metadata().equals(schema.remove_metadata()):
+                raise FailedPrecondition(
+                    f"cannot append to {kind.value} '{name}': schema differs "
+                    f"(table: {_describe_schema(current)}; data: {_describe_schema(schema)})"
+                )
+            schema = schema.with_metadata(current.metadata)
+        if metadata:
+            schema = schema.with_metadata(
+                {**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+            )
+
+        failure: list[BaseException] = []
+
+        def conformed() -> Iterator[pa.RecordBatch]:
+            try:
+                for batch in batches:
+                    if not batch.schema.remove_metadata().equals(schema.remove_metadata()):
+                        raise InvalidArgument(
+                            f"batch schema {_describe_schema(batch.schema)} differs from the first batch's"
+                        )
+                    yield batch.replace_schema_metadata(schema.metadata)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        reader = pa.RecordBatchReader.from_batches(schema, conformed())
+        lance_mode = "overwrite" if mode is WriteMode.OVERWRITE else ("append" if exists else "create")
+        try:
+            lance.write_dataset(
+                reader, uri, schema=schema, mode=lance_mode, storage_options=self.storage_options or None
+            )
+        except Exception as exc:
+            if failure:  # the data source failed (corrupt chunk, client gone): report that, not Lance's wrapper
+                raise failure[0] from None
+            if "already exists" in lance_message(exc):
+                raise AlreadyExists(f"{kind.value} '{name}' already exists") from exc
+            raise
+        return self.describe(kind, name)
