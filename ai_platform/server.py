@@ -124,7 +124,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     limit = settings.max_message_bytes
-    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    # so_reuseport off: a second server on a taken port must fail, not silently share it.
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 async def serve(

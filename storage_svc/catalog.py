@@ -24,7 +24,7 @@ from ai_platform.names import validate_name
 log = logging.getLogger("storage_svc.catalog")
 
 MAX_PREVIEW_ROWS = 1000
-TARGET_BATCH_BYTES = 4 * 1024 * 1024
+TARGET_BATCH_BYTES = 1024 * 1024  # small messages keep read, encode and send overlapping
 _RUST_LOCATION = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
 
 
@@ -72,7 +72,7 @@ def lance_message(exc: BaseException) -> str:
 
 
 def _utc(ts: dt.datetime) -> dt.datetime:
-    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts
+    return ts.astimezone(dt.UTC)  # Lance gives naive local times; astimezone reads them as local
 
 
 def _describe_schema(schema: pa.Schema) -> list[tuple[str, str]]:

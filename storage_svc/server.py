@@ -206,22 +206,29 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
         writer = asyncio.ensure_future(asyncio.to_thread(write))
         try:
-            number = 1
+            committed, failed, number = False, False, 1
             async for message in request_iterator:
                 number += 1
                 if writer.done():
                     break
-                if message.WhichOneof("payload") != "chunk":
-                    raise InvalidArgument(f"message {number} must be an ArrowChunk (only the first is a header)")
+                payload = message.WhichOneof("payload")
+                if payload == "commit":
+                    committed = True
+                    break
+                if payload != "chunk":
+                    raise InvalidArgument(f"message {number} must be an ArrowChunk or WriteCommit, not a {payload}")
                 try:
                     batch_schema, batches = arrow_ipc.decode(message.chunk.arrow_ipc, f"chunk {number}")
                     if not batch_schema.remove_metadata().equals(schema.remove_metadata()):
                         raise InvalidArgument(f"chunk {number} has a different schema from chunk 1")
                 except InvalidArgument as exc:
-                    await asyncio.to_thread(put, exc)
+                    failed = True
+                    await asyncio.to_thread(put, exc)  # the writer raises it and commits nothing
                     break
                 await asyncio.to_thread(put, batches)
-            else:
+            if not failed and not writer.done():
+                if not committed:
+                    raise Cancelled("WriteTable stream ended without a WriteCommit; nothing was committed")
                 await asyncio.to_thread(put, _END)
         except BaseException:
             aborted.set()

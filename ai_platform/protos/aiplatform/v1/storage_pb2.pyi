@@ -207,13 +207,19 @@ class WriteHeader(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[WriteMode, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class WriteCommit(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class WriteTableRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "commit")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     header: WriteHeader
     chunk: ArrowChunk
-    def __init__(self, header: _Optional[_Union[WriteHeader, _Mapping]] = ..., chunk: _Optional[_Union[ArrowChunk, _Mapping]] = ...) -> None: ...
+    commit: WriteCommit
+    def __init__(self, header: _Optional[_Union[WriteHeader, _Mapping]] = ..., chunk: _Optional[_Union[ArrowChunk, _Mapping]] = ..., commit: _Optional[_Union[WriteCommit, _Mapping]] = ...) -> None: ...
 
 class ResolveUriRequest(_message.Message):
     __slots__ = ("kind", "name", "version", "must_exist")

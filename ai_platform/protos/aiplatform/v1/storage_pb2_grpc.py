@@ -122,7 +122,10 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteTable(self, request_iterator, context):
-        """First message: a WriteHeader; then ArrowChunk messages. One Lance commit at the end.
+        """First message: a WriteHeader; then ArrowChunk messages; last, a WriteCommit.
+        One Lance commit happens on the WriteCommit. A stream that ends without one (a client
+        that crashed or cancelled) commits nothing: at the server, a cancelled stream and a
+        finished one can look alike, so the end of data is said explicitly.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

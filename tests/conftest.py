@@ -1,0 +1,99 @@
+"""Shared fixtures: real service processes on free loopback ports, with a temporary lake home."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as ``python -m MODULE`` in its own process."""
+
+    module: str
+    home: Path
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    addr: str = ""
+    metrics_addr: str = ""
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def start(self, timeout: float = 30) -> ServiceProcess:
+        self.addr = self.addr or f"127.0.0.1:{free_port()}"
+        self.metrics_addr = self.metrics_addr or f"127.0.0.1:{free_port()}"
+        self.log_path = self.home.parent / f"{self.module}-{self.addr.rsplit(':', 1)[1]}.log"
+        env = {**os.environ, "AIP_HOME": str(self.home), "PYTHONPATH": str(ROOT), **self.env}
+        args = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--addr",
+            self.addr,
+            "--metrics-addr",
+            self.metrics_addr,
+            *self.extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        with grpc.insecure_channel(self.addr) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.time() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        raise TimeoutError(f"{self.module} not healthy after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def lake_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lake") / ".ai_platform"
+
+
+@pytest.fixture(scope="module")
+def storage_service(lake_home: Path) -> Iterator[ServiceProcess]:
+    """One storage_svc for a test module, with a small (4 MiB) message limit so size checks are cheap."""
+    service = ServiceProcess("storage_svc", lake_home, ["--max-message-mb", "4"]).start()
+    yield service
+    service.stop()
