@@ -1,0 +1,97 @@
+"""Where tasks run. A backend runs one task to its end and says how it ended; the scheduler does the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from scheduler_svc.logs import TaskLog
+from scheduler_svc.tasks import Outcome, Task, TaskStatus
+
+log = logging.getLogger("scheduler_svc.backends")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunContext:
+    """What a backend gets from the scheduler for one run."""
+
+    task: Task
+    log: TaskLog
+    on_running: Callable[[int | None, str], None]  # (pid, job_id) once the work really starts
+    on_progress: Callable[[dict[str, Any]], None]
+    on_submitted: Callable[[str], None]  # (job_id) once a cluster accepted the work
+    stop: asyncio.Event = field(default_factory=asyncio.Event)  # set on cancel or timeout
+    result: Any = None
+    error: dict[str, str] | None = None
+    has_result: bool = False
+
+    def handle_report(self, line: bytes | str) -> None:
+        """One JSON line from the task's side channel."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("task %s sent a malformed report line", self.task.id)
+            return
+        if "progress" in message:
+            self.on_progress(message["progress"])
+        elif "result" in message:
+            self.result, self.has_result = message["result"], True
+        elif "error" in message:
+            self.error = message["error"]
+
+    def outcome(self, exit_description: str | None) -> Outcome:
+        """Completed with a result, else failed with the script's error, else with how the process ended."""
+        if self.has_result and exit_description is None:
+            return Outcome(TaskStatus.COMPLETED, result=self.result)
+        if self.error:
+            return Outcome(
+                TaskStatus.FAILED,
+                error_type=self.error.get("type", "Error"),
+                error_message=self.error.get("message", ""),
+            )
+        return Outcome(
+            TaskStatus.FAILED,
+            error_type="ProcessExit",
+            error_message=exit_description or "the task ended without reporting a result",
+        )
+
+
+class Backend(Protocol):
+    name: str
+
+    async def run(self, ctx: RunContext, attach: bool) -> Outcome:
+        """Run (or, with ``attach``, keep tracking) ``ctx.task`` until it ends or ``ctx.stop`` is set."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def worker_env(task: Task, extra: dict[str, str]) -> dict[str, str]:
+    """Environment of the worker entry point: the spec, and the platform importable."""
+    spec = {
+        "id": task.id,
+        "script": task.script,
+        "input": task.resolved_input,
+        "output": task.resolved_output,
+        "params": task.params,
+    }
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "AIP_TASK_ID": task.id,
+        "AIP_TASK_SPEC": json.dumps(spec),
+        "PYTHONPATH": pythonpath,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+WORKER_COMMAND = [sys.executable, "-m", "ai_platform.worker"]

@@ -1,0 +1,155 @@
+"""Level 1: each task is a child process in its own process group, so cancel stops its children too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
+from scheduler_svc.tasks import Outcome, TaskStatus
+
+log = logging.getLogger("scheduler_svc.local")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs whose process group is ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def group_rss_mb(pgid: int) -> float:
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * PAGE_SIZE / 2**20
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def task_processes(pgid: int, task_id: str) -> list[int]:
+    """Members of ``pgid`` that belong to ``task_id`` (checked by environment), for cleanup after a restart."""
+    marker = f"AIP_TASK_ID={task_id}".encode()
+    owned = []
+    for pid in group_members(pgid):
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                owned.append(pid)
+        except OSError:
+            continue
+    return owned
+
+
+def describe_exit(returncode: int) -> str | None:
+    if returncode == 0:
+        return None
+    if returncode < 0:
+        sig = signal.Signals(-returncode).name
+        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if -returncode == signal.SIGKILL else ""
+        return f"the process was killed by {sig}{hint}"
+    return f"the process exited with code {returncode} before run returned"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, cwd: Path, grace_s: float) -> None:
+        self.cwd = cwd
+        self.grace_s = grace_s
+
+    async def close(self) -> None:
+        return None
+
+    async def run(self, ctx: RunContext, attach: bool) -> Outcome:
+        task = ctx.task
+        report_read, report_write = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *WORKER_COMMAND,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(report_write,),
+                start_new_session=True,
+                cwd=self.cwd,
+                env={**os.environ, **worker_env(task, {"AIP_REPORT_FD": str(report_write)})},
+                limit=1 << 20,
+            )
+        finally:
+            os.close(report_write)
+        ctx.on_running(proc.pid, "")
+        loop = asyncio.get_running_loop()
+        reports = asyncio.StreamReader(limit=256 << 20)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reports), os.fdopen(report_read, "rb", buffering=0)
+        )
+        pumps = [
+            asyncio.ensure_future(self._pump_log(proc, ctx)),
+            asyncio.ensure_future(self._pump_reports(reports, ctx)),
+        ]
+        over_memory: list[float] = []
+        watchers = [asyncio.ensure_future(self._stop_when_asked(proc, ctx))]
+        if task.resources.memory_mb:
+            watchers.append(asyncio.ensure_future(self._watch_memory(proc, task.resources.memory_mb, over_memory)))
+        try:
+            returncode = await proc.wait()
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            kill_group(proc.pid, signal.SIGKILL)  # nothing of the task outlives it
+            await asyncio.gather(*pumps, return_exceptions=True)
+            transport.close()
+            ctx.log.close()
+        if over_memory:
+            return Outcome(
+                TaskStatus.FAILED,
+                error_type="OutOfMemory",
+                error_message=f"the task used {over_memory[0]:.0f} MB, over its memory_mb="
+                f"{task.resources.memory_mb}, and was killed",
+            )
+        return ctx.outcome(describe_exit(returncode))
+
+    async def _pump_log(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
+        assert proc.stdout is not None
+        while data := await proc.stdout.read(1 << 16):
+            ctx.log.write(data)
+
+    async def _pump_reports(self, reports: asyncio.StreamReader, ctx: RunContext) -> None:
+        while line := await reports.readline():
+            ctx.handle_report(line)
+
+    async def _stop_when_asked(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
+        await ctx.stop.wait()
+        kill_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self.grace_s)
+        except TimeoutError:
+            log.info("task %s ignored SIGTERM for %.1fs; sending SIGKILL", ctx.task.id, self.grace_s)
+            kill_group(proc.pid, signal.SIGKILL)
+
+    async def _watch_memory(self, proc: asyncio.subprocess.Process, limit_mb: int, over: list[float]) -> None:
+        while proc.returncode is None:
+            used = await asyncio.to_thread(group_rss_mb, proc.pid)
+            if used > limit_mb:
+                over.append(used)
+                kill_group(proc.pid, signal.SIGKILL)
+                return
+            await asyncio.sleep(0.25)

@@ -1,0 +1,86 @@
+"""Resolving a task's ``input``/``output`` into what ``run`` receives.
+
+Accepted forms: a lake reference (``datasets/mnist_clean``, ``models/mnist_cnn``), a seed-style
+path (``.ai_platform/datasets/mnist_clean.lance``, relative to the home's parent), a URI
+(``s3://...``), ``download[/...]`` (the home's raw-file area), or a plain file or directory
+(relative to the directory the platform was started from). Lake references are resolved
+through storage_svc, which owns the lake.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import grpc
+
+from ai_platform.client import channel_options
+from ai_platform.errors import InvalidArgument, NotFound, Unavailable
+from ai_platform.names import validate_name
+from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
+from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
+
+_LAKE_REF = re.compile(r"^(?:(?P<prefix>.*?)/)?(?P<kind>datasets|models)/(?P<name>[^/]+?)(?:\.lance)?/?$")
+_KINDS = {"datasets": pb.DATASET, "models": pb.MODEL}
+
+
+class Resolver:
+    def __init__(self, storage_addr: str, home_uri: str, start_dir: Path) -> None:
+        self.storage_addr = storage_addr
+        self.home = home_uri
+        self.start_dir = start_dir
+        self._channel = grpc.aio.insecure_channel(storage_addr, options=channel_options(16 << 20))
+        self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _lake_ref(self, ref: str) -> tuple[int, str] | None:
+        match = _LAKE_REF.match(ref)
+        if not match:
+            return None
+        prefix = match["prefix"]
+        if prefix is not None and "://" not in self.home:
+            home = Path(self.home)
+            if (self.start_dir / prefix).resolve() != home and prefix != home.name:
+                return None
+        elif prefix is not None:
+            return None
+        return _KINDS[match["kind"]], validate_name(match["name"], f"{match['kind'][:-1]} name")
+
+    async def resolve(self, ref: str, role: str) -> str:
+        """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``."""
+        ref = ref.strip()
+        if not ref or "://" in ref:
+            return ref
+        if "\x00" in ref:
+            raise InvalidArgument(f"{role} contains a NUL byte")
+        lake = self._lake_ref(ref)
+        if lake is not None:
+            return await self._resolve_lake(*lake, role)
+        if ref == "download" or ref.startswith("download/"):
+            if "://" in self.home:
+                return f"{self.home}/{ref}"
+            path = (Path(self.home) / ref).resolve()
+            if not path.is_relative_to(Path(self.home) / "download"):
+                raise InvalidArgument(f"{role} {ref!r} leaves the download area")
+            return str(path)
+        path = (self.start_dir / ref).resolve()
+        if role == "input" and not path.exists():
+            raise InvalidArgument(
+                f"input {ref!r} is neither a lake reference (datasets/NAME, models/NAME) "
+                f"nor an existing file or directory ({path})"
+            )
+        return str(path)
+
+    async def _resolve_lake(self, kind: int, name: str, role: str) -> str:
+        request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")
+        try:
+            response = await self._stub.ResolveUri(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(exc.details()) from exc
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"storage_svc at {self.storage_addr} is unavailable: {exc.details()}") from exc
+            raise InvalidArgument(f"cannot resolve {role}: {exc.details()}") from exc
+        return response.uri

@@ -1,0 +1,315 @@
+"""The scheduler: validates and queues tasks, runs them on a backend, records every change.
+
+Plain Python over plain values; the gRPC edge lives in ``server.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ai_platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.names import validate_name
+from scheduler_svc.backends import Backend, RunContext
+from scheduler_svc.backends.local import task_processes
+from scheduler_svc.logs import TaskLog
+from scheduler_svc.refs import Resolver
+from scheduler_svc.store import TaskStore
+from scheduler_svc.tasks import Outcome, Resources, Task, TaskStatus
+
+log = logging.getLogger("scheduler_svc")
+PROGRESS_SAVE_INTERVAL_S = 0.5
+
+
+@dataclass
+class TaskRequest:
+    name: str
+    script: str
+    input: str
+    output: str
+    params: dict[str, Any]
+    resources: Resources
+    timeout_s: float
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: TaskStore,
+        backend: Backend,
+        resolver: Resolver,
+        *,
+        log_dir: Path,
+        script_roots: list[Path],
+        start_dir: Path,
+        max_parallel: int,
+        log_cap_bytes: int,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.resolver = resolver
+        self.log_dir = log_dir
+        self.script_roots = [r.resolve() for r in script_roots]
+        self.start_dir = start_dir
+        self.log_cap_bytes = log_cap_bytes
+        self._slots = asyncio.Semaphore(max_parallel) if backend.name == "local" else None
+        self._runs: dict[str, asyncio.Task] = {}
+        self._contexts: dict[str, RunContext] = {}
+        self._stop_reasons: dict[str, str] = {}
+        self._changed = asyncio.Condition()
+        self._last_progress_save: dict[str, float] = {}
+        self._live: dict[str, Task] = {}  # tasks in flight, with progress not yet saved
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def recover(self) -> None:
+        """After a restart: local runs that were cut off fail (their processes are ended), queued ones run,
+        Ray jobs are tracked again."""
+        for task in self.store.unfinished():
+            if task.backend == "ray" and task.job_id and self.backend.name == "ray":
+                self._launch(task, attach=True)
+            elif task.status is TaskStatus.RUNNING or task.job_id:
+                if task.pid:  # the process group may outlive us if a child ignored the parent's death
+                    for pid in task_processes(task.pid, task.id):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                self._finish(
+                    task,
+                    Outcome(
+                        TaskStatus.FAILED,
+                        error_type="SchedulerRestart",
+                        error_message="the scheduler stopped while the task was running; its processes were ended",
+                    ),
+                )
+            else:
+                self._launch(task)
+
+    async def shutdown(self) -> None:
+        """Stop local work (it cannot outlive the scheduler); leave Ray jobs running to re-attach later."""
+        for task_id, run in list(self._runs.items()):
+            if self.backend.name == "local":
+                self._request_stop(task_id, "shutdown")
+            else:
+                run.cancel()
+        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+        await self.backend.close()
+        await self.resolver.close()
+
+    # -- requests ----------------------------------------------------------------
+    async def submit(self, request: TaskRequest) -> Task:
+        name = validate_name(request.name, "task name")
+        script = self._check_script(request.script)
+        self._check_resources(request.resources, request.timeout_s)
+        resolved_input = await self.resolver.resolve(request.input, "input")
+        resolved_output = await self.resolver.resolve(request.output, "output")
+        task = Task(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            script=str(script),
+            input=request.input,
+            output=request.output,
+            resolved_input=resolved_input,
+            resolved_output=resolved_output,
+            params=request.params,
+            resources=request.resources,
+            timeout_s=request.timeout_s,
+            backend=self.backend.name,
+        )
+        self.store.save(task)
+        self._launch(task)
+        log.info("task submitted", extra={"task": task.id, "task_name": name, "script": task.script})
+        return task
+
+    def _check_script(self, script: str) -> Path:
+        if not script:
+            raise InvalidArgument("script is required (a .py file defining run(input_path, output_path, params))")
+        if "\x00" in script:
+            raise InvalidArgument("script contains a NUL byte")
+        path = (self.start_dir / script).resolve()
+        if path.suffix != ".py":
+            raise InvalidArgument(f"script {script!r} is not a .py file")
+        if not any(path.is_relative_to(root) for root in self.script_roots):
+            roots = ", ".join(map(str, self.script_roots))
+            raise InvalidArgument(f"script {script!r} is outside the allowed script roots ({roots})")
+        if not path.is_file():
+            raise InvalidArgument(f"script {script!r} does not exist ({path})")
+        return path
+
+    def _check_resources(self, resources: Resources, timeout_s: float) -> None:
+        if min(resources.num_cpus, resources.num_gpus, resources.memory_mb) < 0:
+            raise InvalidArgument("resources must not be negative")
+        if timeout_s < 0:
+            raise InvalidArgument("timeout_s must not be negative")
+
+    def get(self, task_id: str) -> Task:
+        task = self._live.get(task_id) or self.store.get(task_id)
+        if task is None:
+            raise NotFound(f"task '{task_id}' does not exist")
+        return task
+
+    def list(self, statuses: list[TaskStatus], name: str, page_size: int, offset: int) -> list[Task]:
+        return self.store.list(statuses, name, page_size, offset)
+
+    async def cancel(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if task.status.finished:
+            raise FailedPrecondition(f"task '{task_id}' is already {task.status.value}")
+        if task_id in self._contexts:
+            self._request_stop(task_id, "cancel")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._runs[task_id])
+        else:  # still queued: it never started
+            run = self._runs.get(task_id)
+            self._finish(task, Outcome(TaskStatus.CANCELLED))
+            if run is not None:
+                run.cancel()
+        return self.get(task_id)
+
+    # -- streams -----------------------------------------------------------------
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """The task now, then again after every change, until it has finished."""
+        task = self.get(task_id)
+        while True:
+            yield task
+            if task.status.finished:
+                return
+            async with self._changed:
+                await self._changed.wait_for(self._change_of(task))
+            task = self.get(task_id)
+
+    def _change_of(self, task: Task) -> Callable[[], bool]:
+        seen = (task.status, task.progress, task.started_at)
+
+        def changed() -> bool:
+            now = self.get(task.id)
+            return (now.status, now.progress, now.started_at) != seen
+
+        return changed
+
+    async def logs(self, task_id: str, follow: bool, tail_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
+        task = self.get(task_id)
+        ctx = self._contexts.get(task_id)
+        task_log = ctx.log if ctx else TaskLog(self.log_path(task_id), self.log_cap_bytes, task.log_dropped)
+        offset = max(task_log.end - tail_bytes, 0) if tail_bytes > 0 else 0
+        while True:
+            start, data, offset = task_log.read(offset)
+            if data:
+                yield start, data
+                continue
+            if not follow or (self.get(task_id).status.finished and task_id not in self._runs):
+                return
+            await asyncio.sleep(0.1)
+
+    def log_path(self, task_id: str) -> Path:
+        return self.log_dir / f"{task_id}.log"
+
+    # -- running -----------------------------------------------------------------
+    def _launch(self, task: Task, attach: bool = False) -> None:
+        self._runs[task.id] = asyncio.ensure_future(self._run(task, attach))
+
+    async def _run(self, task: Task, attach: bool) -> None:
+        try:
+            async with self._slots if self._slots else contextlib.nullcontext():
+                task = self.get(task.id)
+                if task.status.finished:
+                    return
+                task_log = TaskLog(self.log_path(task.id), self.log_cap_bytes, task.log_dropped)
+                ctx = RunContext(
+                    task=task,
+                    log=task_log,
+                    on_running=lambda pid, job_id: self._on_running(task, pid, job_id),
+                    on_progress=lambda p: self._on_progress(task, p),
+                    on_submitted=lambda job_id: self._on_submitted(task, job_id),
+                )
+                self._contexts[task.id] = ctx
+                if attach and task.status is TaskStatus.RUNNING:
+                    self._arm_timeout(task)
+                try:
+                    outcome = await self.backend.run(ctx, attach)
+                except Exception as exc:  # noqa: BLE001 - a backend failure fails this task, not the scheduler
+                    log.exception("backend failed running task %s", task.id)
+                    outcome = Outcome(TaskStatus.FAILED, error_type=type(exc).__name__, error_message=str(exc))
+                task.log_dropped = task_log.dropped
+                self._finish(task, self._explain(task, outcome))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._runs.pop(task.id, None)
+            self._contexts.pop(task.id, None)
+            self._stop_reasons.pop(task.id, None)
+
+    def _explain(self, task: Task, outcome: Outcome) -> Outcome:
+        """A run that the scheduler stopped ends the way the scheduler meant it to."""
+        reason = self._stop_reasons.get(task.id)
+        if reason == "cancel":
+            return Outcome(TaskStatus.CANCELLED)
+        if reason == "timeout":
+            return Outcome(
+                TaskStatus.FAILED,
+                error_type="Timeout",
+                error_message=f"the task ran past its timeout_s={task.timeout_s:g} and was stopped",
+            )
+        if reason == "shutdown":
+            return Outcome(
+                TaskStatus.FAILED,
+                error_type="SchedulerShutdown",
+                error_message="the scheduler shut down while the task was running",
+            )
+        return outcome
+
+    def _request_stop(self, task_id: str, reason: str) -> None:
+        self._stop_reasons.setdefault(task_id, reason)
+        if ctx := self._contexts.get(task_id):
+            ctx.stop.set()
+
+    def _arm_timeout(self, task: Task) -> None:
+        if task.timeout_s:
+            elapsed = time.time() - (task.started_at or time.time())
+            asyncio.get_running_loop().call_later(
+                max(task.timeout_s - elapsed, 0), self._request_stop, task.id, "timeout"
+            )
+
+    def _on_running(self, task: Task, pid: int | None, job_id: str) -> None:
+        task.status, task.started_at, task.pid = TaskStatus.RUNNING, time.time(), pid
+        task.job_id = job_id or task.job_id
+        self._arm_timeout(task)
+        self._changed_task(task)
+
+    def _on_submitted(self, task: Task, job_id: str) -> None:
+        task.job_id = job_id
+        self._changed_task(task)
+
+    def _on_progress(self, task: Task, progress: dict[str, Any]) -> None:
+        task.progress = progress
+        now = time.time()
+        if now - self._last_progress_save.get(task.id, 0) >= PROGRESS_SAVE_INTERVAL_S or progress.get("fraction") == 1:
+            self._last_progress_save[task.id] = now
+            self._changed_task(task)
+        else:
+            self._changed_task(task, save=False)
+
+    def _finish(self, task: Task, outcome: Outcome) -> None:
+        task.status, task.completed_at = outcome.status, time.time()
+        task.result, task.error_type, task.error_message = outcome.result, outcome.error_type, outcome.error_message
+        self._last_progress_save.pop(task.id, None)
+        self._changed_task(task)
+        self._live.pop(task.id, None)
+        log.info("task finished", extra={"task": task.id, "status": task.status.value, "error": task.error_type})
+
+    def _changed_task(self, task: Task, save: bool = True) -> None:
+        if save or task.id not in self._live:
+            self.store.save(task)
+        self._live[task.id] = task
+        asyncio.ensure_future(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()

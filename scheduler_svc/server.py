@@ -1,0 +1,156 @@
+"""gRPC edge of the scheduler: protobuf in and out, plain values to and from the Scheduler."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ai_platform.errors import InvalidArgument
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
+from scheduler_svc.scheduler import Scheduler, TaskRequest
+from scheduler_svc.tasks import Resources, Task, TaskStatus
+
+_STATUS_PB = {
+    TaskStatus.PENDING: pb.PENDING,
+    TaskStatus.RUNNING: pb.RUNNING,
+    TaskStatus.COMPLETED: pb.COMPLETED,
+    TaskStatus.FAILED: pb.FAILED,
+    TaskStatus.CANCELLED: pb.CANCELLED,
+}
+_STATUS = {v: k for k, v in _STATUS_PB.items()}
+MAX_PAGE = 1000
+
+
+def plain_json(value: Any) -> Any:
+    """Struct numbers are doubles; give whole numbers back as ints so ``range(params["epochs"])`` works."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def task_to_pb(task: Task) -> pb.Task:
+    message = pb.Task(
+        id=task.id,
+        name=task.name,
+        script=task.script,
+        input=task.input,
+        output=task.output,
+        resolved_input=task.resolved_input,
+        resolved_output=task.resolved_output,
+        resources=pb.Resources(
+            num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb
+        ),
+        timeout_s=task.timeout_s,
+        status=_STATUS_PB[task.status],
+        backend=task.backend,
+        created_at=_timestamp(task.created_at),
+        started_at=_timestamp(task.started_at),
+        completed_at=_timestamp(task.completed_at),
+    )
+    message.params.update(task.params)
+    if task.result is not None:
+        json_format.ParseDict(task.result, message.result)
+    if task.error_type:
+        message.error.CopyFrom(pb.TaskError(type=task.error_type, message=task.error_message))
+    if task.progress:
+        progress = task.progress
+        message.progress.CopyFrom(
+            pb.Progress(
+                fraction=progress.get("fraction", 0.0),
+                message=progress.get("message", ""),
+                updated_at=_timestamp(progress.get("time")),
+            )
+        )
+        message.progress.metrics.update(progress.get("metrics") or {})
+    return message
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "offset" and int(value) >= 0:
+            return int(value)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidArgument(f"invalid page_token {token!r}")
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    async def SubmitTask(self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        resources = request.resources
+        task = await self.scheduler.submit(
+            TaskRequest(
+                name=request.name,
+                script=request.script,
+                input=request.input,
+                output=request.output,
+                params=plain_json(json_format.MessageToDict(request.params)) if request.HasField("params") else {},
+                resources=Resources(resources.num_cpus, resources.num_gpus, resources.memory_mb),
+                timeout_s=request.timeout_s,
+            )
+        )
+        return task_to_pb(task)
+
+    async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        return task_to_pb(self.scheduler.get(request.id))
+
+    async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        page_size = min(request.page_size or 50, MAX_PAGE)
+        statuses = []
+        for status in request.statuses:
+            if status not in _STATUS:
+                raise InvalidArgument(f"unknown task status {status}")
+            statuses.append(_STATUS[status])
+        offset = _offset(request.page_token)
+        tasks = self.scheduler.list(statuses, request.name, page_size + 1, offset)
+        more = len(tasks) > page_size
+        return pb.ListTasksResponse(
+            tasks=[task_to_pb(t) for t in tasks[:page_size]],
+            next_page_token=_page_token(offset + page_size) if more else "",
+        )
+
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        return task_to_pb(await self.scheduler.cancel(request.id))
+
+    async def StreamLogs(
+        self, request: pb.StreamLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.LogChunk]:
+        if request.tail_bytes < 0:
+            raise InvalidArgument("tail_bytes must not be negative")
+        async for offset, data in self.scheduler.logs(request.id, request.follow, request.tail_bytes):
+            yield pb.LogChunk(data=data, offset=offset)
+
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Task]:
+        async for task in self.scheduler.watch(request.id):
+            yield task_to_pb(task)
