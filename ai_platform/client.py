@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pyarrow as pa
+from google.protobuf import json_format
 
 from ai_platform import arrow_ipc
 from ai_platform.config import Settings
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as scheduler_pb
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
-from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
 
 KINDS = {"dataset": storage_pb.DATASET, "model": storage_pb.MODEL}
 MODES = {"create": storage_pb.CREATE, "append": storage_pb.APPEND, "overwrite": storage_pb.OVERWRITE}
@@ -96,6 +100,87 @@ class StorageClient:
             yield storage_pb.WriteTableRequest(commit=storage_pb.WriteCommit())
 
         return self.stub.WriteTable(requests())
+
+
+FINISHED = {scheduler_pb.COMPLETED, scheduler_pb.FAILED, scheduler_pb.CANCELLED}
+
+
+def task_result(task: scheduler_pb.Task) -> Any:
+    """The JSON value that the task's ``run`` returned (None if none)."""
+    return json_format.MessageToDict(task.result) if task.HasField("result") else None
+
+
+def status_name(task: scheduler_pb.Task) -> str:
+    return scheduler_pb.TaskStatus.Name(task.status).lower()
+
+
+class SchedulerClient:
+    """Tasks: submit, follow, cancel, through scheduler_svc."""
+
+    def __init__(self, addr: str | None = None) -> None:
+        self.channel = grpc.insecure_channel(addr or Settings().scheduler_addr)
+        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def submit(
+        self,
+        name: str,
+        script: str,
+        input: str = "",
+        output: str = "",
+        params: dict | None = None,
+        *,
+        num_cpus: float = 0,
+        num_gpus: float = 0,
+        memory_mb: int = 0,
+        timeout_s: float = 0,
+    ) -> scheduler_pb.Task:
+        request = scheduler_pb.SubmitTaskRequest(
+            name=name,
+            script=script,
+            input=input,
+            output=output,
+            timeout_s=timeout_s,
+            resources=scheduler_pb.Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
+        )
+        request.params.update(params or {})
+        return self.stub.SubmitTask(request)
+
+    def get(self, task_id: str) -> scheduler_pb.Task:
+        return self.stub.GetTask(scheduler_pb.GetTaskRequest(id=task_id))
+
+    def list(
+        self, statuses: list[str] | None = None, name: str = "", page_size: int = 0, page_token: str = ""
+    ) -> scheduler_pb.ListTasksResponse:
+        codes = [scheduler_pb.TaskStatus.Value(s.upper()) for s in statuses or []]
+        return self.stub.ListTasks(
+            scheduler_pb.ListTasksRequest(statuses=codes, name=name, page_size=page_size, page_token=page_token)
+        )
+
+    def cancel(self, task_id: str) -> scheduler_pb.Task:
+        return self.stub.CancelTask(scheduler_pb.CancelTaskRequest(id=task_id))
+
+    def logs(self, task_id: str, follow: bool = False, tail_bytes: int = 0) -> Iterator[bytes]:
+        for chunk in self.stub.StreamLogs(
+            scheduler_pb.StreamLogsRequest(id=task_id, follow=follow, tail_bytes=tail_bytes)
+        ):
+            yield chunk.data
+
+    def watch(self, task_id: str) -> Iterator[scheduler_pb.Task]:
+        yield from self.stub.WatchTask(scheduler_pb.WatchTaskRequest(id=task_id))
+
+    def wait(self, task_id: str, timeout: float | None = None) -> scheduler_pb.Task:
+        """Block until the task has finished; returns its final record."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        task = self.get(task_id)
+        for task in self.stub.WatchTask(scheduler_pb.WatchTaskRequest(id=task_id), timeout=timeout):
+            if task.status in FINISHED:
+                return task
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} did not finish within {timeout}s")
+        return task
 
 
 def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = 4 * 1024 * 1024) -> Iterator[pa.RecordBatch]:

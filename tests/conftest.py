@@ -33,6 +33,7 @@ class ServiceProcess:
     home: Path
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
     addr: str = ""
     metrics_addr: str = ""
     proc: subprocess.Popen | None = None
@@ -54,7 +55,7 @@ class ServiceProcess:
             *self.extra_args,
         ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, env=env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         self.wait_healthy(timeout)
         return self
 
