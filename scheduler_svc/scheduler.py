@@ -225,7 +225,7 @@ class Scheduler:
                 ctx = RunContext(
                     task=task,
                     log=task_log,
-                    on_running=lambda pid, job_id: self._on_running(task, pid, job_id),
+                    on_running=lambda pid, job_id, started_at: self._on_running(task, pid, job_id, started_at),
                     on_progress=lambda p: self._on_progress(task, p),
                     on_submitted=lambda job_id: self._on_submitted(task, job_id),
                 )
@@ -277,8 +277,8 @@ class Scheduler:
                 max(task.timeout_s - elapsed, 0), self._request_stop, task.id, "timeout"
             )
 
-    def _on_running(self, task: Task, pid: int | None, job_id: str) -> None:
-        task.status, task.started_at, task.pid = TaskStatus.RUNNING, time.time(), pid
+    def _on_running(self, task: Task, pid: int | None, job_id: str, started_at: float | None) -> None:
+        task.status, task.started_at, task.pid = TaskStatus.RUNNING, started_at or time.time(), pid
         task.job_id = job_id or task.job_id
         self._arm_timeout(task)
         self._changed_task(task)

@@ -26,7 +26,7 @@ class RunContext:
 
     task: Task
     log: TaskLog
-    on_running: Callable[[int | None, str], None]  # (pid, job_id) once the work really starts
+    on_running: Callable[[int | None, str, float | None], None]  # (pid, job_id, started_at) once work starts
     on_progress: Callable[[dict[str, Any]], None]
     on_submitted: Callable[[str], None]  # (job_id) once a cluster accepted the work
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # set on cancel or timeout

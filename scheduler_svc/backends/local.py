@@ -95,7 +95,7 @@ class LocalBackend:
             )
         finally:
             os.close(report_write)
-        ctx.on_running(proc.pid, "")
+        ctx.on_running(proc.pid, "", None)
         loop = asyncio.get_running_loop()
         reports = asyncio.StreamReader(limit=256 << 20)
         transport, _ = await loop.connect_read_pipe(

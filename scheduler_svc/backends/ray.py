@@ -66,7 +66,7 @@ class RayBackend:
             status = status.rsplit(".", 1)[-1]
             if status == "RUNNING" and not running:
                 running = True
-                ctx.on_running(None, job_id)
+                ctx.on_running(None, job_id, None)
             report_offset = self._read_reports(report_path, report_offset, ctx)
             log_seen = await self._mirror_logs(client, job_id, log_seen, ctx)
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -79,11 +79,13 @@ class RayBackend:
             except TimeoutError:
                 pass
         ctx.log.close()
+        info = await asyncio.to_thread(client.get_job_info, job_id)
+        if not running and info.start_time:  # it started and ended between two polls
+            ctx.on_running(None, job_id, info.start_time / 1000)
         if status == "STOPPED":
             return Outcome(TaskStatus.CANCELLED)
         if status == "SUCCEEDED":
             return ctx.outcome(None)
-        info = await asyncio.to_thread(client.get_job_info, job_id)
         return ctx.outcome(f"the Ray job failed: {info.message or 'no message from Ray'}")
 
     def _read_reports(self, path: Path, offset: int, ctx: RunContext) -> int:

@@ -1,0 +1,91 @@
+"""A local Ray head for level 2 (and for tests): started in its own session, stopped by its PIDs.
+
+``ray stop`` would end every Ray process of this user on the machine; ending only the
+processes of the session we started leaves anyone else's cluster alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_members(sid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid:
+                members.append(int(entry.name))
+    return members
+
+
+@dataclass
+class RayHead:
+    session_id: int
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: str
+
+    def pids(self) -> list[int]:
+        return session_members(self.session_id)
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM every process of the head's session, then SIGKILL what is left."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.time() + timeout / 2
+            while self.pids() and time.time() < deadline:
+                time.sleep(0.2)
+            if not self.pids():
+                return
+
+
+def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90) -> RayHead:
+    """``ray start --head`` on free loopback ports; returns once the Jobs API answers."""
+    ray = Path(sys.executable).with_name("ray")
+    ray_cmd = str(ray) if ray.exists() else shutil.which("ray") or "ray"
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    args = [
+        ray_cmd, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+        "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+    ]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    head = RayHead(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
+    output, _ = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        head.stop()
+        raise RuntimeError(f"ray start failed ({proc.returncode}):\n{output[-3000:]}")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{head.dashboard_url}/api/version", timeout=2) as response:
+                if response.status == 200:
+                    return head
+        except OSError:
+            time.sleep(0.5)
+    head.stop()
+    raise RuntimeError(f"Ray dashboard at {head.dashboard_url} did not answer within {timeout}s")

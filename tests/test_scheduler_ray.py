@@ -1,0 +1,144 @@
+"""scheduler_svc on the Ray backend: tasks become Ray jobs on a real local Ray cluster started for this module."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from ai_platform.client import SchedulerClient, StorageClient, status_name, task_result
+from ai_platform.ray_cluster import start_local_head
+from tests.conftest import ServiceProcess
+from tests.task_scripts import write_scripts
+
+DAFT_SCRIPT = '''
+import os
+import daft
+
+def run(input_path, output_path, params):
+    if params.get("ray_runner"):
+        daft.set_runner_ray()  # joins the cluster the job runs on (RAY_ADDRESS is set by Ray for the job)
+    df = daft.read_lance(input_path).where(daft.col("label") > 0)
+    totals = df.groupby("label").agg(daft.col("value").sum()).sort("label").to_pydict()
+    return {"totals": totals["value"], "runner": daft.get_or_infer_runner_type()}
+'''
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    head = start_local_head(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield head
+    head.stop()
+    assert head.pids() == [], "every process of the Ray cluster we started has ended"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ray-project")
+    write_scripts(root / "scripts")
+    (root / "scripts/daft_job.py").write_text(DAFT_SCRIPT)
+    return root
+
+
+@pytest.fixture(scope="module")
+def services(project, ray_head):
+    home = project / ".ai_platform"
+    storage = ServiceProcess("storage_svc", home, cwd=project).start()
+    scheduler_args = ["--storage-addr", storage.addr, "--backend", "ray", "--ray-address", ray_head.dashboard_url]
+    scheduler = ServiceProcess("scheduler_svc", home, scheduler_args, cwd=project).start()
+    yield storage, scheduler, scheduler_args
+    scheduler.stop()
+    storage.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks(services):
+    client = SchedulerClient(services[1].addr)
+    yield client
+    client.close()
+
+
+def test_a_task_runs_as_a_ray_job_with_result_progress_and_logs(tasks, ray_head):
+    task = tasks.submit("ray-train", "scripts/progress.py", params={"steps": 3, "pause": 0.2}, num_cpus=1)
+    assert task.backend == "ray"
+    fractions = [u.progress.fraction for u in tasks.watch(task.id) if u.HasField("progress")]
+    done = tasks.get(task.id)
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task.id))[-2000:])
+    assert task_result(done) == {"epochs": 3}
+    assert fractions[-1] == 1.0
+    log = b"".join(tasks.logs(task.id))
+    assert b"epoch 0 starting" in log and b"done training" in log
+    from ray.job_submission import JobSubmissionClient
+
+    info = JobSubmissionClient(ray_head.dashboard_url).get_job_info(task.id)
+    assert str(info.status).endswith("SUCCEEDED") and info.metadata["aip_task"] == "ray-train"
+
+
+def test_resources_map_to_ray_so_a_full_cluster_queues_jobs(tasks):
+    first = tasks.submit("ray-big1", "scripts/nap.py", params={"seconds": 4}, num_cpus=2)
+    deadline = time.time() + 60
+    while status_name(tasks.get(first.id)) != "running" and time.time() < deadline:
+        time.sleep(0.1)
+    second = tasks.submit("ray-big2", "scripts/nap.py", params={"seconds": 0.1}, num_cpus=2)
+    time.sleep(2)
+    assert status_name(tasks.get(first.id)) == "running"
+    assert status_name(tasks.get(second.id)) == "pending", "the cluster's 2 CPUs are taken by the first job"
+    done = [tasks.wait(t.id, 120) for t in (first, second)]
+    assert [status_name(t) for t in done] == ["completed", "completed"]
+    assert done[1].started_at.ToNanoseconds() >= done[0].completed_at.ToNanoseconds() - 1_000_000_000
+
+
+def test_failures_on_ray_say_why(tasks):
+    raised = tasks.wait(tasks.submit("ray-raise", "scripts/raises.py").id, 120)
+    assert status_name(raised) == "failed" and raised.error.type == "ValueError"
+    assert "bad value 42" in raised.error.message
+    exited = tasks.wait(tasks.submit("ray-exit", "scripts/hard_exit.py").id, 120)
+    assert status_name(exited) == "failed" and "Ray job failed" in exited.error.message
+
+
+def test_cancel_stops_the_ray_job_and_its_processes(tasks, tmp_path):
+    pidfile = tmp_path / "pids"
+    task = tasks.submit("ray-sleep", "scripts/sleeper.py", params={"pidfile": str(pidfile)})
+    deadline = time.time() + 60
+    while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    worker, child = map(int, pidfile.read_text().split())
+    assert status_name(tasks.cancel(task.id)) == "cancelled"
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in (worker, child)):
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists(), "the job's worker process is gone"
+
+
+def test_daft_inside_a_ray_job_with_native_and_ray_runners(tasks, services):
+    StorageClient(services[0].addr).write(
+        "daft_input", pa.table({"label": [0, 1, 1, 2, 2, 2], "value": [100, 1, 2, 3, 4, 5]}))
+    for ray_runner, expected in ((False, "native"), (True, "ray")):
+        task = tasks.submit("daft", "scripts/daft_job.py", "datasets/daft_input", params={"ray_runner": ray_runner})
+        done = tasks.wait(task.id, 180)
+        assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task.id))[-3000:])
+        assert task_result(done) == {"totals": [3, 12], "runner": expected}
+
+
+def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tmp_path):
+    storage, scheduler, scheduler_args = services
+    task_client = SchedulerClient(scheduler.addr)
+    task = task_client.submit("ray-survivor", "scripts/progress.py", params={"steps": 6, "pause": 1.0})
+    deadline = time.time() + 60
+    while status_name(task_client.get(task.id)) != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    task_client.close()
+    scheduler.proc.send_signal(signal.SIGKILL)
+    scheduler.proc.wait(10)
+    scheduler.proc = None
+    scheduler.start()
+    client = SchedulerClient(scheduler.addr)
+    done = client.wait(task.id, 120)
+    assert status_name(done) == "completed" and task_result(done) == {"epochs": 6}
+    assert done.progress.fraction == 1.0
+    client.close()
+    assert os.path.exists(project / ".ai_platform/scheduler.db")
