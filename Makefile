@@ -27,7 +27,7 @@ protos: install
 	$(PY) -m ai_platform.protos.generate
 
 bench: install
-	$(PY) bench/bench_storage.py
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
