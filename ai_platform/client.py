@@ -21,7 +21,14 @@ MODES = {"create": storage_pb.CREATE, "append": storage_pb.APPEND, "overwrite": 
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+    """Message limits, and reconnect backoff capped at 2 s so a peer that comes back is used again quickly."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
 
 
 class StorageClient:
@@ -118,7 +125,7 @@ class SchedulerClient:
     """Tasks: submit, follow, cancel, through scheduler_svc."""
 
     def __init__(self, addr: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr or Settings().scheduler_addr)
+        self.channel = grpc.insecure_channel(addr or Settings().scheduler_addr, options=channel_options(64 << 20))
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
     def close(self) -> None:

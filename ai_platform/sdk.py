@@ -1,7 +1,8 @@
-"""What user scripts import: progress reporting now, model saving and loading with the inference work.
+"""What user scripts import: progress reporting, and saving and loading models.
 
-A task script defines ``run(input_path, output_path, params) -> dict`` and may call
-:func:`report_progress` as it goes; clients see it on the task and in WatchTask.
+A task script defines ``run(input_path, output_path, params) -> dict``, may call
+:func:`report_progress` as it goes (clients see it on the task and in WatchTask), and saves
+what it trained with :func:`save_model` so that inference_svc can serve it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,21 @@ import time
 from typing import Any
 
 from ai_platform import report
+
+
+def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] | None = None,
+               params: dict | None = None, metrics: dict | None = None, **options: Any) -> dict[str, Any]:
+    """Save a PyTorch model as a new version of the model table ``output`` (see ``ai_platform.models``)."""
+    from ai_platform import models
+
+    return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
+
+
+def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any:
+    """A runnable module for a saved model, without the training script's class."""
+    from ai_platform import models
+
+    return models.load_model(uri, version, device)
 
 
 def report_progress(fraction: float, message: str = "", metrics: dict[str, Any] | None = None) -> None:

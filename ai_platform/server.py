@@ -2,42 +2,82 @@
 
 One ``grpc.aio`` server with: the standard health and reflection services, a configured
 message size limit, Prometheus metrics (per-RPC counts and latency) over HTTP, translation
-of :class:`PlatformError` into gRPC status at the edge, and a graceful shutdown on
+of :class:`PlatformError` into gRPC status at the edge (by wrapping each servicer method), and a graceful shutdown on
 SIGTERM/SIGINT that stops accepting calls and drains the ones in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
+import itertools
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ai_platform.config import Settings, split_addr
 from ai_platform.errors import PlatformError
 
 log = logging.getLogger("ai_platform.server")
 
-RPC_TOTAL = Counter("aip_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
-RPC_SECONDS = Histogram(
-    "aip_grpc_request_seconds",
-    "gRPC call latency (streams: until the stream ends)",
-    ["service", "method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RpcMetrics(Collector):
+    """Per-RPC counts and latency histograms as plain numbers, rendered only when scraped.
+
+    Updated from the event loop on every call, so kept to a dict update and a bisect:
+    prometheus_client's own Counter and Histogram take a lock and walk the buckets per call.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.latency: dict[tuple[str, str], list] = {}
+
+    def observe(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.counts[(service, method, code)] += 1
+        entry = self.latency.get((service, method))
+        if entry is None:
+            entry = self.latency[(service, method)] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
+        entry[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        entry[1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily("aip_grpc_requests", "gRPC calls handled", labels=["service", "method", "code"])
+        for labels, count in list(self.counts.items()):
+            total.add_metric(list(labels), count)
+        yield total
+        latency = HistogramMetricFamily("aip_grpc_request_seconds", "gRPC call latency (streams: until the end)",
+                                        labels=["service", "method"])
+        for labels, (buckets, total_seconds) in list(self.latency.items()):
+            cumulative = list(itertools.accumulate(buckets))
+            bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+            latency.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), total_seconds)
+        yield latency
+
+
+RPC_METRICS = RpcMetrics()
+REGISTRY.register(RPC_METRICS)
 
 
 async def _abort_for(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     if isinstance(exc, PlatformError):
         await context.abort(exc.grpc_code, exc.message)
+    if isinstance(exc, NotImplementedError):  # generated servicer stubs for RPCs a service does not offer
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
     log.error("unhandled error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (details in the service log)")
 
@@ -51,65 +91,30 @@ def _status_label(context: grpc.aio.ServicerContext, exc: BaseException | None) 
     return "OK" if exc is None else "UNKNOWN"
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC, and turns PlatformError (or a crash) into a gRPC status."""
+def instrument(servicer: Any, service: str, method_names: Sequence[str]) -> Any:
+    """Wrap each RPC method of ``servicer``: count and time it, and turn PlatformError into a status.
 
-    def __init__(self, service: str) -> None:
-        self.service = service
+    Wrapping the methods themselves costs far less per call than a grpc.aio server interceptor
+    (about 16% of a trivial RPC's throughput in this project's echo measurement).
+    """
+    for name in method_names:
+        setattr(servicer, name, _wrap(service, name, getattr(servicer, name)))
+    return servicer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        for kind, factory in (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        ):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return factory(
-                    self._wrap(method, behavior),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler
 
-    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        service = self.service
+def _wrap(service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
 
-        def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
-            RPC_TOTAL.labels(service, method, _status_label(context, exc)).inc()
-            RPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
+    def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
+        code = "OK" if exc is None else _status_label(context, exc)
+        RPC_METRICS.observe(service, method, code, time.perf_counter() - started)
 
-        if inspect.isasyncgenfunction(behavior):
+    if inspect.isasyncgenfunction(behavior):
 
-            async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, error = time.perf_counter(), None
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
-                    error = exc
-                    raise
-                except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
-                    error = exc
-                    await _abort_for(context, method, exc)
-                finally:
-                    record(context, started, error)
-
-            return stream_wrapper
-
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, error = time.perf_counter(), None
             try:
-                return await behavior(request, context)
+                async for item in behavior(request, context):
+                    yield item
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
                 error = exc
                 raise
@@ -119,7 +124,22 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 record(context, started, error)
 
-        return wrapper
+        return stream_wrapper
+
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, error = time.perf_counter(), None
+        try:
+            return await behavior(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            error = exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
+            error = exc
+            await _abort_for(context, method, exc)
+        finally:
+            record(context, started, error)
+
+    return wrapper
 
 
 def grpc_options(settings: Settings) -> list[tuple[str, int]]:
@@ -132,20 +152,28 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+@dataclass
+class Servicer:
+    """One gRPC service to offer: the implementation, the generated ``add_*_to_server`` and its descriptor."""
+
+    implementation: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    descriptor: ServiceDescriptor
+
+
 async def serve(
     service: str,
     settings: Settings,
-    register: Callable[[grpc.aio.Server], Sequence[str]],
+    servicers: Sequence[Servicer],
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Run a gRPC service until SIGTERM/SIGINT, then drain in-flight calls for ``settings.grace_s``.
-
-    ``register`` adds the servicers to the server and returns their full service names
-    (for health and reflection).
-    """
+    """Run a gRPC service until SIGTERM/SIGINT, then drain in-flight calls for ``settings.grace_s``."""
     addr = settings.addr_of(service)
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=grpc_options(settings))
-    service_names = list(register(server))
+    server = grpc.aio.server(options=grpc_options(settings))
+    for entry in servicers:
+        methods = [m.name for m in entry.descriptor.methods]
+        entry.add_to_server(instrument(entry.implementation, service, methods), server)
+    service_names = [entry.descriptor.full_name for entry in servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -6,12 +6,10 @@ import asyncio
 import os
 from pathlib import Path
 
-import grpc
-
 from ai_platform.config import build_parser, settings_from_args
 from ai_platform.logs import setup_logging
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc
-from ai_platform.server import serve
+from ai_platform.server import Servicer, serve
 from scheduler_svc.backends import Backend
 from scheduler_svc.backends.local import LocalBackend
 from scheduler_svc.backends.ray import RayBackend
@@ -83,11 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         await scheduler.recover()
 
-        def register(server: grpc.aio.Server) -> list[str]:
-            scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler), server)
-            return [scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name]
-
-        await serve("scheduler", settings, register, on_shutdown=scheduler.shutdown)
+        servicer = Servicer(SchedulerServicer(scheduler), scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
+                            scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"])
+        await serve("scheduler", settings, [servicer], on_shutdown=scheduler.shutdown)
 
     asyncio.run(run())
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
 from ai_platform.config import build_parser, settings_from_args
 from ai_platform.logs import setup_logging
 from ai_platform.protos.aiplatform.v1 import storage_pb2, storage_pb2_grpc
-from ai_platform.server import serve
+from ai_platform.server import Servicer, serve
 from storage_svc.catalog import LakeCatalog
 from storage_svc.server import StorageServicer
 
@@ -20,13 +18,12 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level)
     catalog = LakeCatalog(settings.home_uri(), settings.storage_options)
 
-    def register(server: grpc.aio.Server) -> list[str]:
-        storage_pb2_grpc.add_StorageServiceServicer_to_server(
-            StorageServicer(catalog, settings.max_message_bytes), server
-        )
-        return [storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name]
-
-    asyncio.run(serve("storage", settings, register))
+    servicer = Servicer(
+        StorageServicer(catalog, settings.max_message_bytes),
+        storage_pb2_grpc.add_StorageServiceServicer_to_server,
+        storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
+    )
+    asyncio.run(serve("storage", settings, [servicer]))
 
 
 if __name__ == "__main__":

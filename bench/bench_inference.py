@@ -1,0 +1,273 @@
+"""Inference serving: the MNIST CNN over gRPC with adaptive batching, against its ceilings and a simple baseline.
+
+Closed-loop load from a separate process with 1, 8 and 32 concurrent clients, each sending
+one 28x28 float32 image per request (raw tensor bytes, as tritonclient sends them). In the
+same run: (a) compute ceiling: in-process forward passes at batch 1 and 32 (TorchScript,
+torch.export, eager); (b) transport ceiling: a bare grpc.aio server answering ModelInfer
+without a model; (c) baseline: the model behind a plain FastAPI JSON endpoint, one forward
+per request. Run: ``.venv/bin/python bench/bench_inference.py [--seconds 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONCURRENCY = (1, 8, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+# -- servers used only by the benchmark ----------------------------------------------------
+
+def serve_echo(port: int) -> None:
+    """Transport ceiling: ModelInfer answered with a fixed 10-float response, no model, no batching."""
+    import grpc
+
+    from ai_platform.protos.inference import grpc_service_pb2 as pb
+    from ai_platform.protos.inference import grpc_service_pb2_grpc
+
+    answer = pb.ModelInferResponse(model_name="cnn", model_version="1", raw_output_contents=[bytes(40)])
+    answer.outputs.add(name="output", datatype="FP32", shape=[1, 10])
+
+    class Echo(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+        async def ModelInfer(self, request, context):
+            return answer
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def serve_fastapi(port: int, model_uri: str) -> None:
+    """Baseline: how simple demos serve — JSON in, one forward per request, JSON out."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+
+    from ai_platform.models import load_model
+
+    torch.set_num_threads(1)
+    model = load_model(model_uri)
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(body: dict) -> dict:
+        x = torch.tensor(body["image"], dtype=torch.float32).reshape(1, 1, 28, 28)
+        with torch.inference_mode():
+            probabilities = torch.softmax(model(x), dim=1)[0]
+        return {"prediction": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# -- load generator (its own process) -----------------------------------------------------
+
+async def grpc_load(addr: str, clients: int, seconds: float) -> dict:
+    import grpc
+    import numpy as np
+
+    from ai_platform.protos.inference import grpc_service_pb2 as pb
+    from ai_platform.protos.inference import grpc_service_pb2_grpc
+
+    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="cnn", raw_input_contents=[image.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ModelInfer(request)
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                await stub.ModelInfer(request)
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3}
+
+
+async def http_load(url: str, clients: int, seconds: float) -> dict:
+    import httpx
+    import numpy as np
+
+    body = {"image": np.random.default_rng(0).random(784).astype(np.float32).tolist()}
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        (await http.post(url, json=body)).raise_for_status()
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                (await http.post(url, json=body)).raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3}
+
+
+def run_load(kind: str, target: str, clients: int, seconds: float) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--role", "client", "--kind", kind, "--target", target,
+                          "--clients", str(clients), "--seconds", str(seconds)],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+def compute_ceiling(model_uri: str) -> list[tuple[str, int, float]]:
+    import torch
+
+    from ai_platform.models import load_model
+    from mnist.model import MnistCNN
+
+    torch.set_num_threads(1)
+    rows = []
+    eager = MnistCNN().eval()
+    for name, module in (("torchscript", load_model(model_uri, version=1)),
+                         ("torch.export", load_model(model_uri, version=2)), ("eager", eager)):
+        for batch in (1, 32):
+            x = torch.randn(batch, 1, 28, 28)
+            with torch.inference_mode():
+                for _ in range(10):
+                    module(x)
+                n, t0 = 300 if batch == 1 else 60, time.perf_counter()
+                for _ in range(n):
+                    module(x)
+                rows.append((name, batch, n * batch / (time.perf_counter() - t0)))
+    return rows
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def main(seconds: float, server_args: list[str]) -> None:
+    import torch
+
+    from ai_platform.models import save_model
+    from mnist.model import MnistCNN
+
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    home = work / ".ai_platform"
+    model_uri = str(home / "models/cnn.lance")
+    torch.manual_seed(0)
+    model = MnistCNN()
+    save_model(model, model_uri, torch.randn(1, 1, 28, 28), labels=list(range(10)))  # version 1
+    save_model(model, model_uri, torch.randn(1, 1, 28, 28), program_format="torch.export")  # version 2
+    env = {**os.environ, "AIP_HOME": str(home), "PYTHONPATH": str(ROOT), "AIP_LOG_LEVEL": "warning"}
+    storage_port, inference_port, echo_port, http_port = (free_port() for _ in range(4))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "storage_svc", "--addr", f"127.0.0.1:{storage_port}",
+                          "--metrics-addr", f"127.0.0.1:{free_port()}"], env=env, cwd=ROOT),
+        subprocess.Popen([sys.executable, "-m", "inference_svc", "--addr", f"127.0.0.1:{inference_port}",
+                          "--metrics-addr", f"127.0.0.1:{free_port()}", "--storage-addr",
+                          f"127.0.0.1:{storage_port}", *server_args], env=env, cwd=ROOT),
+        subprocess.Popen([sys.executable, __file__, "--role", "echo", "--port", str(echo_port)], env=env, cwd=ROOT),
+        subprocess.Popen([sys.executable, __file__, "--role", "fastapi", "--port", str(http_port), "--target",
+                          f"{model_uri}"], env=env, cwd=ROOT),
+    ]
+    try:
+        for port in (storage_port, inference_port, echo_port, http_port):
+            wait_port(port)
+        import grpc
+
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+        from ai_platform.protos.inference import grpc_service_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel:
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="cnn",
+                                              parameters={"version": pb.ModelRepositoryParameter(int64_param=1)}))
+
+        print("(a) compute ceiling, in-process, 1 thread:")
+        for name, batch, ips in compute_ceiling(model_uri):
+            print(f"    {name:<13} batch {batch:>2}: {ips:8.0f} images/s")
+        results = {}
+        for clients in CONCURRENCY:
+            results[("inference_svc", clients)] = run_load("grpc", f"127.0.0.1:{inference_port}", clients, seconds)
+            results[("grpc echo", clients)] = run_load("grpc", f"127.0.0.1:{echo_port}", clients, seconds)
+            results[("fastapi json", clients)] = run_load("http", f"http://127.0.0.1:{http_port}/predict", clients,
+                                                          seconds)
+        print(f"closed-loop clients, {seconds:g}s each, client and servers on the same 2 cores:")
+        print(f"    {'server':<26}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for (server, clients), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            label = {"inference_svc": "inference_svc (batching)", "grpc echo": "(b) bare grpc.aio echo",
+                     "fastapi json": "(c) FastAPI JSON baseline"}[server]
+            print(f"    {label:<26}{clients:>8}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+        ours, echo, base = (results[(s, 32)]["rps"] for s in ("inference_svc", "grpc echo", "fastapi json"))
+        print(f"at 32 clients: {ours / echo:.0%} of the transport ceiling, {ours / base:.1f}x the baseline; "
+              f"p99 at 1 client {results[('inference_svc', 1)]['p99_ms']:.2f} ms")
+        with grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel:
+            stats = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(name="cnn")).model_stats[0]
+        sizes = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+        print(f"batches formed: {stats.execution_count} passes for {stats.inference_count} images; "
+              f"largest batch {max(sizes)}; mean {stats.inference_count / stats.execution_count:.1f} images/pass")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--role", default="main", choices=["main", "client", "echo", "fastapi"])
+    parser.add_argument("--kind", default="grpc")
+    parser.add_argument("--target", default="")
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--server-args", default="", help="extra inference_svc flags, e.g. '--torch-threads 2'")
+    args = parser.parse_args()
+    if args.role == "client":
+        load = grpc_load if args.kind == "grpc" else http_load
+        print(json.dumps(asyncio.run(load(args.target, args.clients, args.seconds))))
+    elif args.role == "echo":
+        serve_echo(args.port)
+    elif args.role == "fastapi":
+        serve_fastapi(args.port, args.target)
+    else:
+        main(args.seconds, args.server_args.split())

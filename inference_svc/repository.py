@@ -1,0 +1,164 @@
+"""The model repository: the lake's model tables (found through storage_svc), loaded on demand.
+
+An empty version means the newest: loading a model without a version resolves the newest
+Lance version, loads it beside the one serving, then swaps it in; requests in flight on the
+old one finish there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from ai_platform.client import channel_options
+from ai_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError, Unavailable
+from ai_platform.models import read_model
+from ai_platform.names import validate_name
+from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
+from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
+from inference_svc.model import BatchingConfig, ServedModel
+
+log = logging.getLogger("inference_svc.repository")
+
+
+@dataclass
+class ModelState:
+    name: str
+    version: str
+    state: str  # READY, LOADING, UNAVAILABLE
+    reason: str = ""
+
+
+def parse_version(version: str) -> int | None:
+    if not version:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
+    return int(version)
+
+
+class ModelRepository:
+    def __init__(self, storage_addr: str, device: str, batching: BatchingConfig) -> None:
+        self.storage_addr = storage_addr
+        self.device = device
+        self.default_batching = batching
+        self._channel = grpc.aio.insecure_channel(storage_addr, options=channel_options(16 << 20))
+        self._storage = storage_pb2_grpc.StorageServiceStub(self._channel)
+        self._loaded: dict[str, dict[int, ServedModel]] = {}
+        self._newest: dict[str, int] = {}  # the version served when none is asked for
+        self._states: dict[str, ModelState] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, rpc, request):  # noqa: ANN001, ANN202 - a storage stub method and its request
+        try:
+            return await rpc(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(exc.details()) from exc
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(exc.details()) from exc
+            raise Unavailable(f"storage_svc at {self.storage_addr} is unavailable: {exc.details()}") from exc
+
+    async def _resolve(self, name: str, version: int | None) -> tuple[str, int, dict[str, str]]:
+        validate_name(name, "model name")
+        response = await self._call(
+            self._storage.ResolveUri,
+            storage_pb.ResolveUriRequest(kind=storage_pb.MODEL, name=name, version=version or 0, must_exist=True),
+        )
+        return response.uri, response.version, dict(response.storage_options)
+
+    async def get(self, name: str, version: str = "") -> ServedModel:
+        """The model that serves ``name`` at ``version`` (newest when empty), loading it on first use."""
+        wanted = parse_version(version)
+        served = self._loaded.get(name, {})
+        if wanted is None and name in self._newest:
+            return served[self._newest[name]]
+        if wanted is not None and wanted in served:
+            return served[wanted]
+        return await self.load(name, wanted)
+
+    def loaded(self, name: str, version: str = "") -> ServedModel | None:
+        wanted = parse_version(version)
+        served = self._loaded.get(name, {})
+        return served.get(self._newest.get(name, -1) if wanted is None else wanted)
+
+    async def load(
+        self, name: str, version: int | None = None, batching: BatchingConfig | None = None, device: str | None = None
+    ) -> ServedModel:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if version is not None and version in self._loaded.get(name, {}) and batching is None:
+                return self._loaded[name][version]
+            uri, resolved, storage_options = await self._resolve(name, version)
+            previous = self._states.get(name)
+            self._states[name] = ModelState(name, str(resolved), "LOADING")
+            try:
+                model = await asyncio.to_thread(
+                    self._build,
+                    name,
+                    uri,
+                    resolved,
+                    storage_options,
+                    batching or self.default_batching,
+                    device or self.device,
+                )
+            except PlatformError as exc:
+                self._states[name] = ModelState(name, str(resolved), "UNAVAILABLE", exc.message)
+                if previous and previous.state == "READY" and name in self._newest:
+                    self._states[name] = previous  # the version serving now keeps serving
+                raise
+            served = self._loaded.setdefault(name, {})
+            replaced = served.get(resolved)
+            served[resolved] = model
+            if version is None:
+                older = self._newest.get(name)
+                self._newest[name] = resolved
+                if older is not None and older != resolved:
+                    served.pop(older).retire()
+            if replaced is not None:
+                replaced.retire()
+            self._states[name] = ModelState(name, str(self._newest.get(name, resolved)), "READY")
+            log.info("model loaded", extra={"model": name, "version": resolved, "device": model.device})
+            return model
+
+    def _build(
+        self, name: str, uri: str, version: int, storage_options: dict[str, str], batching: BatchingConfig, device: str
+    ) -> ServedModel:
+        record = read_model(uri, version, storage_options)
+        try:
+            return ServedModel(name, record, device, batching)
+        except PlatformError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run is unavailable, the server is fine
+            raise FailedPrecondition(f"model '{name}' version {version} cannot run: {exc}") from exc
+
+    async def unload(self, name: str) -> None:
+        validate_name(name, "model name")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            served = self._loaded.pop(name, None)
+            self._newest.pop(name, None)
+            if served is None:
+                if name not in self._states:
+                    await self._resolve(name, None)  # NOT_FOUND for a model that does not exist
+                self._states[name] = ModelState(name, "", "UNAVAILABLE", "unloaded")
+                return
+            for model in served.values():
+                model.retire()
+            self._states[name] = ModelState(name, "", "UNAVAILABLE", "unloaded")
+
+    async def index(self) -> list[ModelState]:
+        tables = (
+            await self._call(self._storage.ListTables, storage_pb.ListTablesRequest(kind=storage_pb.MODEL))
+        ).tables
+        states = {t.name: ModelState(t.name, str(t.latest_version), "UNAVAILABLE", "not loaded") for t in tables}
+        states.update(self._states)
+        return [states[n] for n in sorted(states)]
+
+    def all_loaded(self) -> list[ServedModel]:
+        return [m for served in self._loaded.values() for m in served.values()]

@@ -1,0 +1,370 @@
+"""inference_svc end to end: models saved with the SDK into the lake, served by a real service process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from ai_platform.models import load_model, save_model
+from ai_platform.protos.inference import grpc_service_pb2 as pb
+from ai_platform.protos.inference import grpc_service_pb2_grpc
+from mnist.model import MnistCNN
+from tests.conftest import ROOT, ServiceProcess
+
+
+def cnn(seed: int) -> MnistCNN:
+    torch.manual_seed(seed)
+    return MnistCNN().eval()
+
+
+def expected(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(images)).numpy()
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def lake(lake_home):
+    """Models saved the way a training script saves them: cnn v1 and v2, an exported one, broken ones."""
+    models = lake_home / "models"
+    example = torch.zeros(1, 1, 28, 28)
+    save_model(cnn(1), str(models / "cnn.lance"), example, labels=list(range(10)), params={"epochs": 1},
+               metrics={"accuracy": 0.5})
+    save_model(cnn(2), str(models / "cnn.lance"), example, labels=list(range(10)), metrics={"accuracy": 0.6})
+    save_model(cnn(3), str(models / "exported.lance"), example, program_format="torch.export")
+    lance.write_dataset(pa.table({"weights": [b"\x00"]}), str(models / "no_program.lance"))
+    row = lance.dataset(str(models / "cnn.lance")).to_table()
+    garbage = row.set_column(row.schema.get_field_index("program"), "program",
+                             pa.array([b"not a program"], pa.large_binary()))
+    lance.write_dataset(garbage, str(models / "garbage.lance"))
+    return {"v1": cnn(1), "v2": cnn(2), "exported": cnn(3)}
+
+
+@pytest.fixture(scope="module")
+def services(lake_home, lake, storage_service):
+    inference = ServiceProcess("inference_svc", lake_home, ["--storage-addr", storage_service.addr,
+                                                            "--max-message-mb", "1"]).start(timeout=60)
+    yield inference
+    inference.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(services):
+    channel = grpc.insecure_channel(services.addr, options=[("grpc.max_send_message_length", 8 << 20)])
+    yield grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def raw_request(model: str, data: np.ndarray, version: str = "", name: str = "input",
+                datatype: str = "FP32") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id="req",
+                                   raw_input_contents=[data.tobytes()])
+    request.inputs.add(name=name, datatype=datatype, shape=list(data.shape))
+    return request
+
+
+def raw_output(response: pb.ModelInferResponse, index: int = 0) -> np.ndarray:
+    out = response.outputs[index]
+    return np.frombuffer(response.raw_output_contents[index], np.float32).reshape(list(out.shape))
+
+
+def rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+# -- tritonclient: the real client, in its own process ---------------------------------------
+
+TRITON_SESSION = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tc
+
+client = tc.InferenceServerClient(sys.argv[1])
+out = {"live": client.is_server_live(), "ready": client.is_server_ready(),
+       "server": client.get_server_metadata().name}
+out["ready_before"] = client.is_model_ready("cnn")
+client.load_model("cnn")
+out["ready_after"] = client.is_model_ready("cnn")
+meta = client.get_model_metadata("cnn", as_json=True)
+out["metadata"] = {"versions": meta["versions"], "inputs": meta["inputs"], "outputs": meta["outputs"]}
+out["config_max_batch"] = client.get_model_config("cnn", as_json=True)["config"]["max_batch_size"]
+for batch in (1, 8):
+    x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+    item = tc.InferInput("input", list(x.shape), "FP32")
+    item.set_data_from_numpy(x)
+    result = client.infer("cnn", [item], outputs=[tc.InferRequestedOutput("output")])
+    out[f"batch{batch}"] = result.as_numpy("output").tolist()
+    out[f"batch{batch}_version"] = result.get_response().model_version
+stats = client.get_inference_statistics("cnn", as_json=True)["model_stats"][0]
+out["stats"] = {"inference_count": int(stats["inference_count"]), "execution_count": int(stats["execution_count"])}
+out["index"] = [(m["name"], m.get("state", "")) for m in client.get_model_repository_index(as_json=True)["models"]]
+client.unload_model("cnn")
+out["ready_unloaded"] = client.is_model_ready("cnn")
+try:
+    client.get_model_metadata("nope")
+except tc.InferenceServerException as exc:
+    out["missing"] = [exc.status(), exc.message()]
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_drives_the_service(services, lake):
+    done = subprocess.run([sys.executable, "-c", TRITON_SESSION, services.addr], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert (out["live"], out["ready"], out["server"]) == (True, True, "ai-platform-inference")
+    assert (out["ready_before"], out["ready_after"], out["ready_unloaded"]) == (False, True, False)
+    assert out["metadata"] == {
+        "versions": ["2"],
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "28", "28"]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": ["-1", "10"]}],
+    }
+    assert out["config_max_batch"] == 32
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+        np.testing.assert_allclose(np.array(out[f"batch{batch}"]), expected(lake["v2"], x), atol=1e-4)
+        assert out[f"batch{batch}_version"] == "2"
+    assert out["stats"]["inference_count"] == 9 and out["stats"]["execution_count"] == 2
+    assert ("cnn", "READY") in [tuple(i) for i in out["index"]]
+    assert out["missing"][0] == "StatusCode.NOT_FOUND" and "model 'nope' does not exist" in out["missing"][1]
+
+
+# -- the project's own stubs ------------------------------------------------------------------
+
+def test_raw_in_raw_out_and_typed_in_typed_out(stub, lake):
+    x = images(3, seed=5)
+    raw = stub.ModelInfer(raw_request("cnn", x))
+    assert raw.model_version == "2" and raw.id == "req" and len(raw.raw_output_contents) == 1
+    np.testing.assert_allclose(raw_output(raw), expected(lake["v2"], x), atol=1e-4)
+    typed = pb.ModelInferRequest(model_name="cnn")
+    typed.inputs.add(name="input", datatype="FP32", shape=[3, 1, 28, 28]).contents.fp32_contents.extend(
+        x.ravel().tolist())
+    answer = stub.ModelInfer(typed)
+    assert not answer.raw_output_contents
+    values = np.array(answer.outputs[0].contents.fp32_contents, np.float32).reshape(3, 10)
+    np.testing.assert_allclose(values, expected(lake["v2"], x), atol=1e-4)
+
+
+def test_versions_select_lance_versions(stub, lake):
+    x = images(2, seed=6)
+    v1 = stub.ModelInfer(raw_request("cnn", x, version="1"))
+    assert v1.model_version == "1"
+    np.testing.assert_allclose(raw_output(v1), expected(lake["v1"], x), atol=1e-4)
+    newest = stub.ModelInfer(raw_request("cnn", x))
+    np.testing.assert_allclose(raw_output(newest), expected(lake["v2"], x), atol=1e-4)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="cnn", version="1")).ready
+    error = rpc_error(lambda: stub.ModelInfer(raw_request("cnn", x, version="9")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "no version 9" in error.details()
+
+
+def test_torch_export_programs_serve_too(stub, lake):
+    x = images(4, seed=7)
+    np.testing.assert_allclose(raw_output(stub.ModelInfer(raw_request("exported", x))),
+                               expected(lake["exported"], x), atol=1e-4)
+
+
+def test_stream_infer_answers_each_request(stub, lake):
+    xs = [images(1, seed=s) for s in range(5)]
+    requests = [raw_request("cnn", x) for x in xs]
+    for i, r in enumerate(requests):
+        r.id = f"r{i}"
+    requests.append(raw_request("cnn", xs[0], name="wrong"))
+    requests[-1].id = "bad"
+    answers = {a.infer_response.id: a for a in stub.ModelStreamInfer(iter(requests))}
+    assert set(answers) == {"r0", "r1", "r2", "r3", "r4", "bad"}
+    for i, x in enumerate(xs):
+        np.testing.assert_allclose(raw_output(answers[f"r{i}"].infer_response), expected(lake["v2"], x), atol=1e-4)
+    assert "unknown input 'wrong'" in answers["bad"].error_message
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_rows(services, stub, lake):
+    load = pb.RepositoryModelLoadRequest(model_name="cnn", parameters={
+        "max_queue_delay_us": pb.ModelRepositoryParameter(int64_param=50_000),
+        "max_batch_size": pb.ModelRepositoryParameter(int64_param=16)})
+    stub.RepositoryModelLoad(load)
+    before = stub.ModelStatistics(pb.ModelStatisticsRequest(name="cnn")).model_stats[0]
+    inputs = [images(1 + i % 3, seed=100 + i) for i in range(12)]
+
+    async def fire() -> list[pb.ModelInferResponse]:
+        async with grpc.aio.insecure_channel(services.addr) as channel:
+            aio_stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            return await asyncio.gather(*(aio_stub.ModelInfer(raw_request("cnn", x)) for x in inputs))
+
+    answers = asyncio.run(fire())
+    for x, answer in zip(inputs, answers, strict=True):
+        assert raw_output(answer).shape == (x.shape[0], 10)
+        np.testing.assert_allclose(raw_output(answer), expected(lake["v2"], x), atol=1e-4)
+    after = stub.ModelStatistics(pb.ModelStatisticsRequest(name="cnn")).model_stats[0]
+    rows = after.inference_count - before.inference_count
+    passes = after.execution_count - before.execution_count
+    assert rows == sum(x.shape[0] for x in inputs)
+    assert passes < len(inputs), f"{len(inputs)} requests took {passes} forward passes: nothing was merged"
+    assert max(b.batch_size for b in after.batch_stats) > 1
+    assert after.inference_stats.queue.count >= len(inputs)
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="cnn")).config
+    assert config.max_batch_size == 16 and config.dynamic_batching.max_queue_delay_microseconds == 50_000
+
+
+def test_hot_swap_under_load_loses_no_request(services, stub, lake, lake_home):
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cnn"))
+    x = images(1, seed=9)
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with grpc.insecure_channel(services.addr) as channel:
+            own = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    versions.append(own.ModelInfer(raw_request("cnn", x), timeout=30).model_version)
+                except grpc.RpcError as exc:
+                    failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    save_model(cnn(4), str(lake_home / "models/cnn.lance"), torch.zeros(1, 1, 28, 28), labels=list(range(10)))
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cnn"))
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert "2" in versions and versions[-1] == "3" and len(versions) > 20
+    np.testing.assert_allclose(raw_output(stub.ModelInfer(raw_request("cnn", x))), expected(cnn(4), x), atol=1e-4)
+
+
+def test_repository_index_lists_lake_models_with_state(stub):
+    index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+    assert {"cnn", "exported", "no_program", "garbage"} <= set(index)
+    assert index["cnn"].state == "READY"
+    ready = [m.name for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True)).models]
+    assert "cnn" in ready and "no_program" not in ready
+
+
+def test_unload_then_first_request_loads_again(stub, lake):
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="exported"))
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="exported")).ready
+    x = images(1, seed=11)
+    np.testing.assert_allclose(raw_output(stub.ModelInfer(raw_request("exported", x))),
+                               expected(lake["exported"], x), atol=1e-4)
+    assert stub.ModelReady(pb.ModelReadyRequest(name="exported")).ready
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def test_unknown_and_unloadable_models(stub):
+    error = rpc_error(lambda: stub.ModelInfer(raw_request("nope", images(1))))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "model 'nope' does not exist" in error.details()
+    for name, words in (("no_program", "missing column(s) ['program'"), ("garbage", "cannot load the program")):
+        error = rpc_error(lambda name=name: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name)))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and words in error.details(), error.details()
+        error = rpc_error(lambda name=name: stub.ModelInfer(raw_request(name, images(1))))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    states = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest()).models}
+    assert states["garbage"].state == "UNAVAILABLE" and "cannot load" in states["garbage"].reason
+    assert stub.ModelInfer(raw_request("cnn", images(1))).model_name == "cnn", "other models keep serving"
+    error = rpc_error(lambda: stub.ModelInfer(raw_request("../etc", images(1))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_bad_tensors_are_invalid_argument_saying_expected_vs_got(stub):
+    x = images(2)
+    cases = []
+    cases.append((raw_request("cnn", x, name="pixels"), "unknown input 'pixels'"))
+    cases.append((raw_request("cnn", x.astype(np.float64), datatype="FP64"), "expected datatype FP32, got FP64"))
+    cases.append((raw_request("cnn", x.reshape(2, 784)), "expected shape [-1, 1, 28, 28], got [2, 784]"))
+    short = raw_request("cnn", x)
+    short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+    cases.append((short, "raw contents have 6268 bytes, expected 6272"))
+    both = raw_request("cnn", x)
+    both.inputs[0].contents.fp32_contents.extend([0.0] * x.size)
+    cases.append((both, "not both"))
+    cases.append((raw_request("cnn", np.zeros((0, 1, 28, 28), np.float32)), "empty batch"))
+    extra = raw_request("cnn", x)
+    extra.inputs.add(name="second", datatype="FP32", shape=list(x.shape))
+    extra.raw_input_contents.append(x.tobytes())
+    cases.append((extra, "takes 1 input(s)"))
+    cases.append((pb.ModelInferRequest(model_name="cnn"), "no inputs"))
+    typed_short = pb.ModelInferRequest(model_name="cnn")
+    typed_short.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28]).contents.fp32_contents.extend([1.0])
+    cases.append((typed_short, "1 values in contents, expected 784"))
+    cases.append((raw_request("cnn", images(40)), "exceeds max_batch_size"))
+    for request, words in cases:
+        error = rpc_error(lambda request=request: stub.ModelInfer(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (words, error.details())
+        assert words in error.details(), (words, error.details())
+    assert stub.ModelInfer(raw_request("cnn", x)).outputs[0].shape == [2, 10]
+
+
+def test_requests_over_the_message_limit_are_resource_exhausted(stub):
+    error = rpc_error(lambda: stub.ModelInfer(raw_request("cnn", images(400))))  # ~1.25 MB > 1 MiB
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(1024 * 1024) in error.details()
+
+
+def test_unimplemented_rpcs_say_so(stub):
+    error = rpc_error(lambda: stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest()))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- the SDK ---------------------------------------------------------------------------------
+
+LOAD_WITHOUT_CLASS = """
+import json, sys
+import numpy as np, torch
+from ai_platform.sdk import load_model
+model = load_model(sys.argv[1])
+x = torch.from_numpy(np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32))
+print(json.dumps({"out": model(x).tolist(), "labels": model.labels, "metrics": model.metrics,
+                  "version": model.version, "has_class": "mnist" in sys.modules}))
+"""
+
+
+def test_saved_models_load_without_the_training_class(lake_home, lake, tmp_path):
+    done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_CLASS, str(lake_home / "models/cnn.lance")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["has_class"] is False and out["labels"] == [str(i) for i in range(10)]
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    latest = load_model(str(lake_home / "models/cnn.lance"))
+    np.testing.assert_allclose(np.array(out["out"]), expected(latest, x), atol=1e-5)
+
+
+def test_save_model_versions_and_metadata(tmp_path):
+    uri = str(tmp_path / "m.lance")
+    first = save_model(cnn(5), uri, torch.zeros(2, 1, 28, 28), labels=list("abcdefghij"), params={"lr": 0.1},
+                       metrics={"accuracy": 0.9})
+    second = save_model(cnn(6), uri, torch.zeros(2, 1, 28, 28))
+    assert (first["version"], second["version"]) == (1, 2)
+    table = lance.dataset(uri, version=1).to_table()
+    assert table.num_rows == 1
+    columns = {"weights", "program", "signature", "params", "metrics", "framework", "created_at"}
+    assert columns <= set(table.column_names)
+    assert json.loads(table.column("params")[0].as_py()) == {"lr": 0.1}
+    state = torch.load(__import__("io").BytesIO(table.column("weights")[0].as_py()))
+    assert set(state) == set(cnn(5).state_dict())
+    assert load_model(uri, version=1).labels == list("abcdefghij") and load_model(uri).labels is None
+    with pytest.raises(Exception, match="labels"):
+        save_model(cnn(5), uri, torch.zeros(1, 1, 28, 28), labels=["only one"])
