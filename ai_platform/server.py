@@ -9,14 +9,11 @@ SIGTERM/SIGINT that stops accepting calls and drains the ones in flight.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import inspect
-import itertools
 import logging
 import signal
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,53 +21,15 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import start_http_server
 
 from ai_platform.config import Settings, split_addr
 from ai_platform.errors import PlatformError
+from ai_platform.metrics import RequestMetrics
 
 log = logging.getLogger("ai_platform.server")
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-class RpcMetrics(Collector):
-    """Per-RPC counts and latency histograms as plain numbers, rendered only when scraped.
-
-    Updated from the event loop on every call, so kept to a dict update and a bisect:
-    prometheus_client's own Counter and Histogram take a lock and walk the buckets per call.
-    """
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency: dict[tuple[str, str], list] = {}
-
-    def observe(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.counts[(service, method, code)] += 1
-        entry = self.latency.get((service, method))
-        if entry is None:
-            entry = self.latency[(service, method)] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
-        entry[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        entry[1] += seconds
-
-    def collect(self) -> Iterator[Metric]:
-        total = CounterMetricFamily("aip_grpc_requests", "gRPC calls handled", labels=["service", "method", "code"])
-        for labels, count in list(self.counts.items()):
-            total.add_metric(list(labels), count)
-        yield total
-        latency = HistogramMetricFamily("aip_grpc_request_seconds", "gRPC call latency (streams: until the end)",
-                                        labels=["service", "method"])
-        for labels, (buckets, total_seconds) in list(self.latency.items()):
-            cumulative = list(itertools.accumulate(buckets))
-            bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
-            latency.add_metric(list(labels), list(zip(bounds, cumulative, strict=True)), total_seconds)
-        yield latency
-
-
-RPC_METRICS = RpcMetrics()
-REGISTRY.register(RPC_METRICS)
+RPC_METRICS = RequestMetrics("aip_grpc_request", "gRPC calls", ["service", "method", "code"])
 
 
 async def _abort_for(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
@@ -106,7 +65,7 @@ def _wrap(service: str, method: str, behavior: Callable[..., Any]) -> Callable[.
 
     def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         code = "OK" if exc is None else _status_label(context, exc)
-        RPC_METRICS.observe(service, method, code, time.perf_counter() - started)
+        RPC_METRICS.observe((service, method, code), time.perf_counter() - started)
 
     if inspect.isasyncgenfunction(behavior):
 

@@ -310,6 +310,8 @@ def test_health_reflection_and_metrics(storage_service, client):
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert {"aiplatform.v1.StorageService", "grpc.health.v1.Health"} <= set(services)
     client.list()
+    code_of(lambda: client.get("never-there"))
+    code_of(lambda: client.get("../bad"))
     body = urllib.request.urlopen(f"http://{storage_service.metrics_addr}/metrics", timeout=5).read().decode()
     samples = [s for family in text_string_to_metric_families(body) for s in family.samples]
 
