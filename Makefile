@@ -14,7 +14,12 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP)
+# Debian's Chromium for the browser tests (Playwright drives it; it cannot download browsers here).
+/usr/bin/chromium:
+	@command -v apt-get >/dev/null || { echo "install Chromium at /usr/bin/chromium for the browser tests"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+install: $(STAMP) /usr/bin/chromium
 
 test: install
 	$(PY) -m ruff check .

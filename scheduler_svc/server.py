@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.errors import InvalidArgument
+from ai_platform.protojson import plain_json
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
 from scheduler_svc.scheduler import Scheduler, TaskRequest
@@ -25,17 +25,6 @@ _STATUS_PB = {
 }
 _STATUS = {v: k for k, v in _STATUS_PB.items()}
 MAX_PAGE = 1000
-
-
-def plain_json(value: Any) -> Any:
-    """Struct numbers are doubles; give whole numbers back as ints so ``range(params["epochs"])`` works."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_json(v) for v in value]
-    return value
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:

@@ -1,0 +1,166 @@
+"""The gateway application: routes, error bodies, limits, auth, CORS, metrics and the web page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ai_platform import __version__
+from ai_platform.config import Settings
+from ai_platform.metrics import RequestMetrics
+from gateway import errors
+from gateway.backends import Backends
+from gateway.routes_inference import router as inference_router
+from gateway.routes_lake import router as lake_router
+from gateway.routes_tasks import router as tasks_router
+from gateway.schemas import HealthView
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
+UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
+OPEN_PATHS = {"/healthz"}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass
+class GatewayConfig:
+    settings: Settings
+    body_limit: int = 16 * 2**20
+    upload_limit: int = 4 * 2**30
+    timeout_s: float = 30.0
+    cors_origins: list[str] | None = None
+
+
+async def _send_error(send: Send, status: int, code: str, message: str, headers: list | None = None) -> None:
+    body = json.dumps(errors.error_body(code, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Bearer token, body size limits (413 before reading the rest), and per-route metrics, as plain ASGI."""
+
+    def __init__(self, app: ASGIApp, token: str, body_limit: int, upload_limit: int) -> None:
+        self.app, self.token = app, token
+        self.body_limit, self.upload_limit = body_limit, upload_limit
+        self.static = {"/"} | {f"/{p.name}" for p in WEB_DIR.iterdir()} if WEB_DIR.is_dir() else {"/"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, path, method = time.perf_counter(), scope["path"], scope["method"]
+        status_holder = {"status": 500}
+
+        async def send_recorded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_recorded, path, method)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or ("static" if path in self.static else "unmatched")
+            HTTP_METRICS.observe((method, template, str(status_holder["status"])), time.perf_counter() - started)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
+        if self.token and path not in OPEN_PATHS and not (method == "GET" and path in self.static):
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
+                await _send_error(send, 401, "UNAUTHORIZED", "missing or wrong bearer token (Authorization: Bearer …)",
+                                  [(b"www-authenticate", b"Bearer")])
+                return
+        limit = self.upload_limit if method == "POST" and UPLOAD_ROUTE.match(path) else self.body_limit
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_error(send, 413, "PAYLOAD_TOO_LARGE", f"the body is {int(length)} bytes; the limit is {limit}")
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise errors.ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the {limit} byte limit")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    settings = config.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.backends = Backends(settings, config.timeout_s)
+        app.state.model_cache = {}
+        app.state.upload_limit = config.upload_limit
+        app.state.max_message_bytes = settings.max_message_bytes
+        app.state.spool_dir = tempfile.gettempdir()
+        yield
+        await app.state.backends.close()
+
+    app = FastAPI(
+        title="AI Platform", version=__version__, lifespan=lifespan,
+        description="REST face of the platform: datasets and models in the Lance lake, tasks, and inference "
+                    "(Open Inference Protocol). Every error is `{\"error\": {\"code\", \"message\"}}`.",
+    )
+    app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    app.include_router(lake_router)
+    app.include_router(tasks_router)
+    app.include_router(inference_router)
+
+    @app.get("/healthz", response_model=HealthView, tags=["platform"], summary="The gateway and each backend")
+    async def healthz(request: Request) -> dict:
+        services = await request.app.state.backends.health()
+        return {"status": "ok" if all(s["healthy"] for s in services.values()) else "degraded", "services": services}
+
+    @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    if WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+
+    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=config.body_limit,
+                       upload_limit=config.upload_limit)
+    origins = config.cors_origins or []
+    app.add_middleware(CORSMiddleware, allow_origins=origins,  # outermost, so errors carry CORS headers too
+                       allow_origin_regex=None if origins else r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
+                       allow_methods=["*"], allow_headers=["*"])
+    return app
+
+
+def config_from_env(settings: Settings) -> GatewayConfig:
+    origins = [o for o in os.environ.get("AIP_CORS_ORIGINS", "").split(",") if o]
+    return GatewayConfig(settings, body_limit=int(float(os.environ.get("AIP_BODY_LIMIT_MB") or 16) * 2**20),
+                         upload_limit=int(float(os.environ.get("AIP_UPLOAD_LIMIT_MB") or 4096) * 2**20),
+                         timeout_s=float(os.environ.get("AIP_GATEWAY_TIMEOUT_S") or 30), cors_origins=origins)

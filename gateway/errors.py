@@ -1,0 +1,82 @@
+"""Every error leaves the gateway as ``{"error": {"code", "message"}}`` with the matching HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("gateway")
+
+_HTTP_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+               409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 503: "SERVICE_UNAVAILABLE"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(400, "INVALID_REQUEST", message)
+
+
+def from_grpc(exc: grpc.aio.AioRpcError, service: str, addr: str, not_found: str) -> ApiError:
+    """Map a backend's gRPC status to the REST error; ``not_found`` names what was missing."""
+    code, details = exc.code(), exc.details() or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ApiError(503, "SERVICE_UNAVAILABLE", f"{service} at {addr} is unavailable: {details}")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ApiError(404, not_found, details)
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED):
+        return ApiError(400, "INVALID_REQUEST", details)
+    if code in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
+        return ApiError(409, "CONFLICT", details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ApiError(413, "PAYLOAD_TOO_LARGE", details)
+    log.error("%s failed: %s %s", service, code, details)
+    return ApiError(500, "INTERNAL_ERROR", f"{service} failed; see its log")
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            position = error.get("loc", ("body", "?"))[-1]
+            problems.append(f"the body is not valid JSON (error at character {position})")
+            continue
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return JSONResponse(error_body("INVALID_REQUEST", "; ".join(problems)), status_code=400)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "INVALID_REQUEST")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        raw = request.scope.get("raw_path", b"").decode(errors="replace")
+        collection = next((c for c in ("datasets", "models", "tasks") if raw.startswith(f"/api/v1/{c}/")), None)
+        if collection and (".." in raw or "%2f" in raw.lower() or "%5c" in raw.lower()):
+            name = raw.split(f"/api/v1/{collection}/", 1)[1]
+            return JSONResponse(error_body("INVALID_REQUEST", f"invalid {collection[:-1]} name {name!r}: names are "
+                                                              f"letters, digits, '_', '.', '-', never paths"), 400)
+        message = f"no route {request.method} {request.url.path}"
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("INTERNAL_ERROR", "internal error (details in the gateway log)"), status_code=500)

@@ -1,0 +1,266 @@
+"""The Open Inference Protocol's REST form, and the web page's predict, over GRPCInferenceService."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from ai_platform.models import DATATYPES
+from ai_platform.protos.aiplatform.v1 import storage_pb2
+from ai_platform.protos.inference import grpc_service_pb2 as pb
+from gateway.errors import ApiError, invalid
+from gateway.schemas import ERRORS, PredictView
+
+router = APIRouter()
+NOT_FOUND = "MODEL_NOT_FOUND"
+METADATA_TTL_S = 5.0
+
+
+async def _json(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    return body
+
+
+def _tensor_request(model: str, version: str, body: dict) -> pb.ModelInferRequest:
+    """A v2 JSON inference request as a raw-tensor gRPC request."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise invalid("'inputs' must be a non-empty list of {name, shape, datatype, data}")
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(body.get("id", "")))
+    for item in inputs:
+        if not isinstance(item, dict) or not {"name", "shape", "datatype", "data"} <= set(item):
+            raise invalid("each input needs name, shape, datatype and data")
+        dtype = DATATYPES.get(item["datatype"])
+        if dtype is None:
+            raise invalid(f"input '{item['name']}': unsupported datatype {item['datatype']!r}")
+        shape = item["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise invalid(f"input '{item['name']}': shape must be a list of non-negative integers")
+        try:
+            array = np.asarray(item["data"], dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise invalid(f"input '{item['name']}': data is not {item['datatype']}: {exc}") from None
+        if array.size != math.prod(shape):
+            raise invalid(f"input '{item['name']}': {array.size} values for shape {shape}")
+        request.inputs.add(name=str(item["name"]), datatype=item["datatype"], shape=shape)
+        request.raw_input_contents.append(array.reshape(shape).tobytes())
+    for output in body.get("outputs") or []:
+        if not isinstance(output, dict) or "name" not in output:
+            raise invalid("each requested output needs a name")
+        request.outputs.add(name=str(output["name"]))
+    return request
+
+
+def _outputs(response: pb.ModelInferResponse) -> list[dict[str, Any]]:
+    outputs = []
+    for index, tensor in enumerate(response.outputs):
+        array = np.frombuffer(response.raw_output_contents[index], DATATYPES[tensor.datatype])
+        outputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
+                        "data": array.tolist()})
+    return outputs
+
+
+async def _infer(request: Request, model: str, version: str) -> dict:
+    backends = request.app.state.backends
+    grpc_request = _tensor_request(model, version, await _json(request))
+    response = await backends.call("inference", backends.inference.ModelInfer(grpc_request,
+                                                                              timeout=backends.timeout_s), NOT_FOUND)
+    return {"model_name": response.model_name, "model_version": response.model_version, "id": response.id,
+            "outputs": _outputs(response)}
+
+
+async def _metadata(request: Request, model: str, version: str) -> dict:
+    backends = request.app.state.backends
+    meta = await backends.call("inference", backends.inference.ModelMetadata(
+        pb.ModelMetadataRequest(name=model, version=version), timeout=backends.timeout_s), NOT_FOUND)
+    return {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.outputs]}
+
+
+# -- Open Inference Protocol, REST ----------------------------------------------------------
+
+@router.get("/v2/health/live", tags=["inference"], summary="The inference server is live")
+async def live(request: Request) -> dict:
+    backends = request.app.state.backends
+    response = await backends.call("inference", backends.inference.ServerLive(pb.ServerLiveRequest(), timeout=2))
+    return {"live": response.live}
+
+
+@router.get("/v2/health/ready", tags=["inference"], summary="The inference server is ready")
+async def ready(request: Request) -> dict:
+    backends = request.app.state.backends
+    response = await backends.call("inference", backends.inference.ServerReady(pb.ServerReadyRequest(), timeout=2))
+    return {"ready": response.ready}
+
+
+@router.get("/v2", tags=["inference"], summary="Server metadata")
+async def server_metadata(request: Request) -> dict:
+    backends = request.app.state.backends
+    meta = await backends.call("inference", backends.inference.ServerMetadata(pb.ServerMetadataRequest(),
+                                                                              timeout=backends.timeout_s))
+    return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+
+
+@router.get("/v2/models/{model}", tags=["inference"], responses=ERRORS, summary="Model metadata")
+async def model_metadata(request: Request, model: str) -> dict:
+    return await _metadata(request, model, "")
+
+
+@router.get("/v2/models/{model}/versions/{version}", tags=["inference"], responses=ERRORS,
+            summary="Model metadata, one version")
+async def model_version_metadata(request: Request, model: str, version: str) -> dict:
+    return await _metadata(request, model, version)
+
+
+async def _ready(request: Request, model: str, version: str) -> dict:
+    backends = request.app.state.backends
+    response = await backends.call("inference", backends.inference.ModelReady(
+        pb.ModelReadyRequest(name=model, version=version), timeout=backends.timeout_s), NOT_FOUND)
+    if not response.ready:
+        raise ApiError(503, "MODEL_NOT_READY", f"model '{model}' is not loaded (load it, or send a request)")
+    return {"name": model, "ready": True}
+
+
+@router.get("/v2/models/{model}/ready", tags=["inference"], responses=ERRORS, summary="Model readiness")
+async def model_ready(request: Request, model: str) -> dict:
+    return await _ready(request, model, "")
+
+
+@router.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"], responses=ERRORS)
+async def model_version_ready(request: Request, model: str, version: str) -> dict:
+    return await _ready(request, model, version)
+
+
+INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                                              "properties": {"name": {"type": "string"},
+                                                             "shape": {"type": "array", "items": {"type": "integer"}},
+                                                             "datatype": {"type": "string", "example": "FP32"},
+                                                             "data": {"type": "array", "items": {}}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}}}
+
+
+@router.post("/v2/models/{model}/infer", tags=["inference"], responses=ERRORS, openapi_extra=INFER_BODY,
+             summary="Inference (Open Inference Protocol JSON)")
+async def infer(request: Request, model: str) -> dict:
+    return await _infer(request, model, "")
+
+
+@router.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=ERRORS,
+             openapi_extra=INFER_BODY, summary="Inference on one version")
+async def infer_version(request: Request, model: str, version: str) -> dict:
+    return await _infer(request, model, version)
+
+
+@router.api_route("/v2/repository/index", methods=["GET", "POST"], tags=["inference"], responses=ERRORS,
+                  summary="Models in the lake and whether they are loaded")
+async def repository_index(request: Request) -> list[dict]:
+    backends = request.app.state.backends
+    response = await backends.call("inference", backends.inference.RepositoryIndex(
+        pb.RepositoryIndexRequest(), timeout=backends.timeout_s))
+    return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in response.models]
+
+
+@router.post("/v2/repository/models/{model}/load", tags=["inference"], responses=ERRORS,
+             summary="Load (or reload, swapping in the newest version) a model; optional JSON parameters")
+async def load_model(request: Request, model: str) -> dict:
+    backends = request.app.state.backends
+    raw = await request.body()
+    body = await _json(request) if raw.strip() else {}
+    parameters = {}
+    for key, value in (body.get("parameters") or {}).items():
+        if isinstance(value, bool):
+            parameters[key] = pb.ModelRepositoryParameter(bool_param=value)
+        elif isinstance(value, int):
+            parameters[key] = pb.ModelRepositoryParameter(int64_param=value)
+        elif isinstance(value, str):
+            parameters[key] = pb.ModelRepositoryParameter(string_param=value)
+        else:
+            parameters[key] = pb.ModelRepositoryParameter(string_param=json.dumps(value))
+    await backends.call("inference", backends.inference.RepositoryModelLoad(
+        pb.RepositoryModelLoadRequest(model_name=model, parameters=parameters), timeout=300), NOT_FOUND)
+    return {"name": model, "state": "READY"}
+
+
+@router.post("/v2/repository/models/{model}/unload", tags=["inference"], responses=ERRORS, summary="Unload a model")
+async def unload_model(request: Request, model: str) -> dict:
+    backends = request.app.state.backends
+    await backends.call("inference", backends.inference.RepositoryModelUnload(
+        pb.RepositoryModelUnloadRequest(model_name=model), timeout=backends.timeout_s), NOT_FOUND)
+    return {"name": model, "state": "UNAVAILABLE"}
+
+
+# -- predict, for the web page ----------------------------------------------------------------
+
+async def _cached_metadata(request: Request, model: str) -> dict:
+    """Model metadata and labels, cached briefly: predict needs the input shape on every call."""
+    cache: dict = request.app.state.model_cache
+    hit = cache.get(model)
+    if hit and time.monotonic() - hit[0] < METADATA_TTL_S:
+        return hit[1]
+    meta = await _metadata(request, model, "")
+    backends = request.app.state.backends
+    labels = None
+    try:
+        preview = await backends.storage.PreviewRows(storage_pb2.PreviewRowsRequest(
+            kind=storage_pb2.MODEL, name=model, limit=1, columns=["signature"]), timeout=backends.timeout_s)
+        rows = json.loads(preview.rows_json)
+        labels = json.loads(rows[-1]["signature"])["outputs"][0].get("labels") if rows else None
+    except Exception:  # noqa: BLE001 - labels are a nicety; predict works without them
+        labels = None
+    meta["labels"] = labels
+    cache[model] = (time.monotonic(), meta)
+    return meta
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "description": "either the seed's image (784 floats, 0..1) or inputs (one sample, flat "
+                                     "or shaped)",
+    "properties": {"image": {"type": "array", "items": {"type": "number"}, "minItems": 784, "maxItems": 784},
+                   "inputs": {"type": "array", "items": {}}}}}}}}
+
+
+@router.post("/api/v1/models/{id}/predict", response_model=PredictView, responses=ERRORS, tags=["models"],
+             openapi_extra=PREDICT_BODY, summary="Classify one sample: prediction, confidence, probabilities")
+async def predict(request: Request, id: str) -> dict:
+    body = await _json(request)
+    sample = body.get("image", body.get("inputs"))
+    if sample is None:
+        raise invalid("send {'image': [784 floats]} or {'inputs': [...]}")
+    try:
+        array = np.asarray(sample, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise invalid(f"the sample must be numbers: {exc}") from None
+    meta = await _cached_metadata(request, id)
+    spec = meta["inputs"][0]
+    shape = [1, *[int(d) for d in spec["shape"][1:]]]
+    if array.size != math.prod(shape) or spec["datatype"] != "FP32":
+        raise invalid(f"model '{id}' takes {math.prod(shape[1:])} FP32 values per sample (shape {spec['shape']}); "
+                      f"got {array.size}")
+    grpc_request = pb.ModelInferRequest(model_name=id, raw_input_contents=[array.reshape(shape).tobytes()])
+    grpc_request.inputs.add(name=spec["name"], datatype="FP32", shape=shape)
+    backends = request.app.state.backends
+    response = await backends.call("inference", backends.inference.ModelInfer(grpc_request,
+                                                                              timeout=backends.timeout_s), NOT_FOUND)
+    scores = np.frombuffer(response.raw_output_contents[0], np.float32).astype(np.float64)
+    if not (scores.min() >= 0 and abs(scores.sum() - 1) < 1e-3):  # logits: turn them into probabilities
+        exp = np.exp(scores - scores.max())
+        scores = exp / exp.sum()
+    best = int(scores.argmax())
+    labels = meta.get("labels")
+    return {"prediction": best, "label": labels[best] if labels and best < len(labels) else None,
+            "confidence": float(scores[best]), "probabilities": scores.tolist(),
+            "model_version": response.model_version}

@@ -1,0 +1,263 @@
+"""Datasets and models: catalog, versions, rows, upload and export. Translation to StorageService only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ai_platform import arrow_ipc
+from ai_platform.protojson import iso
+from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
+from gateway.errors import ApiError, invalid
+from gateway.schemas import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
+
+router = APIRouter()
+KINDS = {"datasets": (pb.DATASET, "DATASET_NOT_FOUND"), "models": (pb.MODEL, "MODEL_NOT_FOUND")}
+MODES = {"create": pb.CREATE, "append": pb.APPEND, "overwrite": pb.OVERWRITE}
+UPLOAD_FORMATS = {"application/vnd.apache.arrow.stream": "arrow", "application/vnd.apache.arrow.file": "arrow",
+                  "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet",
+                  "application/parquet": "parquet", "text/csv": "csv"}
+EXPORT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "parquet": "application/vnd.apache.parquet",
+                "csv": "text/csv"}
+MODEL_COLUMNS = ["signature", "params", "metrics", "framework"]
+
+
+def table_view(info: pb.TableInfo) -> dict[str, Any]:
+    return {"id": info.name, "path": info.uri, "schema": {c.name: c.type for c in info.schema},
+            "num_rows": info.num_rows, "size_bytes": info.size_bytes, "version": info.version,
+            "latest_version": info.latest_version, "num_versions": info.num_versions,
+            "created_at": iso(info.created_at), "updated_at": iso(info.updated_at), "metadata": dict(info.metadata)}
+
+
+async def model_view(request: Request, info: pb.TableInfo) -> dict[str, Any]:
+    view = table_view(info)
+    backends = request.app.state.backends
+    present = [c for c in MODEL_COLUMNS if c in view["schema"]]
+    if present:
+        preview = await backends.call("storage", backends.storage.PreviewRows(pb.PreviewRowsRequest(
+            kind=pb.MODEL, name=info.name, version=info.version, limit=1, columns=present),
+            timeout=backends.timeout_s), "MODEL_NOT_FOUND")
+        rows = json.loads(preview.rows_json)
+        row = rows[-1] if rows else {}
+        for column in ("signature", "params", "metrics"):
+            try:
+                view[column] = json.loads(row.get(column) or "{}")
+            except ValueError:
+                view[column] = {}
+        view["framework"] = row.get("framework") or ""
+        outputs = view["signature"].get("outputs") or [{}]
+        view["labels"] = outputs[0].get("labels")
+    return view
+
+
+def _kind(collection: str) -> tuple[int, str]:
+    return KINDS[collection]
+
+
+def _register(collection: str, view_model: type) -> None:
+    kind, not_found = _kind(collection)
+    singular = collection[:-1]
+
+    @router.get(f"/api/v1/{collection}", response_model=list[view_model], response_model_by_alias=True,
+                tags=[collection], summary=f"List {collection}", responses=ERRORS)
+    async def list_tables(request: Request) -> list[dict]:
+        backends = request.app.state.backends
+        response = await backends.call("storage", backends.storage.ListTables(
+            pb.ListTablesRequest(kind=kind), timeout=backends.timeout_s))
+        if kind == pb.MODEL:
+            return list(await asyncio.gather(*(model_view(request, t) for t in response.tables)))
+        return [table_view(t) for t in response.tables]
+
+    @router.get(f"/api/v1/{collection}/{{id}}", response_model=view_model, response_model_by_alias=True,
+                tags=[collection], summary=f"Describe a {singular}", responses=ERRORS)
+    async def get_table(request: Request, id: str, version: int = Query(0, ge=0)) -> dict:
+        backends = request.app.state.backends
+        info = await backends.call("storage", backends.storage.GetTable(
+            pb.GetTableRequest(kind=kind, name=id, version=version), timeout=backends.timeout_s), not_found)
+        return await model_view(request, info) if kind == pb.MODEL else table_view(info)
+
+    @router.delete(f"/api/v1/{collection}/{{id}}", response_model=StatusView, tags=[collection],
+                   summary=f"Delete a {singular} and all its versions", responses=ERRORS)
+    async def delete_table(request: Request, id: str) -> dict:
+        backends = request.app.state.backends
+        await backends.call("storage", backends.storage.DeleteTable(
+            pb.DeleteTableRequest(kind=kind, name=id), timeout=backends.timeout_s), not_found)
+        return {"status": "deleted"}
+
+    @router.get(f"/api/v1/{collection}/{{id}}/versions", response_model=list[VersionView], tags=[collection],
+                summary=f"Every committed version of a {singular}", responses=ERRORS)
+    async def list_versions(request: Request, id: str) -> list[dict]:
+        backends = request.app.state.backends
+        response = await backends.call("storage", backends.storage.ListVersions(
+            pb.ListVersionsRequest(kind=kind, name=id), timeout=backends.timeout_s), not_found)
+        return [{"version": v.version, "timestamp": iso(v.timestamp), "metadata": dict(v.metadata)}
+                for v in response.versions]
+
+    @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
+                summary=f"Preview rows of a {singular}", responses=ERRORS)
+    async def preview_rows(request: Request, id: str, limit: int = Query(10, ge=1, le=1000),
+                           offset: int = Query(0, ge=0), version: int = Query(0, ge=0),
+                           columns: str = Query("", description="comma-separated; empty = all")) -> dict:
+        backends = request.app.state.backends
+        wanted = [c for c in columns.split(",") if c]
+        response = await backends.call("storage", backends.storage.PreviewRows(pb.PreviewRowsRequest(
+            kind=kind, name=id, version=version, offset=offset, limit=limit, columns=wanted),
+            timeout=backends.timeout_s), not_found)
+        return {"rows": json.loads(response.rows_json), "total_rows": response.total_rows, "offset": offset,
+                "limit": limit}
+
+
+_register("datasets", TableView)
+_register("models", ModelView)
+
+
+# -- upload ---------------------------------------------------------------------------------
+
+def _open_batches(path: str, fmt: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Schema and a batch iterator over the spooled upload; InvalidRequest when it is not that format."""
+    try:
+        if fmt == "arrow":
+            source = pa.memory_map(path)
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+                return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+            return reader.schema, iter(reader)
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(path)
+            return parquet.schema_arrow, parquet.iter_batches(batch_size=65536)
+        reader = pacsv.open_csv(path)
+        return reader.schema, iter(reader)
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise invalid(f"the body is not a valid {fmt} file: {exc}") from None
+
+
+@router.post("/api/v1/datasets/{id}", response_model=TableView, response_model_by_alias=True, status_code=201,
+             tags=["datasets"], summary="Upload a dataset (Arrow IPC stream, Parquet or CSV body)", responses=ERRORS,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_FORMATS}}})
+async def upload_dataset(request: Request, id: str, mode: str = Query("create", pattern="^(create|append|overwrite)$"),
+                         format: str = Query("", pattern="^(|arrow|parquet|csv)$",
+                                             description="overrides the Content-Type")) -> dict:
+    """The body is spooled to a temporary file (never held in memory), then streamed to storage batch by batch;
+    the new version is committed only after the last batch."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fmt = format or UPLOAD_FORMATS.get(content_type)
+    if fmt is None:
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"send Arrow IPC, Parquet or CSV (one of {list(UPLOAD_FORMATS)}"
+                                                      f"), or say ?format=arrow|parquet|csv; got {content_type!r}")
+    state = request.app.state
+    with tempfile.NamedTemporaryFile(prefix="aip-upload-", dir=state.spool_dir) as spool:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > state.upload_limit:
+                raise ApiError(413, "PAYLOAD_TOO_LARGE", f"upload is over the {state.upload_limit} byte limit")
+            spool.write(chunk)
+        spool.flush()
+        if size == 0:
+            raise invalid("the request body is empty")
+        schema, batches = await asyncio.to_thread(_open_batches, spool.name, fmt)
+        failure: list[Exception] = []
+
+        async def requests() -> AsyncIterator[pb.WriteTableRequest]:
+            yield pb.WriteTableRequest(header=pb.WriteHeader(kind=pb.DATASET, name=id, mode=MODES[mode]))
+            sent = False
+            try:
+                while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                    for payload in arrow_ipc.encode_chunks([batch], schema, state.max_message_bytes // 2):
+                        sent = True
+                        yield pb.WriteTableRequest(chunk=pb.ArrowChunk(arrow_ipc=payload))
+            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+                failure.append(exc)
+                return  # no commit: storage keeps the last version
+            if not sent:
+                yield pb.WriteTableRequest(chunk=pb.ArrowChunk(arrow_ipc=arrow_ipc.encode(schema, [])))
+            yield pb.WriteTableRequest(commit=pb.WriteCommit())
+
+        backends = state.backends
+        try:
+            info = await backends.call("storage", backends.storage.WriteTable(requests(), timeout=3600),
+                                       "DATASET_NOT_FOUND")
+        except ApiError:
+            if failure:
+                raise invalid(f"the body is not a valid {fmt} file: {failure[0]}") from None
+            raise
+    return table_view(info)
+
+
+# -- export ---------------------------------------------------------------------------------
+
+class _Drain:
+    """A write-only file that hands out what was written since the last take()."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _writer(fmt: str, sink: _Drain, schema: pa.Schema) -> Any:
+    if fmt == "arrow":
+        return pa.ipc.new_stream(sink, schema)
+    if fmt == "parquet":
+        return pq.ParquetWriter(sink, schema)
+    return pacsv.CSVWriter(sink, schema)
+
+
+@router.get("/api/v1/datasets/{id}/export", tags=["datasets"], responses={
+    **ERRORS, 200: {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in EXPORT_TYPES.values()},
+                    "description": "the table, streamed"}},
+    summary="Export a dataset as Arrow IPC, Parquet or CSV, streamed batch by batch")
+async def export_dataset(request: Request, id: str, format: str = Query("arrow", pattern="^(arrow|parquet|csv)$"),
+                         version: int = Query(0, ge=0), columns: str = "", filter: str = "",
+                         limit: int = Query(0, ge=0)) -> StreamingResponse:
+    backends = request.app.state.backends
+    call = backends.storage.ReadTable(pb.ReadTableRequest(
+        kind=pb.DATASET, name=id, version=version, columns=[c for c in columns.split(",") if c], filter=filter,
+        limit=limit))
+    stream = call.__aiter__()
+    first = await backends.call("storage", stream.__anext__(), "DATASET_NOT_FOUND")  # errors before any byte is sent
+
+    async def body() -> AsyncIterator[bytes]:
+        schema, batches = arrow_ipc.decode(first.arrow_ipc)
+        sink = _Drain()
+        writer = _writer(format, sink, schema)
+        try:
+            for batch in batches:
+                writer.write_batch(batch)
+            yield sink.take()
+            async for chunk in stream:
+                for batch in arrow_ipc.decode(chunk.arrow_ipc)[1]:
+                    writer.write_batch(batch)
+                if data := sink.take():
+                    yield data
+        finally:
+            writer.close()
+            call.cancel()
+        if data := sink.take():
+            yield data
+
+    extension = {"arrow": "arrow", "parquet": "parquet", "csv": "csv"}[format]
+    return StreamingResponse(body(), media_type=EXPORT_TYPES[format],
+                             headers={"Content-Disposition": f'attachment; filename="{id}.{extension}"'})
