@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from ai_platform.config import build_parser, settings_from_args, split_addr
@@ -11,12 +13,9 @@ from gateway.app import config_from_env, create_app
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser("gateway", "REST gateway: translates REST to the platform's gRPC services; serves web/.")
-    parser.add_argument("--token", default=None, help="bearer token required on every route but /healthz and the "
-                                                      "page (AIP_TOKEN)")
-    args = parser.parse_args(argv)
-    settings = settings_from_args("gateway", args)
-    if args.token is not None:
-        settings.token = args.token
+    parser.add_argument("--token", default=os.environ.get("AIP_TOKEN", ""),
+                        help="bearer token required on every route but /healthz and the page (AIP_TOKEN)")
+    settings = settings_from_args("gateway", parser.parse_args(argv))
     setup_logging(settings.log_level)
     host, port = split_addr(settings.gateway_addr)
     uvicorn.run(create_app(config_from_env(settings)), host=host, port=port, log_level="warning",

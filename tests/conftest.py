@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class ServiceProcess:
         return self
 
     def wait_healthy(self, timeout: float) -> None:
+        if self.module == "gateway":
+            self._wait_http(timeout)
+            return
         deadline = time.time() + timeout
         with grpc.insecure_channel(self.addr) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -72,6 +76,18 @@ class ServiceProcess:
                 except grpc.RpcError:
                     time.sleep(0.1)
         raise TimeoutError(f"{self.module} not healthy after {timeout}s:\n{self.log()}")
+
+    def _wait_http(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.addr}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"gateway not answering after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -98,3 +114,43 @@ def storage_service(lake_home: Path) -> Iterator[ServiceProcess]:
     service = ServiceProcess("storage_svc", lake_home, ["--max-message-mb", "4"]).start()
     yield service
     service.stop()
+
+
+@dataclass
+class Platform:
+    """All four services of one platform, started from a project directory as `aip up` would."""
+
+    project: Path
+    home: Path
+    storage: ServiceProcess
+    scheduler: ServiceProcess
+    inference: ServiceProcess
+    gateway: ServiceProcess
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.gateway.addr}"
+
+    def services(self) -> list[ServiceProcess]:
+        return [self.gateway, self.inference, self.scheduler, self.storage]
+
+    def stop(self) -> None:
+        for service in self.services():
+            service.stop()
+
+
+def start_platform(project: Path, gateway_env: dict[str, str] | None = None) -> Platform:
+    home = project / ".ai_platform"
+    addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
+    env = {f"AIP_{name.upper()}_ADDR": addr for name, addr in addrs.items()}
+    started: list[ServiceProcess] = []
+    try:
+        for module, name, extra in (("storage_svc", "storage", {}), ("scheduler_svc", "scheduler", {}),
+                                    ("inference_svc", "inference", {}), ("gateway", "gateway", gateway_env or {})):
+            service = ServiceProcess(module, home, env={**env, **extra}, cwd=project, addr=addrs[name])
+            started.append(service.start(timeout=60))
+    except BaseException:
+        for service in started:
+            service.stop()
+        raise
+    return Platform(project, home, *started)

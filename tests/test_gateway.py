@@ -1,0 +1,352 @@
+"""The REST gateway against the four real services: seed-compatible routes, extensions, and every error."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ai_platform.models import save_model
+from mnist.model import MnistCNN
+from tests.conftest import ServiceProcess, start_platform
+from tests.task_scripts import write_scripts
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    project = tmp_path_factory.mktemp("gateway-project")
+    write_scripts(project / "scripts")
+    torch.manual_seed(0)
+    model = MnistCNN().eval()
+    save_model(model, str(project / ".ai_platform/models/cnn.lance"), torch.zeros(1, 1, 28, 28),
+               labels=list(range(10)), params={"epochs": 2}, metrics={"accuracy": 0.75})
+    running = start_platform(project, gateway_env={"AIP_BODY_LIMIT_MB": "1", "AIP_UPLOAD_LIMIT_MB": "8"})
+    running.model = model
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def http(platform):
+    with httpx.Client(base_url=platform.url, timeout=60) as client:
+        yield client
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert "Traceback" not in body["error"]["message"]
+    return body["error"]["message"]
+
+
+def table(rows: int = 100, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table({"label": pa.array(rng.integers(0, 10, rows)), "x": pa.array(rng.random(rows)),
+                     "split": ["train"] * rows})
+
+
+def parquet_bytes(data: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(data, sink)
+    return sink.getvalue()
+
+
+def arrow_bytes(data: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    return sink.getvalue().to_pybytes()
+
+
+def csv_bytes(data: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(data, sink)
+    return sink.getvalue()
+
+
+PARQUET = {"content-type": "application/vnd.apache.parquet"}
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+def test_health_reports_every_backend(http):
+    body = http.get("/healthz").json()
+    assert body["status"] == "ok"
+    assert {s["service"] for s in body["services"].values()} == {"storage_svc", "scheduler_svc", "inference_svc"}
+
+
+def test_upload_in_each_format_then_seed_detail_and_list(http, platform):
+    data = table(100)
+    for name, body, content_type in (("from_parquet", parquet_bytes(data), "application/vnd.apache.parquet"),
+                                     ("from_arrow", arrow_bytes(data), "application/vnd.apache.arrow.stream"),
+                                     ("from_csv", csv_bytes(data), "text/csv")):
+        response = http.post(f"/api/v1/datasets/{name}", content=body, headers={"content-type": content_type})
+        assert response.status_code == 201, response.text
+        detail = http.get(f"/api/v1/datasets/{name}").json()
+        assert detail["id"] == name and detail["num_rows"] == 100
+        assert detail["path"] == str(platform.home / f"datasets/{name}.lance")
+        assert detail["schema"] == {"label": "int64", "x": "double", "split": "string"}
+    listed = http.get("/api/v1/datasets").json()
+    assert {"from_parquet", "from_arrow", "from_csv"} <= {d["id"] for d in listed}
+
+
+def test_versions_preview_and_export_round_trip(http):
+    first, second = table(50, seed=1), table(20, seed=2)
+    assert http.post("/api/v1/datasets/versioned", content=parquet_bytes(first), headers=PARQUET).status_code == 201
+    response = http.post("/api/v1/datasets/versioned?mode=append", content=parquet_bytes(second), headers=PARQUET)
+    assert response.status_code == 201 and response.json()["num_rows"] == 70
+    assert [v["version"] for v in http.get("/api/v1/datasets/versioned/versions").json()] == [1, 2]
+    assert http.get("/api/v1/datasets/versioned?version=1").json()["num_rows"] == 50
+    rows = http.get("/api/v1/datasets/versioned/rows?limit=3&offset=1").json()
+    assert rows["total_rows"] == 70 and len(rows["rows"]) == 3
+    assert rows["rows"][0]["label"] == first.column("label")[1].as_py()
+    both = pa.concat_tables([first, second])
+    exported = http.get("/api/v1/datasets/versioned/export?format=arrow")
+    assert exported.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    assert pa.ipc.open_stream(exported.content).read_all().equals(both)
+    assert pq.read_table(io.BytesIO(http.get("/api/v1/datasets/versioned/export?format=parquet").content)).equals(both)
+    csv = pacsv.read_csv(io.BytesIO(http.get("/api/v1/datasets/versioned/export?format=csv").content))
+    assert csv.column("label").to_pylist() == both.column("label").to_pylist()
+    old = http.get("/api/v1/datasets/versioned/export?format=arrow&version=1&columns=label")
+    assert pa.ipc.open_stream(old.content).read_all().equals(first.select(["label"]))
+
+
+def test_delete_is_seed_compatible(http):
+    http.post("/api/v1/datasets/doomed", content=parquet_bytes(table(5)), headers=PARQUET)
+    assert http.delete("/api/v1/datasets/doomed").json() == {"status": "deleted"}
+    error_of(http.get("/api/v1/datasets/doomed"), 404, "DATASET_NOT_FOUND")
+    error_of(http.delete("/api/v1/datasets/doomed"), 404, "DATASET_NOT_FOUND")
+
+
+def test_corrupt_or_mismatched_uploads_change_nothing(http):
+    http.post("/api/v1/datasets/guarded", content=parquet_bytes(table(10)), headers=PARQUET)
+    good = parquet_bytes(table(30))
+    for body in (b"PAR1 this is not parquet at all PAR1", good[: len(good) // 2], good[:4] + b"\x00" * 50 + good[-8:]):
+        message = error_of(http.post("/api/v1/datasets/guarded?mode=overwrite", content=body, headers=PARQUET),
+                           400, "INVALID_REQUEST")
+        assert "not a valid parquet file" in message
+    error_of(http.post("/api/v1/datasets/guarded?mode=append", content=parquet_bytes(pa.table({"z": [1.0]})),
+                       headers=PARQUET), 409, "CONFLICT")
+    error_of(http.post("/api/v1/datasets/guarded", content=parquet_bytes(table(3)), headers=PARQUET), 409, "CONFLICT")
+    error_of(http.post("/api/v1/datasets/guarded", content=b"x", headers={"content-type": "image/png"}), 415,
+             "UNSUPPORTED_MEDIA_TYPE")
+    detail = http.get("/api/v1/datasets/guarded").json()
+    assert (detail["num_versions"], detail["num_rows"]) == (1, 10)
+
+
+def test_uploads_over_their_limit_are_413(http):
+    big = b"\x00" * (9 * 2**20)
+    error_of(http.post("/api/v1/datasets/huge", content=big, headers=PARQUET), 413, "PAYLOAD_TOO_LARGE")
+    error_of(http.get("/api/v1/datasets/huge"), 404, "DATASET_NOT_FOUND")
+
+
+# -- models and inference -----------------------------------------------------------------------
+
+def test_models_show_metrics_params_and_labels(http):
+    models = http.get("/api/v1/models").json()
+    cnn = next(m for m in models if m["id"] == "cnn")
+    assert cnn["metrics"] == {"accuracy": 0.75} and cnn["params"] == {"epochs": 2}
+    assert cnn["labels"] == [str(i) for i in range(10)]
+    assert http.get("/api/v1/models/cnn").json()["signature"]["inputs"][0]["shape"] == [-1, 1, 28, 28]
+    error_of(http.get("/api/v1/models/nope"), 404, "MODEL_NOT_FOUND")
+
+
+def test_predict_with_the_seed_body(http, platform):
+    image = np.random.default_rng(3).random(784).astype(np.float32)
+    answer = http.post("/api/v1/models/cnn/predict", json={"image": image.tolist()}).json()
+    with torch.inference_mode():
+        logits = platform.model(torch.from_numpy(image).reshape(1, 1, 28, 28))[0]
+    expected = torch.softmax(logits, 0).numpy()
+    assert answer["prediction"] == int(expected.argmax()) and answer["label"] == str(answer["prediction"])
+    np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-4)
+    assert abs(answer["confidence"] - expected.max()) < 1e-4 and len(answer["probabilities"]) == 10
+    shaped = http.post("/api/v1/models/cnn/predict", json={"inputs": image.reshape(28, 28).tolist()}).json()
+    assert shaped["prediction"] == answer["prediction"]
+    assert "takes 784 FP32 values" in error_of(http.post("/api/v1/models/cnn/predict", json={"image": [0.1] * 10}),
+                                               400, "INVALID_REQUEST")
+    error_of(http.post("/api/v1/models/nope/predict", json={"image": image.tolist()}), 404, "MODEL_NOT_FOUND")
+
+
+def test_open_inference_protocol_rest(http, platform):
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    assert http.get("/v2").json()["name"] == "ai-platform-inference"
+    assert http.post("/v2/repository/models/cnn/load").json()["state"] == "READY"
+    assert http.get("/v2/models/cnn/ready").json()["ready"] is True
+    meta = http.get("/v2/models/cnn").json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    x = np.random.default_rng(4).random((2, 1, 28, 28), dtype=np.float32)
+    body = {"id": "q1", "inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}
+    answer = http.post("/v2/models/cnn/infer", json=body).json()
+    assert answer["id"] == "q1" and answer["outputs"][0]["shape"] == [2, 10]
+    with torch.inference_mode():
+        expected = platform.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(2, 10), expected, atol=1e-4)
+    assert http.post("/v2/models/cnn/versions/1/infer", json=body).json()["model_version"] == "1"
+    assert "cnn" in [m["name"] for m in http.get("/v2/repository/index").json()]
+    assert http.post("/v2/repository/models/cnn/unload").json()["state"] == "UNAVAILABLE"
+    error_of(http.get("/v2/models/cnn/ready"), 503, "MODEL_NOT_READY")
+    bad = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}]}
+    assert "expected shape" in error_of(http.post("/v2/models/cnn/infer", json=bad), 400, "INVALID_REQUEST")
+    short = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0]}]}
+    assert "1 values for shape" in error_of(http.post("/v2/models/cnn/infer", json=short), 400, "INVALID_REQUEST")
+    error_of(http.post("/v2/models/nope/infer", json=body), 404, "MODEL_NOT_FOUND")
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+def wait_task(http, task_id: str, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        task = http.get(f"/api/v1/tasks/{task_id}").json()
+        if task["status"] in ("completed", "failed", "cancelled"):
+            return task
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not finish")
+
+
+def test_seed_task_creation_body(http, platform):
+    http.post("/api/v1/datasets/mnist_clean", content=parquet_bytes(table(7)), headers=PARQUET)
+    seed_body = {"name": "mnist_serve", "input": ".ai_platform/datasets/mnist_clean.lance",
+                 "script": "scripts/reads_dataset.py", "output": "", "params": {"device": "cpu", "port": 8080}}
+    response = http.post("/api/v1/tasks", json=seed_body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert {"id", "name", "input", "output", "params", "status", "created_at"} <= set(created)
+    assert created["params"] == {"device": "cpu", "port": 8080}
+    done = wait_task(http, created["id"])
+    assert done["status"] == "completed" and done["result"] == {"rows": 7} and done["completed_at"]
+    assert created["id"] in [t["id"] for t in http.get("/api/v1/tasks").json()["tasks"]]
+    assert [t["id"] for t in http.get("/api/v1/tasks?name=mnist_serve&status=completed").json()["tasks"]] == [
+        created["id"]]
+
+
+def test_logs_plain_and_followed_as_server_sent_events(http):
+    task = http.post("/api/v1/tasks", json={"name": "chat", "script": "scripts/progress.py",
+                                            "params": {"steps": 3, "pause": 0.3}}).json()
+    events = []
+    with http.stream("GET", f"/api/v1/tasks/{task['id']}/logs?follow=true") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line:
+                events.append(line)
+    assert "data: epoch 0 starting" in events and "data: done training" in events
+    assert events[-2:] == ["event: end", 'data: {"status": "completed"}']
+    assert "epoch 2 starting" in http.get(f"/api/v1/tasks/{task['id']}/logs").text
+    progress = http.get(f"/api/v1/tasks/{task['id']}").json()["progress"]
+    assert progress["fraction"] == 1.0 and progress["metrics"]["epoch"] == 3
+
+
+def test_cancel_and_task_errors(http):
+    task = http.post("/api/v1/tasks", json={"name": "sleepy", "script": "scripts/nap.py",
+                                            "params": {"seconds": 30}}).json()
+    assert http.post(f"/api/v1/tasks/{task['id']}/cancel").json() == {"status": "cancelled"}
+    assert http.get(f"/api/v1/tasks/{task['id']}").json()["status"] == "cancelled"
+    assert "already cancelled" in error_of(http.post(f"/api/v1/tasks/{task['id']}/cancel"), 409, "CONFLICT")
+    boom = http.post("/api/v1/tasks", json={"name": "boom", "script": "scripts/raises.py"}).json()
+    failed = wait_task(http, boom["id"])
+    assert failed["error"] == "ValueError: bad value 42" and failed["error_type"] == "ValueError"
+    error_of(http.get("/api/v1/tasks/nope"), 404, "TASK_NOT_FOUND")
+    error_of(http.get("/api/v1/tasks/nope/logs"), 404, "TASK_NOT_FOUND")
+    error_of(http.post("/api/v1/tasks/nope/cancel"), 404, "TASK_NOT_FOUND")
+    error_of(http.post("/api/v1/tasks", json={"name": "t", "script": "scripts/trivial.py", "input": "datasets/nope"}),
+             404, "DATASET_NOT_FOUND")
+    assert "outside" in error_of(http.post("/api/v1/tasks", json={"name": "t", "script": "../../etc/passwd.py"}),
+                                 400, "INVALID_REQUEST")
+    error_of(http.get("/api/v1/tasks?status=sleeping"), 400, "INVALID_REQUEST")
+
+
+# -- malformed requests ---------------------------------------------------------------------------
+
+def test_malformed_requests_get_precise_400s(http):
+    json_type = {"content-type": "application/json"}
+    assert "not valid JSON" in error_of(http.post("/api/v1/tasks", content=b'{"name": "x", "scr', headers=json_type),
+                                        400, "INVALID_REQUEST")
+    assert "params" in error_of(http.post("/api/v1/tasks", json={"name": "x", "script": "s.py", "params": [1, 2]}),
+                                400, "INVALID_REQUEST")
+    assert "script" in error_of(http.post("/api/v1/tasks", json={"name": "x"}), 400, "INVALID_REQUEST")
+    assert "name" in error_of(http.post("/api/v1/tasks", json={"name": 5, "script": "s.py"}), 400, "INVALID_REQUEST")
+    error_of(http.get("/api/v1/datasets/x/rows?limit=abc"), 400, "INVALID_REQUEST")
+    error_of(http.post("/api/v1/models/cnn/predict", content=b"[1,2", headers=json_type), 400, "INVALID_REQUEST")
+    for path in ("/api/v1/datasets/..%2F..%2Fetc", "/api/v1/models/..%2Fx", "/api/v1/datasets/a%2Fb/rows"):
+        assert "never paths" in error_of(http.get(path), 400, "INVALID_REQUEST")
+    error_of(http.get("/api/v1/datasets/bad..name"), 400, "INVALID_REQUEST")
+    error_of(http.get("/api/v1/nothing-here"), 404, "NOT_FOUND")
+
+
+def test_json_bodies_over_the_limit_are_413_without_reading_them(http):
+    big = json.dumps({"image": [0.5] * 300_000}).encode()  # ~1.5 MB > the 1 MiB JSON limit
+    error_of(http.post("/api/v1/models/cnn/predict", content=big, headers={"content-type": "application/json"}),
+             413, "PAYLOAD_TOO_LARGE")
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * 65536
+
+    error_of(http.post("/api/v1/models/cnn/predict", content=chunks(), headers={"content-type": "application/json"}),
+             413, "PAYLOAD_TOO_LARGE")
+
+
+def test_openapi_docs_metrics_and_page(http):
+    spec = http.get("/openapi.json").json()
+    assert {"/api/v1/datasets", "/api/v1/tasks", "/api/v1/models/{id}/predict", "/v2/models/{model}/infer"} <= set(
+        spec["paths"])
+    post_task = spec["paths"]["/api/v1/tasks"]["post"]
+    assert "201" in post_task["responses"] and "404" in post_task["responses"]
+    assert "ErrorBody" in spec["components"]["schemas"]
+    assert http.get("/docs").status_code == 200
+    metrics = http.get("/metrics").text
+    assert 'aip_http_requests_total{method="GET",route="/api/v1/datasets",status="200"}' in metrics
+    page = http.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+def test_a_backend_killed_mid_test_is_503_naming_it_and_recovers(http, platform):
+    inference = platform.inference
+    inference.proc.send_signal(signal.SIGKILL)
+    inference.proc.wait(10)
+    message = error_of(http.get("/v2/health/live"), 503, "SERVICE_UNAVAILABLE")
+    assert "inference_svc" in message and inference.addr in message
+    health = http.get("/healthz").json()
+    assert health["status"] == "degraded" and not health["services"]["inference"]["healthy"]
+    assert http.get("/api/v1/datasets").status_code == 200, "the rest keeps serving"
+    inference.proc = None
+    inference.start(timeout=60)
+    deadline = time.time() + 15
+    while http.get("/v2/health/live").status_code != 200 and time.time() < deadline:
+        time.sleep(0.2)
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/healthz").json()["status"] == "ok"
+
+
+def test_token_guards_everything_but_health_and_the_page(platform):
+    gateway = ServiceProcess("gateway", platform.home, env={
+        "AIP_TOKEN": "s3cret", "AIP_STORAGE_ADDR": platform.storage.addr,
+        "AIP_SCHEDULER_ADDR": platform.scheduler.addr, "AIP_INFERENCE_ADDR": platform.inference.addr},
+        cwd=platform.project).start()
+    try:
+        with httpx.Client(base_url=f"http://{gateway.addr}", timeout=30) as client:
+            error_of(client.get("/api/v1/datasets"), 401, "UNAUTHORIZED")
+            error_of(client.get("/api/v1/datasets", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
+            assert client.get("/api/v1/datasets", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/").status_code == 200 and client.get("/digits.js").status_code == 200
+            error_of(client.get("/v2/health/live"), 401, "UNAUTHORIZED")
+            preflight = client.options("/api/v1/datasets", headers={"Origin": "http://localhost:3000",
+                                                                     "Access-Control-Request-Method": "GET"})
+            assert preflight.headers.get("access-control-allow-origin") == "http://localhost:3000"
+    finally:
+        gateway.stop()
