@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,19 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import free_port, run_load, wait_port  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 # -- servers used only by the benchmark ----------------------------------------------------
@@ -87,66 +77,6 @@ def serve_fastapi(port: int, model_uri: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-# -- load generator (its own process) -----------------------------------------------------
-
-async def grpc_load(addr: str, clients: int, seconds: float) -> dict:
-    import grpc
-    import numpy as np
-
-    from ai_platform.protos.inference import grpc_service_pb2 as pb
-    from ai_platform.protos.inference import grpc_service_pb2_grpc
-
-    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    request = pb.ModelInferRequest(model_name="cnn", raw_input_contents=[image.tobytes()])
-    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        await stub.ModelInfer(request)
-        deadline = time.perf_counter() + seconds
-
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                await stub.ModelInfer(request)
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    return {"rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3}
-
-
-async def http_load(url: str, clients: int, seconds: float) -> dict:
-    import httpx
-    import numpy as np
-
-    body = {"image": np.random.default_rng(0).random(784).astype(np.float32).tolist()}
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-        (await http.post(url, json=body)).raise_for_status()
-        deadline = time.perf_counter() + seconds
-
-        async def client() -> None:
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                (await http.post(url, json=body)).raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    return {"rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 50) * 1e3, "p99_ms": pct(latencies, 99) * 1e3}
-
-
-def run_load(kind: str, target: str, clients: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--role", "client", "--kind", kind, "--target", target,
-                          "--clients", str(clients), "--seconds", str(seconds)],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # -- the benchmark ----------------------------------------------------------------------------
 
 def compute_ceiling(model_uri: str) -> list[tuple[str, int, float]]:
@@ -170,16 +100,6 @@ def compute_ceiling(model_uri: str) -> list[tuple[str, int, float]]:
                     module(x)
                 rows.append((name, batch, n * batch / (time.perf_counter() - t0)))
     return rows
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
 
 
 def main(seconds: float, server_args: list[str]) -> None:
@@ -255,17 +175,12 @@ def main(seconds: float, server_args: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--role", default="main", choices=["main", "client", "echo", "fastapi"])
-    parser.add_argument("--kind", default="grpc")
+    parser.add_argument("--role", default="main", choices=["main", "echo", "fastapi"])
     parser.add_argument("--target", default="")
-    parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-args", default="", help="extra inference_svc flags, e.g. '--torch-threads 2'")
     args = parser.parse_args()
-    if args.role == "client":
-        load = grpc_load if args.kind == "grpc" else http_load
-        print(json.dumps(asyncio.run(load(args.target, args.clients, args.seconds))))
-    elif args.role == "echo":
+    if args.role == "echo":
         serve_echo(args.port)
     elif args.role == "fastapi":
         serve_fastapi(args.port, args.target)

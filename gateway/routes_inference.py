@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
 from ai_platform.models import DATATYPES
 from ai_platform.protos.aiplatform.v1 import storage_pb2
@@ -23,8 +24,8 @@ METADATA_TTL_S = 5.0
 
 async def _json(request: Request) -> dict:
     try:
-        body = json.loads(await request.body())
-    except ValueError as exc:
+        body = orjson.loads(await request.body())  # several times faster than json on 784 floats
+    except orjson.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
@@ -235,7 +236,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 
 @router.post("/api/v1/models/{id}/predict", response_model=PredictView, responses=ERRORS, tags=["models"],
              openapi_extra=PREDICT_BODY, summary="Classify one sample: prediction, confidence, probabilities")
-async def predict(request: Request, id: str) -> dict:
+async def predict(request: Request, id: str) -> Response:
     body = await _json(request)
     sample = body.get("image", body.get("inputs"))
     if sample is None:
@@ -261,6 +262,8 @@ async def predict(request: Request, id: str) -> dict:
         scores = exp / exp.sum()
     best = int(scores.argmax())
     labels = meta.get("labels")
-    return {"prediction": best, "label": labels[best] if labels and best < len(labels) else None,
-            "confidence": float(scores[best]), "probabilities": scores.tolist(),
-            "model_version": response.model_version}
+    answer = {"prediction": best, "label": labels[best] if labels and best < len(labels) else None,
+              "confidence": float(scores[best]), "probabilities": scores.tolist(),
+              "model_version": response.model_version}
+    # Already the documented shape: returning a Response skips re-validating it on this hot path.
+    return Response(orjson.dumps(answer), media_type="application/json")
