@@ -23,6 +23,36 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
 
 
+def deploy_model(name: str, *, version: int | None = None, max_batch_size: int | None = None,
+                 max_queue_delay_us: int | None = None, inference_addr: str | None = None) -> dict[str, Any]:
+    """Load the model table ``name`` into inference_svc (the newest version unless one is given).
+
+    Loading again after a new version was saved swaps it in without failing requests in flight.
+    Addresses come from ``AIP_INFERENCE_ADDR`` and ``AIP_GATEWAY_ADDR``, as the platform sets them.
+    """
+    import grpc
+
+    from ai_platform.config import Settings
+    from ai_platform.protos.inference import grpc_service_pb2 as pb
+    from ai_platform.protos.inference import grpc_service_pb2_grpc
+
+    settings = Settings()
+    addr = inference_addr or settings.inference_addr
+    parameters = {}
+    for key, value in (("version", version), ("max_batch_size", max_batch_size),
+                       ("max_queue_delay_us", max_queue_delay_us)):
+        if value is not None:
+            parameters[key] = pb.ModelRepositoryParameter(int64_param=int(value))
+    with grpc.insecure_channel(addr) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters), timeout=300)
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=str(version or "")), timeout=30)
+    gateway = f"http://{settings.gateway_addr}"
+    return {"model": name, "version": int(meta.versions[0]), "endpoints": {
+        "grpc": addr, "rest_infer": f"{gateway}/v2/models/{name}/infer",
+        "predict": f"{gateway}/api/v1/models/{name}/predict", "page": f"{gateway}/"}}
+
+
 def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any:
     """A runnable module for a saved model, without the training script's class."""
     from ai_platform import models

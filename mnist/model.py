@@ -1,23 +1,41 @@
-"""The MNIST CNN: Conv 1→16, pool, Conv 16→32, pool, FC 1568→128, FC 128→10."""
+"""The MNIST CNN: Conv 1→16, pool, Conv 16→32, pool, FC 1568→128, FC 128→10.
+
+The served model takes pixels in 0..1 (what the web page sends); normalisation to MNIST's
+mean and spread happens inside, at train and at serve time alike.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
 
 class MnistCNN(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.25) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc1 = nn.Linear(32 * 7 * 7, 128)
         self.fc2 = nn.Linear(128, 10)
-        self.dropout = nn.Dropout(0.25)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv1(x)))
         x = self.pool(torch.relu(self.conv2(x)))
         x = self.dropout(torch.relu(self.fc1(x.flatten(1))))
         return self.fc2(x)
+
+
+class Normalized(nn.Module):
+    """Pixels in 0..1 in, logits out: the form that is saved and served."""
+
+    def __init__(self, net: nn.Module, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
+        super().__init__()
+        self.net = net
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)

