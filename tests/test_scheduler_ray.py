@@ -12,7 +12,7 @@ import pytest
 
 from ai_platform.client import SchedulerClient, StorageClient, status_name, task_result
 from ai_platform.ray_cluster import start_local_head
-from tests.conftest import ServiceProcess
+from tests.conftest import ROOT, ServiceProcess
 from tests.task_scripts import write_scripts
 
 DAFT_SCRIPT = '''
@@ -41,6 +41,7 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray-project")
     write_scripts(root / "scripts")
     (root / "scripts/daft_job.py").write_text(DAFT_SCRIPT)
+    (root / "mnist").symlink_to(ROOT / "mnist")
     return root
 
 
@@ -48,10 +49,14 @@ def project(tmp_path_factory) -> Path:
 def services(project, ray_head):
     home = project / ".ai_platform"
     storage = ServiceProcess("storage_svc", home, cwd=project).start()
-    scheduler_args = ["--storage-addr", storage.addr, "--backend", "ray", "--ray-address", ray_head.dashboard_url]
-    scheduler = ServiceProcess("scheduler_svc", home, scheduler_args, cwd=project).start()
+    inference = ServiceProcess("inference_svc", home, ["--storage-addr", storage.addr], cwd=project).start(60)
+    scheduler_args = ["--storage-addr", storage.addr, "--backend", "ray", "--ray-address", ray_head.dashboard_url,
+                      "--script-roots", f"{project}{os.pathsep}{ROOT / 'mnist'}"]
+    scheduler = ServiceProcess("scheduler_svc", home, scheduler_args, cwd=project,
+                               env={"AIP_INFERENCE_ADDR": inference.addr}).start()
     yield storage, scheduler, scheduler_args
     scheduler.stop()
+    inference.stop()
     storage.stop()
 
 
@@ -142,3 +147,21 @@ def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tm
     assert done.progress.fraction == 1.0
     client.close()
     assert os.path.exists(project / ".ai_platform/scheduler.db")
+
+
+def test_the_mnist_chain_runs_unchanged_on_ray(tasks, services, project):
+    steps = [
+        ("mnist_clean", "mnist/mnist_clean.py", "download", ".ai_platform/datasets/mnist_clean.lance",
+         {"mirrors": [], "limit": 1500}),
+        ("mnist_cnn", "mnist/mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn", {"epochs": 1}),
+        ("mnist_serve", "mnist/mnist_serve.py", "models/mnist_cnn", "", {}),
+    ]
+    results = []
+    for name, script, given_input, output, params in steps:
+        done = tasks.wait(tasks.submit(name, script, given_input, output, params, num_cpus=1).id, 300)
+        assert status_name(done) == "completed", (name, done.error, b"".join(tasks.logs(done.id))[-3000:])
+        assert done.backend == "ray"
+        results.append(task_result(done))
+    assert results[0]["splits"] == {"train": 1500, "test": 1000}
+    assert results[1]["train_images"] == 1500 and results[1]["accuracy"] > 0.5
+    assert results[2] == {**results[2], "model": "mnist_cnn", "version": 1}

@@ -85,7 +85,12 @@ def worker_env(task: Task, extra: dict[str, str]) -> dict[str, str]:
         "params": task.params,
     }
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # The platform's settings (peer addresses, home) travel too: a Ray job does not inherit our environment.
+    platform = {
+        k: v for k, v in os.environ.items() if k.startswith("AIP_") and not k.startswith(("AIP_TASK_", "AIP_REPORT_"))
+    }
     return {
+        **platform,
         "AIP_TASK_ID": task.id,
         "AIP_TASK_SPEC": json.dumps(spec),
         "PYTHONPATH": pythonpath,
