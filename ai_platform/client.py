@@ -212,3 +212,195 @@ def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = 4 * 1024 * 1024
             pending, size = [], 0
     if pending:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+class InferenceClient:
+    """Models served by inference_svc: load, unload, predict (numpy in, numpy out)."""
+
+    def __init__(self, addr: str | None = None) -> None:
+        from ai_platform.protos.inference import grpc_service_pb2_grpc
+
+        self.channel = grpc.insecure_channel(addr or Settings().inference_addr, options=channel_options(64 << 20))
+        self.stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def load(self, name: str, version: int | None = None, max_batch_size: int | None = None,
+             max_queue_delay_us: int | None = None) -> None:
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+
+        parameters = {k: pb.ModelRepositoryParameter(int64_param=int(v)) for k, v in (
+            ("version", version), ("max_batch_size", max_batch_size), ("max_queue_delay_us", max_queue_delay_us))
+            if v is not None}
+        self.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters))
+
+    def unload(self, name: str) -> None:
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+
+        self.stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name))
+
+    def index(self) -> list[dict]:
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+
+        return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
+                for m in self.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models]
+
+    def infer(self, name: str, inputs: Any, version: str = "") -> tuple[list, str]:
+        """Outputs (numpy arrays, in signature order) and the version that answered."""
+        import numpy as np
+
+        from ai_platform.models import DATATYPES, NUMPY_TO_DATATYPE
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+
+        meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
+        arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        request = pb.ModelInferRequest(model_name=name, model_version=version)
+        for spec, array in zip(meta.inputs, arrays, strict=True):
+            array = np.ascontiguousarray(array, dtype=DATATYPES[spec.datatype])
+            request.inputs.add(name=spec.name, datatype=NUMPY_TO_DATATYPE[str(array.dtype)], shape=list(array.shape))
+            request.raw_input_contents.append(array.tobytes())
+        response = self.stub.ModelInfer(request)
+        outputs = [np.frombuffer(response.raw_output_contents[i], DATATYPES[t.datatype]).reshape(list(t.shape))
+                   for i, t in enumerate(response.outputs)]
+        return outputs, response.model_version
+
+
+class Client:
+    """The platform from Python, over gRPC: datasets, models, tasks and predictions.
+
+    Addresses come from the arguments or the ``AIP_*`` variables, as the services read them::
+
+        client = Client()
+        client.write_dataset("points", pandas_frame)
+        task = client.submit("train", "mnist/mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn",
+                             {"epochs": 1})
+        client.wait(task["id"], progress=True)
+    """
+
+    def __init__(self, storage_addr: str | None = None, scheduler_addr: str | None = None,
+                 inference_addr: str | None = None) -> None:
+        self.storage = StorageClient(storage_addr)
+        self.scheduler = SchedulerClient(scheduler_addr)
+        self.inference = InferenceClient(inference_addr)
+
+    def close(self) -> None:
+        for part in (self.storage, self.scheduler, self.inference):
+            part.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- datasets -------------------------------------------------------------------
+    def list_datasets(self) -> list[dict]:
+        from ai_platform.views import table_view
+
+        return [table_view(t) for t in self.storage.list("dataset")]
+
+    def get_dataset(self, name: str, version: int = 0) -> dict:
+        from ai_platform.views import table_view
+
+        return table_view(self.storage.get(name, "dataset", version))
+
+    def dataset_versions(self, name: str) -> list[dict]:
+        from ai_platform.views import version_view
+
+        return [version_view(v) for v in self.storage.versions(name, "dataset")]
+
+    def read_dataset(self, name: str, *, columns: list[str] | None = None, filter: str = "", limit: int = 0,
+                     offset: int = 0, version: int = 0) -> pa.Table:
+        return self.storage.read(name, "dataset", columns=columns or [], filter=filter, limit=limit, offset=offset,
+                                 version=version)
+
+    def read_dataset_pandas(self, name: str, **scan: Any) -> Any:
+        return self.read_dataset(name, **scan).to_pandas()
+
+    def write_dataset(self, name: str, data: Any, mode: str = "create") -> dict:
+        """Write a pyarrow Table/RecordBatchReader or a pandas DataFrame; returns the new version's view."""
+        from ai_platform.views import table_view
+
+        if not isinstance(data, (pa.Table, pa.RecordBatchReader)):
+            data = pa.Table.from_pandas(data, preserve_index=False)
+        return table_view(self.storage.write(name, data, "dataset", mode))
+
+    def delete_dataset(self, name: str) -> None:
+        self.storage.delete(name, "dataset")
+
+    # -- models ---------------------------------------------------------------------
+    def list_models(self) -> list[dict]:
+        return [self.get_model(t.name) for t in self.storage.list("model")]
+
+    def get_model(self, name: str, version: int = 0) -> dict:
+        from ai_platform.views import MODEL_COLUMNS, model_fields, table_view
+
+        info = self.storage.get(name, "model", version)
+        view = table_view(info)
+        present = [c for c in MODEL_COLUMNS if c in view["schema"]]
+        if present:
+            preview = self.storage.stub.PreviewRows(storage_pb.PreviewRowsRequest(
+                kind=storage_pb.MODEL, name=name, version=info.version, limit=1, columns=present))
+            view.update(model_fields(preview.rows_json))
+        return view
+
+    def model_versions(self, name: str) -> list[dict]:
+        from ai_platform.views import version_view
+
+        return [version_view(v) for v in self.storage.versions(name, "model")]
+
+    def delete_model(self, name: str) -> None:
+        self.storage.delete(name, "model")
+
+    # -- tasks ----------------------------------------------------------------------
+    def submit(self, name: str, script: str, input: str = "", output: str = "", params: dict | None = None,
+               **options: Any) -> dict:
+        from ai_platform.views import task_view
+
+        return task_view(self.scheduler.submit(name, script, input, output, params, **options))
+
+    def get_task(self, task_id: str) -> dict:
+        from ai_platform.views import task_view
+
+        return task_view(self.scheduler.get(task_id))
+
+    def list_tasks(self, status: list[str] | None = None, name: str = "", limit: int = 50) -> list[dict]:
+        from ai_platform.views import task_view
+
+        return [task_view(t) for t in self.scheduler.list(status, name, limit).tasks]
+
+    def cancel(self, task_id: str) -> dict:
+        from ai_platform.views import task_view
+
+        return task_view(self.scheduler.cancel(task_id))
+
+    def logs(self, task_id: str, follow: bool = False) -> Iterator[str]:
+        for data in self.scheduler.logs(task_id, follow):
+            yield data.decode(errors="replace")
+
+    def wait(self, task_id: str, progress: bool = False, timeout: float | None = None) -> dict:
+        """Block until the task ends; with ``progress``, draw a progress bar from its reports."""
+        from ai_platform.views import task_view
+
+        if not progress:
+            return task_view(self.scheduler.wait(task_id, timeout))
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        task = self.scheduler.get(task_id)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TextColumn("{task.fields[message]}"), TimeElapsedColumn()) as bar:
+            row = bar.add_task(task.name, total=1.0, message="")
+            for task in self.scheduler.watch(task_id):
+                bar.update(row, completed=task.progress.fraction, message=task.progress.message or status_name(task))
+            if status_name(task) == "completed":
+                bar.update(row, completed=1.0)
+        return task_view(task)
+
+    # -- inference ------------------------------------------------------------------
+    def deploy(self, name: str, **options: Any) -> None:
+        self.inference.load(name, **options)
+
+    def predict(self, name: str, inputs: Any, version: str = "") -> Any:
+        """The model's first output for ``inputs`` (numpy, batch first)."""
+        return self.inference.infer(name, inputs, version)[0][0]

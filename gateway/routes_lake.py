@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ai_platform import arrow_ipc
-from ai_platform.protojson import iso
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
+from ai_platform.views import MODEL_COLUMNS, model_fields, table_view, version_view
 from gateway.errors import ApiError, invalid
 from gateway.schemas import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
 
@@ -28,14 +28,6 @@ UPLOAD_FORMATS = {"application/vnd.apache.arrow.stream": "arrow", "application/v
                   "application/parquet": "parquet", "text/csv": "csv"}
 EXPORT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "parquet": "application/vnd.apache.parquet",
                 "csv": "text/csv"}
-MODEL_COLUMNS = ["signature", "params", "metrics", "framework"]
-
-
-def table_view(info: pb.TableInfo) -> dict[str, Any]:
-    return {"id": info.name, "path": info.uri, "schema": {c.name: c.type for c in info.schema},
-            "num_rows": info.num_rows, "size_bytes": info.size_bytes, "version": info.version,
-            "latest_version": info.latest_version, "num_versions": info.num_versions,
-            "created_at": iso(info.created_at), "updated_at": iso(info.updated_at), "metadata": dict(info.metadata)}
 
 
 async def model_view(request: Request, info: pb.TableInfo) -> dict[str, Any]:
@@ -46,16 +38,7 @@ async def model_view(request: Request, info: pb.TableInfo) -> dict[str, Any]:
         preview = await backends.call("storage", backends.storage.PreviewRows(pb.PreviewRowsRequest(
             kind=pb.MODEL, name=info.name, version=info.version, limit=1, columns=present),
             timeout=backends.timeout_s), "MODEL_NOT_FOUND")
-        rows = json.loads(preview.rows_json)
-        row = rows[-1] if rows else {}
-        for column in ("signature", "params", "metrics"):
-            try:
-                view[column] = json.loads(row.get(column) or "{}")
-            except ValueError:
-                view[column] = {}
-        view["framework"] = row.get("framework") or ""
-        outputs = view["signature"].get("outputs") or [{}]
-        view["labels"] = outputs[0].get("labels")
+        view.update(model_fields(preview.rows_json))
     return view
 
 
@@ -99,8 +82,7 @@ def _register(collection: str, view_model: type) -> None:
         backends = request.app.state.backends
         response = await backends.call("storage", backends.storage.ListVersions(
             pb.ListVersionsRequest(kind=kind, name=id), timeout=backends.timeout_s), not_found)
-        return [{"version": v.version, "timestamp": iso(v.timestamp), "metadata": dict(v.metadata)}
-                for v in response.versions]
+        return [version_view(v) for v in response.versions]
 
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)

@@ -9,37 +9,14 @@ from typing import Any
 import grpc
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from google.protobuf import json_format
 
-from ai_platform.protojson import iso, plain_json
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
+from ai_platform.views import task_view
 from gateway.errors import invalid
 from gateway.schemas import ERRORS, StatusView, TaskList, TaskRequest, TaskView
 
 router = APIRouter(tags=["tasks"])
 NOT_FOUND = "TASK_NOT_FOUND"
-
-
-def task_view(task: pb.Task) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": task.id, "name": task.name, "script": task.script, "input": task.input, "output": task.output,
-        "params": plain_json(json_format.MessageToDict(task.params)),
-        "status": pb.TaskStatus.Name(task.status).lower(), "backend": task.backend,
-        "created_at": iso(task.created_at),
-        "started_at": iso(task.started_at) if task.HasField("started_at") else None,
-        "completed_at": iso(task.completed_at) if task.HasField("completed_at") else None,
-        "result": plain_json(json_format.MessageToDict(task.result)) if task.HasField("result") else None,
-        "error": f"{task.error.type}: {task.error.message}" if task.HasField("error") else None,
-        "error_type": task.error.type if task.HasField("error") else None,
-        "progress": None,
-        "resources": {"num_cpus": task.resources.num_cpus, "num_gpus": task.resources.num_gpus,
-                      "memory_mb": task.resources.memory_mb},
-        "timeout_s": task.timeout_s, "resolved_input": task.resolved_input, "resolved_output": task.resolved_output,
-    }
-    if task.HasField("progress"):
-        view["progress"] = {"fraction": task.progress.fraction, "message": task.progress.message,
-                            "metrics": plain_json(json_format.MessageToDict(task.progress.metrics))}
-    return view
 
 
 @router.post("/api/v1/tasks", status_code=201, response_model=TaskView, responses=ERRORS, summary="Submit a task")

@@ -1,0 +1,323 @@
+"""``aip``: run the platform and use it from a terminal, like ``ray`` or ``mlflow``.
+
+Tables and colours when the output is a terminal, plain text when piped, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ai_platform.config import DEFAULT_ADDRS, split_addr
+
+MNIST_DIR = Path(__file__).resolve().parents[1] / "mnist"
+
+
+def _console():  # noqa: ANN202 - rich.console.Console
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home or os.environ.get("AIP_HOME") or "./.ai_platform")
+
+
+def _print_rows(rows: list[dict], columns: list[str], as_json: bool, title: str = "") -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not sys.stdout.isatty():
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        return
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    _console().print(table)
+
+
+def _print_one(value: Any, as_json: bool) -> None:
+    if as_json or not sys.stdout.isatty():
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        from rich.pretty import Pretty
+
+        _console().print(Pretty(value))
+
+
+# -- platform ------------------------------------------------------------------------------
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ai_platform import launcher
+
+    ports = {name: getattr(args, f"{name}_port") for name in launcher.SERVICES if getattr(args, f"{name}_port")}
+    console = _console()
+    with console.status("starting storage, scheduler, inference and gateway…"):
+        try:
+            state = launcher.up(_home(args), host=args.host, ports=ports, level=args.level,
+                                ray_address=os.environ.get("RAY_ADDRESS") or None)
+        except launcher.LaunchError as exc:
+            console.print(f"[red]aip up failed:[/red] {exc}")
+            return 1
+    console.print(f"[green]AI Platform is up[/green] (level {state.level}, home {state.home})")
+    console.print(f"  web page      {state.url}/")
+    console.print(f"  dashboard     {state.url}/dashboard.html")
+    console.print(f"  REST docs     {state.url}/docs")
+    for name in ("storage", "scheduler", "inference"):
+        console.print(f"  {name + ' gRPC':<13} {state.addrs[name]}")
+    if state.ray:
+        console.print(f"  Ray           {state.ray['dashboard_url']}")
+    console.print(f"  logs          {state.home}/logs/")
+    console.print("Point clients at it with: " + " ".join(f"{k}={v}" for k, v in state.env().items()))
+    if args.detach:
+        console.print("Stop it with: aip down" + (f" --home {state.home}" if args.home else ""))
+        return 0
+    console.print("Press Ctrl-C to stop.")
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    launcher.down(Path(state.home))
+    console.print("stopped")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from ai_platform import launcher
+
+    state = launcher.down(_home(args))
+    if state is None:
+        print(f"no platform was started from {_home(args).resolve()}")
+        return 0
+    print(f"stopped {', '.join(launcher.SERVICES[n] for n in state.pids)}"
+          + (" and the Ray head" if state.ray and state.ray.get("started_here") else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ai_platform import launcher
+
+    rows = launcher.status(_home(args))
+    for row in rows:
+        row["healthy"] = "healthy" if row["healthy"] else "down"
+    _print_rows(rows, ["service", "pid", "address", "healthy", "version"], args.json, "AI Platform")
+    return 0 if all(r["healthy"] == "healthy" for r in rows) else 3
+
+
+def cmd_svc(args: argparse.Namespace) -> int:
+    module = {"storage": "storage_svc", "scheduler": "scheduler_svc", "inference": "inference_svc",
+              "gateway": "gateway"}[args.name]
+    os.execv(sys.executable, [sys.executable, "-m", module, *args.rest])
+    return 0  # not reached
+
+
+# -- lake --------------------------------------------------------------------------------
+
+def _client():  # noqa: ANN202 - ai_platform.client.Client
+    from ai_platform.client import Client
+
+    return Client()
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    client = _client()
+    kind = args.kind
+    if args.action == "ls":
+        rows = client.list_datasets() if kind == "datasets" else client.list_models()
+        columns = ["id", "num_rows", "version", "num_versions", "size_bytes", "updated_at"]
+        if kind == "models":
+            for row in rows:
+                row["accuracy"] = row.get("metrics", {}).get("accuracy")
+            columns.insert(1, "accuracy")
+        _print_rows(rows, columns, args.json, kind)
+    elif args.action == "show":
+        _print_one(client.get_dataset(args.name) if kind == "datasets" else client.get_model(args.name), args.json)
+    elif args.action == "versions":
+        rows = client.dataset_versions(args.name) if kind == "datasets" else client.model_versions(args.name)
+        _print_rows(rows, ["version", "timestamp"], args.json, f"{args.name} versions")
+    elif args.action == "rm":
+        (client.delete_dataset if kind == "datasets" else client.delete_model)(args.name)
+        print(f"deleted {kind[:-1]} {args.name}")
+    return 0
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+TASK_COLUMNS = ["id", "name", "status", "progress", "created_at", "error"]
+
+
+def _task_row(task: dict) -> dict:
+    progress = task.get("progress") or {}
+    return {**task, "progress": f"{progress.get('fraction', 0):.0%} {progress.get('message', '')}".strip()
+            if progress else ""}
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    client = _client()
+    if args.action == "submit":
+        try:
+            params = json.loads(args.params)
+        except ValueError as exc:
+            print(f"--params is not JSON: {exc}", file=sys.stderr)
+            return 2
+        task = client.submit(args.name, args.script, args.input, args.output, params, num_cpus=args.num_cpus,
+                             num_gpus=args.num_gpus, memory_mb=args.memory_mb, timeout_s=args.timeout)
+        if args.wait:
+            task = client.wait(task["id"], progress=sys.stdout.isatty() and not args.json)
+        _print_one(task, args.json) if args.json or args.wait else print(task["id"])
+        return 0 if task["status"] != "failed" else 1
+    if args.action == "ls":
+        rows = [_task_row(t) for t in client.list_tasks(args.status.split(",") if args.status else None, args.name,
+                                                        args.limit)]
+        _print_rows(rows, TASK_COLUMNS, args.json, "tasks")
+    elif args.action == "show":
+        _print_one(client.get_task(args.id), args.json)
+    elif args.action == "logs":
+        for text in client.logs(args.id, follow=args.follow):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    elif args.action == "cancel":
+        print(client.cancel(args.id)["status"])
+    elif args.action == "watch":
+        task = client.wait(args.id, progress=True)
+        print(f"{task['name']} {task['status']}" + (f": {task['error']}" if task.get("error") else ""))
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ai_platform.client import Client
+
+    console = _console()
+    gateway = os.environ.get("AIP_GATEWAY_ADDR") or DEFAULT_ADDRS["gateway"]
+    with Client() as client:
+        steps = [
+            ("mnist_clean", "mnist_clean.py", "download", "datasets/mnist_clean", {"limit": args.limit}),
+            ("mnist_cnn", "mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn", {"epochs": args.epochs}),
+            ("mnist_serve", "mnist_serve.py", "models/mnist_cnn", "", {}),
+        ]
+        results = {}
+        for name, script, given_input, output, params in steps:
+            console.print(f"[bold]{name}[/bold]: {given_input} → {output or 'inference_svc'}")
+            try:
+                task = client.submit(name, str(MNIST_DIR / script), given_input, output, params)
+            except grpc.RpcError as exc:
+                console.print(f"[red]{name} was refused:[/red] {exc.details()}")
+                return 1
+            task = client.wait(task["id"], progress=True)
+            if task["status"] != "completed":
+                console.print(f"[red]{name} {task['status']}:[/red] {task.get('error')} (aip tasks logs {task['id']})")
+                return 1
+            results[name] = task["result"]
+    clean, trained, served = results["mnist_clean"], results["mnist_cnn"], results["mnist_serve"]
+    console.print(f"ingested {clean['rows']} digits ({clean['source']})")
+    console.print(f"trained for {trained['epochs']} epoch(s): accuracy {trained['accuracy']:.2%} on "
+                  f"{trained['test_images']} held-out digits")
+    console.print(f"[green]serving[/green] {served['model']} version {served['version']}")
+    console.print(f"draw a digit at http://{gateway}/  ·  dashboard http://{gateway}/dashboard.html")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aip", description="AI Platform: data lake, tasks, serving.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole platform on this machine")
+    up.add_argument("--level", type=int, choices=[1, 2], default=1, help="1: local processes; 2: Ray")
+    up.add_argument("--home", help="lake and state directory (AIP_HOME, default ./.ai_platform)")
+    up.add_argument("--host", default="127.0.0.1", help="address the services bind")
+    for name in ("storage", "scheduler", "inference", "gateway"):
+        default = split_addr(os.environ.get(f"AIP_{name.upper()}_ADDR") or DEFAULT_ADDRS[name])[1]
+        up.add_argument(f"--{name}-port", type=int, default=default, help=f"{name} port (default {default})")
+    up.add_argument("--detach", action="store_true", help="return once healthy; stop later with `aip down`")
+    up.set_defaults(func=cmd_up)
+
+    for name, func, text in (("down", cmd_down, "stop what `aip up` started"),
+                             ("status", cmd_status, "each service: pid, address, health, version")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--home")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    svc = sub.add_parser("svc", help="run one service in the foreground (per-service deployment)")
+    svc.add_argument("name", choices=["storage", "scheduler", "inference", "gateway"])
+    svc.add_argument("rest", nargs=argparse.REMAINDER, help="flags for the service (see its --help)")
+    svc.set_defaults(func=cmd_svc)
+
+    for kind in ("datasets", "models"):
+        p = sub.add_parser(kind, help=f"{kind} in the lake")
+        actions = p.add_subparsers(dest="action", required=True)
+        actions.add_parser("ls").add_argument("--json", action="store_true")
+        for action in ("show", "rm", "versions"):
+            a = actions.add_parser(action)
+            a.add_argument("name")
+            a.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_tables, kind=kind)
+
+    tasks = sub.add_parser("tasks", help="submit and follow tasks")
+    actions = tasks.add_subparsers(dest="action", required=True)
+    submit = actions.add_parser("submit")
+    submit.add_argument("--name", required=True)
+    submit.add_argument("--script", required=True)
+    submit.add_argument("--input", default="")
+    submit.add_argument("--output", default="")
+    submit.add_argument("--params", default="{}", help="JSON object")
+    submit.add_argument("--num-cpus", type=float, default=0)
+    submit.add_argument("--num-gpus", type=float, default=0)
+    submit.add_argument("--memory-mb", type=int, default=0)
+    submit.add_argument("--timeout", type=float, default=0)
+    submit.add_argument("--wait", action="store_true")
+    submit.add_argument("--json", action="store_true")
+    ls = actions.add_parser("ls")
+    ls.add_argument("--status", default="")
+    ls.add_argument("--name", default="")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+    for action in ("show", "logs", "cancel", "watch"):
+        a = actions.add_parser(action)
+        a.add_argument("id")
+        a.add_argument("--json", action="store_true")
+        if action == "logs":
+            a.add_argument("-f", "--follow", action="store_true")
+    tasks.set_defaults(func=cmd_tasks)
+
+    demo = sub.add_parser("demo", help="run an example end to end through the running platform")
+    demo.add_argument("example", choices=["mnist"])
+    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--limit", type=int, default=0, help="images per split (0 = all)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        print(f"aip: {code.name if code else 'error'}: {exc.details() if hasattr(exc, 'details') else exc}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

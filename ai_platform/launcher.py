@@ -1,0 +1,218 @@
+"""Start, stop and inspect a whole platform on one machine: each service its own process.
+
+Used by ``aip up|down|status`` and by notebooks. The running platform is described by
+``<home>/platform.json`` (pids, addresses, level, the Ray head we started), so ``aip down``
+ends exactly the processes ``aip up`` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ai_platform import __version__
+from ai_platform.config import DEFAULT_ADDRS, default_metrics_addr, split_addr
+
+SERVICES = {"storage": "storage_svc", "scheduler": "scheduler_svc", "inference": "inference_svc",
+            "gateway": "gateway"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class LaunchError(RuntimeError):
+    """Why the platform could not start; nothing it started is left running."""
+
+
+@dataclass
+class PlatformState:
+    home: str
+    level: int
+    addrs: dict[str, str]
+    pids: dict[str, int] = field(default_factory=dict)
+    ray: dict | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addrs['gateway']}"
+
+    def env(self) -> dict[str, str]:
+        """The AIP_* settings that point a client (or a notebook) at this platform."""
+        return {"AIP_HOME": self.home, **{f"AIP_{n.upper()}_ADDR": a for n, a in self.addrs.items()}}
+
+
+def state_file(home: Path) -> Path:
+    return home / "platform.json"
+
+
+def read_state(home: Path) -> PlatformState | None:
+    try:
+        return PlatformState(**json.loads(state_file(home).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _ours(pid: int, module: str) -> bool:
+    """Is ``pid`` still the service we started (and not a recycled pid)?"""
+    try:
+        return f"-m\0{module}\0" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") + "\0"
+    except OSError:
+        return False
+
+
+def _port_free(addr: str) -> bool:
+    host, port = split_addr(addr)
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def healthy(service: str, addr: str, timeout: float = 1.0) -> bool:
+    if service == "gateway":
+        try:
+            with urllib.request.urlopen(f"http://{addr}/healthz", timeout=timeout):
+                return True
+        except OSError:
+            return False
+    try:
+        with grpc.insecure_channel(addr) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            return response.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _stop_pids(pids: dict[str, int], grace_s: float = 15.0) -> None:
+    live = {name: pid for name, pid in pids.items() if _ours(pid, SERVICES[name])}
+    for pid in live.values():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and any(_ours(pid, SERVICES[n]) for n, pid in live.items()):
+        time.sleep(0.1)
+    for name, pid in live.items():
+        if _ours(pid, SERVICES[name]):
+            os.kill(pid, signal.SIGKILL)
+
+
+def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None, level: int = 1,
+       ray_address: str | None = None, cwd: Path | None = None, timeout_s: float = 90) -> PlatformState:
+    """Start storage, scheduler, inference and gateway; return once each reports healthy."""
+    home = home.expanduser().resolve()
+    cwd = (cwd or Path.cwd()).resolve()
+    existing = read_state(home)
+    if existing and any(_ours(pid, SERVICES[n]) for n, pid in existing.pids.items()):
+        raise LaunchError(f"a platform is already running from {home} (pids {existing.pids}); `aip down` first")
+    try:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        probe = home / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise LaunchError(f"the home {home} is not writable: {exc}") from None
+    ports = {**{n: split_addr(a)[1] for n, a in DEFAULT_ADDRS.items()}, **(ports or {})}
+    addrs = {name: f"{host}:{ports[name]}" for name in SERVICES}
+    for name, addr in addrs.items():
+        wanted = [addr] + ([default_metrics_addr(addr)] if name != "gateway" else [])
+        for candidate in wanted:
+            if not _port_free(candidate):
+                raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use "
+                                  f"(choose another with --{name}-port)")
+    state = PlatformState(str(home), level, addrs)
+    env = {**os.environ, **state.env(), "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "AIP_SCRIPT_ROOTS": os.environ.get("AIP_SCRIPT_ROOTS") or str(cwd)}
+    try:
+        if level >= 2:
+            env["AIP_BACKEND"] = "ray"
+            if ray_address:
+                env["RAY_ADDRESS"] = ray_address
+            else:
+                from ai_platform.ray_cluster import start_local_head
+
+                temp = f"/tmp/aip-ray-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
+                head = start_local_head(num_cpus=os.cpu_count() or 2, temp_dir=temp)
+                state.ray = {"session_id": head.session_id, "gcs_address": head.gcs_address,
+                             "dashboard_url": head.dashboard_url, "temp_dir": temp, "started_here": True}
+                env["RAY_ADDRESS"] = head.dashboard_url
+            state.ray = state.ray or {"dashboard_url": env["RAY_ADDRESS"], "started_here": False}
+        for name, module in SERVICES.items():
+            log = open(home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+            proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            state.pids[name] = proc.pid
+        deadline = time.time() + timeout_s
+        pending = dict(state.pids)
+        while pending:
+            for name in list(pending):
+                if not _ours(pending[name], SERVICES[name]):
+                    log_path = home / "logs" / f"{name}.log"
+                    raise LaunchError(f"{SERVICES[name]} exited while starting; its log ({log_path}) ends with:\n"
+                                      f"{_log_tail(log_path)}")
+                if healthy(name, addrs[name]):
+                    del pending[name]
+            if pending and time.time() > deadline:
+                raise LaunchError(f"{', '.join(SERVICES[n] for n in pending)} not healthy after {timeout_s:.0f}s; "
+                                  f"see {home}/logs/")
+            time.sleep(0.2)
+    except BaseException:
+        _stop_pids(state.pids)
+        _stop_ray(state)
+        raise
+    state_file(home).write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def _stop_ray(state: PlatformState) -> None:
+    if state.ray and state.ray.get("started_here"):
+        from ai_platform.ray_cluster import RayHead
+
+        RayHead(state.ray["session_id"], state.ray["gcs_address"], state.ray["dashboard_url"],
+                state.ray["temp_dir"]).stop()
+
+
+def down(home: Path) -> PlatformState | None:
+    """Stop what ``up`` started from ``home`` (services, then the Ray head if we started it)."""
+    home = home.expanduser().resolve()
+    state = read_state(home)
+    if state is None:
+        return None
+    _stop_pids(state.pids)
+    _stop_ray(state)
+    state_file(home).unlink(missing_ok=True)
+    return state
+
+
+def status(home: Path) -> list[dict]:
+    home = home.expanduser().resolve()
+    state = read_state(home)
+    addrs = state.addrs if state else {n: a for n, a in DEFAULT_ADDRS.items()}
+    rows = []
+    for name, module in SERVICES.items():
+        pid = state.pids.get(name) if state else None
+        rows.append({"service": module, "pid": pid if pid and _ours(pid, module) else None, "address": addrs[name],
+                     "healthy": healthy(name, addrs[name]), "version": __version__})
+    return rows
