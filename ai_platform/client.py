@@ -402,5 +402,14 @@ class Client:
         self.inference.load(name, **options)
 
     def predict(self, name: str, inputs: Any, version: str = "") -> Any:
-        """The model's first output for ``inputs`` (numpy, batch first)."""
-        return self.inference.infer(name, inputs, version)[0][0]
+        """The model's first output for ``inputs`` (numpy, batch first), in chunks the model accepts."""
+        import numpy as np
+
+        from ai_platform.protos.inference import grpc_service_pb2 as pb
+
+        config = self.inference.stub.ModelConfig(pb.ModelConfigRequest(name=name, version=version)).config
+        arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        step = max(config.max_batch_size, 1)
+        parts = [self.inference.infer(name, [a[start: start + step] for a in arrays], version)[0][0]
+                 for start in range(0, len(arrays[0]), step)]
+        return np.concatenate(parts)

@@ -58,7 +58,7 @@ def state_file(home: Path) -> Path:
 def read_state(home: Path) -> PlatformState | None:
     try:
         return PlatformState(**json.loads(state_file(home).read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError):
         return None
 
 
