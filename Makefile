@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint protos bench clean
+.PHONY: install test demo down lint protos bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,20 @@ $(STAMP): $(PY) pyproject.toml
 	@command -v apt-get >/dev/null || { echo "install Chromium at /usr/bin/chromium for the browser tests"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-install: $(STAMP) /usr/bin/chromium
+install: $(STAMP)
 
-test: install
+test: install /usr/bin/chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Start the whole platform (reused when it is already up) and run the MNIST example through it.
+demo: install
+	@$(VENV)/bin/aip status >/dev/null 2>&1 || $(VENV)/bin/aip up --detach
+	$(VENV)/bin/aip demo mnist
+	@echo "The platform keeps serving. Stop it with: make down"
+
+down: install
+	$(VENV)/bin/aip down
 
 lint: install
 	$(PY) -m ruff check .
