@@ -17,24 +17,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai_platform.procs import session_members
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def session_members(sid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == sid:
-                members.append(int(entry.name))
-    return members
 
 
 @dataclass

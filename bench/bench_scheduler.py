@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,17 +20,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from loadgen import free_port  # noqa: E402
 
 from ai_platform.client import SchedulerClient, status_name  # noqa: E402
 
 TRIVIAL = "def run(input_path, output_path, params):\n    return {'i': params['i']}\n"
 SLEEPER = "import time\n\ndef run(input_path, output_path, params):\n    time.sleep(1)\n    return {}\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:

@@ -9,25 +9,12 @@ import os
 import signal
 from pathlib import Path
 
+from ai_platform.procs import group_members
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
 from scheduler_svc.tasks import Outcome, TaskStatus
 
 log = logging.getLogger("scheduler_svc.local")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs whose process group is ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid:
-                members.append(int(entry.name))
-    return members
 
 
 def group_rss_mb(pgid: int) -> float:
