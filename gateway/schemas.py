@@ -101,11 +101,6 @@ class TaskView(BaseModel):
     resolved_output: str
 
 
-class TaskList(BaseModel):
-    tasks: list[TaskView]
-    next_page_token: str = ""
-
-
 class PredictView(BaseModel):
     prediction: int
     label: str | None = None

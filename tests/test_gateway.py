@@ -227,9 +227,12 @@ def test_seed_task_creation_body(http, platform):
     assert created["params"] == {"device": "cpu", "port": 8080}
     done = wait_task(http, created["id"])
     assert done["status"] == "completed" and done["result"] == {"rows": 7} and done["completed_at"]
-    assert created["id"] in [t["id"] for t in http.get("/api/v1/tasks").json()["tasks"]]
-    assert [t["id"] for t in http.get("/api/v1/tasks?name=mnist_serve&status=completed").json()["tasks"]] == [
-        created["id"]]
+    assert created["id"] in [t["id"] for t in http.get("/api/v1/tasks").json()]
+    assert [t["id"] for t in http.get("/api/v1/tasks?name=mnist_serve&status=completed").json()] == [created["id"]]
+    first = http.get("/api/v1/tasks?limit=1")
+    assert len(first.json()) == 1 and first.headers["X-Next-Page-Token"]
+    rest = http.get(f"/api/v1/tasks?limit=1000&page_token={first.headers['X-Next-Page-Token']}").json()
+    assert first.json()[0]["id"] not in [t["id"] for t in rest]
 
 
 def test_logs_plain_and_followed_as_server_sent_events(http):

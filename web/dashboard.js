@@ -36,7 +36,7 @@ function button(label, onClick) {
 }
 
 async function refreshTasks() {
-  const { tasks } = await api("/api/v1/tasks?limit=50");
+  const tasks = await api("/api/v1/tasks?limit=50");
   const body = $("tasks").querySelector("tbody");
   body.innerHTML = "";
   $("tasks-empty").hidden = tasks.length > 0;
