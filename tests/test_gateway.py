@@ -229,6 +229,7 @@ def test_seed_task_creation_body(http, platform):
     assert done["status"] == "completed" and done["result"] == {"rows": 7} and done["completed_at"]
     assert created["id"] in [t["id"] for t in http.get("/api/v1/tasks").json()]
     assert [t["id"] for t in http.get("/api/v1/tasks?name=mnist_serve&status=completed").json()] == [created["id"]]
+    http.post("/api/v1/tasks", json={"name": "another", "script": "scripts/trivial.py"})
     first = http.get("/api/v1/tasks?limit=1")
     assert len(first.json()) == 1 and first.headers["X-Next-Page-Token"]
     rest = http.get(f"/api/v1/tasks?limit=1000&page_token={first.headers['X-Next-Page-Token']}").json()
