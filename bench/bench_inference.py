@@ -79,7 +79,7 @@ def serve_fastapi(port: int, model_uri: str) -> None:
 
 # -- the benchmark ----------------------------------------------------------------------------
 
-def compute_ceiling(model_uri: str) -> list[tuple[str, int, float]]:
+def compute_ceiling(model_uri: str, export_uri: str) -> list[tuple[str, int, float]]:
     import torch
 
     from ai_platform.models import load_model
@@ -88,8 +88,8 @@ def compute_ceiling(model_uri: str) -> list[tuple[str, int, float]]:
     torch.set_num_threads(1)
     rows = []
     eager = MnistCNN().eval()
-    for name, module in (("torchscript", load_model(model_uri, version=1)),
-                         ("torch.export", load_model(model_uri, version=2)), ("eager", eager)):
+    for name, module in (("torchscript", load_model(model_uri)), ("torch.export", load_model(export_uri)),
+                         ("eager", eager)):
         for batch in (1, 32):
             x = torch.randn(batch, 1, 28, 28)
             with torch.inference_mode():
@@ -113,8 +113,9 @@ def main(seconds: float, server_args: list[str]) -> None:
     model_uri = str(home / "models/cnn.lance")
     torch.manual_seed(0)
     model = MnistCNN()
-    save_model(model, model_uri, torch.randn(1, 1, 28, 28), labels=list(range(10)))  # version 1
-    save_model(model, model_uri, torch.randn(1, 1, 28, 28), program_format="torch.export")  # version 2
+    save_model(model, model_uri, torch.randn(1, 1, 28, 28), labels=list(range(10)))  # TorchScript: what serves
+    export_uri = str(home / "models/cnn_export.lance")
+    save_model(model, export_uri, torch.randn(1, 1, 28, 28), program_format="torch.export")
     env = {**os.environ, "AIP_HOME": str(home), "PYTHONPATH": str(ROOT), "AIP_LOG_LEVEL": "warning"}
     storage_port, inference_port, echo_port, http_port = (free_port() for _ in range(4))
     procs = [
@@ -137,11 +138,10 @@ def main(seconds: float, server_args: list[str]) -> None:
 
         with grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel:
             grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
-                pb.RepositoryModelLoadRequest(model_name="cnn",
-                                              parameters={"version": pb.ModelRepositoryParameter(int64_param=1)}))
+                pb.RepositoryModelLoadRequest(model_name="cnn"))
 
         print("(a) compute ceiling, in-process, 1 thread:")
-        for name, batch, ips in compute_ceiling(model_uri):
+        for name, batch, ips in compute_ceiling(model_uri, export_uri):
             print(f"    {name:<13} batch {batch:>2}: {ips:8.0f} images/s")
         results = {}
         for clients in CONCURRENCY:

@@ -2,7 +2,9 @@
 
 A request waits while the previous batch computes (that is when batches form under load),
 and at most ``max_queue_delay_s`` more for others to arrive; batches hold at most
-``max_batch_size`` rows. The forward pass runs on the model's own thread, off the event loop.
+``max_batch_size`` rows. With no delay configured the wait adapts: a lone client never waits,
+while under concurrent load a batch waits up to a millisecond for about as many requests
+as recent batches held. The forward pass runs on the model's own thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class BatchTiming:
     compute_output_ns: int
 
 
+ADAPTIVE_WAIT_S = 0.001
+
 RunBatch = Callable[[list[np.ndarray]], tuple[list[np.ndarray], int, int, int]]
 
 
@@ -56,6 +60,8 @@ class AdaptiveBatcher:
         self._collector: asyncio.Task | None = None
         self._retired = False
         self._idle = True  # the collector is waiting for a first request
+        self._carry: Pending | None = None
+        self._typical = 1.0  # requests per batch, smoothed: a sign of how many clients are waiting
 
     async def submit(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Outputs for this request's rows only."""
@@ -68,20 +74,28 @@ class AdaptiveBatcher:
     def retire(self) -> None:
         """Finish what is queued, then stop; a request that still arrives restarts the collector."""
         self._retired = True
-        if self._idle and self._queue.empty() and self._collector is not None:
+        if self._idle and self._queue.empty() and self._carry is None and self._collector is not None:
             self._collector.cancel()
 
     async def _next_batch(self) -> list[Pending]:
-        batch = [await self._queue.get()]
+        if self._carry is not None:  # did not fit in the previous batch: it starts this one
+            batch, self._carry = [self._carry], None
+        else:
+            batch = [await self._queue.get()]
         self._idle = False
         # Let requests that arrived in the same burst (ready to run on the loop) join this batch.
         await asyncio.sleep(0)
         rows = batch[0].rows
-        deadline = time.perf_counter() + self.max_queue_delay_s
+        if self.max_queue_delay_s:
+            wait_s, enough = self.max_queue_delay_s, self.max_batch_size
+        else:  # adaptive: under concurrent load, wait briefly for about as many requests as batches usually hold
+            wait_s = ADAPTIVE_WAIT_S if self._typical >= 2 else 0.0
+            enough = max(1, round(self._typical))
+        deadline = time.perf_counter() + wait_s
         while rows < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if len(batch) >= enough or remaining <= 0:
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
@@ -90,15 +104,16 @@ class AdaptiveBatcher:
             else:
                 item = self._queue.get_nowait()
             if rows + item.rows > self.max_batch_size:
-                self._queue.put_nowait(item)  # goes first in the next batch (it is alone in the queue's head)
+                self._carry = item
                 break
             batch.append(item)
             rows += item.rows
+        self._typical = 0.8 * self._typical + 0.2 * len(batch)
         return batch
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
-        while not (self._retired and self._queue.empty()):
+        while not (self._retired and self._queue.empty() and self._carry is None):
             self._idle = True
             batch = await self._next_batch()
             started = time.perf_counter_ns()
