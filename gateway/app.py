@@ -26,6 +26,7 @@ from ai_platform.config import Settings
 from ai_platform.metrics import RequestMetrics
 from gateway import errors
 from gateway.backends import Backends
+from gateway.routes_inference import classify
 from gateway.routes_inference import router as inference_router
 from gateway.routes_lake import router as lake_router
 from gateway.routes_tasks import router as tasks_router
@@ -34,6 +35,7 @@ from gateway.schemas import HealthView
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
+PREDICT_ROUTE = re.compile(r"^/api/v1/models/[^/]+/predict$")
 OPEN_PATHS = {"/healthz"}
 
 Scope = MutableMapping[str, Any]
@@ -84,7 +86,9 @@ class GuardMiddleware:
             await self._guarded(scope, receive, send_recorded, path, method)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or ("static" if path in self.static else "unmatched")
+            template = getattr(route, "path", None) or (
+                "/api/v1/models/{id}/predict" if PREDICT_ROUTE.match(path) else
+                "static" if path in self.static else "unmatched")
             HTTP_METRICS.observe((method, template, str(status_holder["status"])), time.perf_counter() - started)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
@@ -109,7 +113,34 @@ class GuardMiddleware:
                 raise errors.ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the {limit} byte limit")
             return message
 
+        if method == "POST" and PREDICT_ROUTE.match(path):
+            await self._predict(scope, limited_receive, send, path)
+            return
         await self.app(scope, limited_receive, send)
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """The web page's predict, served without the framework's routing layers: it is the hot path.
+
+        Same work and errors as the documented route (``routes_inference.classify``).
+        """
+        chunks = []
+        while True:
+            try:
+                message = await receive()
+            except errors.ApiError as exc:
+                await _send_error(send, exc.status, exc.code, exc.message)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        try:
+            body = await classify(scope["app"].state, path.split("/")[4], b"".join(chunks))
+        except errors.ApiError as exc:
+            await _send_error(send, exc.status, exc.code, exc.message)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(config: GatewayConfig) -> FastAPI:

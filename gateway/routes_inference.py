@@ -206,14 +206,16 @@ async def unload_model(request: Request, model: str) -> dict:
 
 # -- predict, for the web page ----------------------------------------------------------------
 
-async def _cached_metadata(request: Request, model: str) -> dict:
+async def _cached_metadata(state: Any, model: str) -> dict:
     """Model metadata and labels, cached briefly: predict needs the input shape on every call."""
-    cache: dict = request.app.state.model_cache
+    cache: dict = state.model_cache
     hit = cache.get(model)
     if hit and time.monotonic() - hit[0] < METADATA_TTL_S:
         return hit[1]
-    meta = await _metadata(request, model, "")
-    backends = request.app.state.backends
+    backends = state.backends
+    meta = await backends.call("inference", backends.inference.ModelMetadata(
+        pb.ModelMetadataRequest(name=model), timeout=backends.timeout_s), NOT_FOUND)
+    meta = {"inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs]}
     labels = None
     try:
         preview = await backends.storage.PreviewRows(storage_pb2.PreviewRowsRequest(
@@ -237,7 +239,17 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
 @router.post("/api/v1/models/{id}/predict", response_model=PredictView, responses=ERRORS, tags=["models"],
              openapi_extra=PREDICT_BODY, summary="Classify one sample: prediction, confidence, probabilities")
 async def predict(request: Request, id: str) -> Response:
-    body = await _json(request)
+    return Response(await classify(request.app.state, id, await request.body()), media_type="application/json")
+
+
+async def classify(state: Any, id: str, raw: bytes) -> bytes:
+    """The predict route's work, also called by the gateway's lean path for this hot route (see app.py)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
     sample = body.get("image", body.get("inputs"))
     if sample is None:
         raise invalid("send {'image': [784 floats]} or {'inputs': [...]}")
@@ -245,7 +257,7 @@ async def predict(request: Request, id: str) -> Response:
         array = np.asarray(sample, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise invalid(f"the sample must be numbers: {exc}") from None
-    meta = await _cached_metadata(request, id)
+    meta = await _cached_metadata(state, id)
     spec = meta["inputs"][0]
     shape = [1, *[int(d) for d in spec["shape"][1:]]]
     if array.size != math.prod(shape) or spec["datatype"] != "FP32":
@@ -253,7 +265,7 @@ async def predict(request: Request, id: str) -> Response:
                       f"got {array.size}")
     grpc_request = pb.ModelInferRequest(model_name=id, raw_input_contents=[array.reshape(shape).tobytes()])
     grpc_request.inputs.add(name=spec["name"], datatype="FP32", shape=shape)
-    backends = request.app.state.backends
+    backends = state.backends
     response = await backends.call("inference", backends.inference.ModelInfer(grpc_request,
                                                                               timeout=backends.timeout_s), NOT_FOUND)
     scores = np.frombuffer(response.raw_output_contents[0], np.float32).astype(np.float64)
@@ -265,5 +277,4 @@ async def predict(request: Request, id: str) -> Response:
     answer = {"prediction": best, "label": labels[best] if labels and best < len(labels) else None,
               "confidence": float(scores[best]), "probabilities": scores.tolist(),
               "model_version": response.model_version}
-    # Already the documented shape: returning a Response skips re-validating it on this hot path.
-    return Response(orjson.dumps(answer), media_type="application/json")
+    return orjson.dumps(answer)

@@ -312,6 +312,7 @@ def test_openapi_docs_metrics_and_page(http):
     assert http.get("/docs").status_code == 200
     metrics = http.get("/metrics").text
     assert 'aip_http_requests_total{method="GET",route="/api/v1/datasets",status="200"}' in metrics
+    assert 'aip_http_requests_total{method="POST",route="/api/v1/models/{id}/predict",status="200"}' in metrics
     page = http.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
 
