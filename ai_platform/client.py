@@ -246,14 +246,17 @@ class InferenceClient:
         return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
                 for m in self.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models]
 
-    def infer(self, name: str, inputs: Any, version: str = "") -> tuple[list, str]:
-        """Outputs (numpy arrays, in signature order) and the version that answered."""
+    def infer(self, name: str, inputs: Any, version: str = "", metadata: Any = None) -> tuple[list, str]:
+        """Outputs (numpy arrays, in signature order) and the version that answered.
+
+        ``metadata`` (a ModelMetadataResponse) saves a round trip when the caller already has it.
+        """
         import numpy as np
 
         from ai_platform.models import DATATYPES, NUMPY_TO_DATATYPE
         from ai_platform.protos.inference import grpc_service_pb2 as pb
 
-        meta = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
+        meta = metadata or self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
         arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         request = pb.ModelInferRequest(model_name=name, model_version=version)
         for spec, array in zip(meta.inputs, arrays, strict=True):
@@ -407,9 +410,11 @@ class Client:
 
         from ai_platform.protos.inference import grpc_service_pb2 as pb
 
-        config = self.inference.stub.ModelConfig(pb.ModelConfigRequest(name=name, version=version)).config
+        stub = self.inference.stub
+        config = stub.ModelConfig(pb.ModelConfigRequest(name=name, version=version)).config
+        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
         arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         step = max(config.max_batch_size, 1)
-        parts = [self.inference.infer(name, [a[start: start + step] for a in arrays], version)[0][0]
+        parts = [self.inference.infer(name, [a[start: start + step] for a in arrays], version, metadata)[0][0]
                  for start in range(0, len(arrays[0]), step)]
         return np.concatenate(parts)

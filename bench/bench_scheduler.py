@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port  # noqa: E402
+from loadgen import free_port, wait_port  # noqa: E402
 
 from ai_platform.client import SchedulerClient, status_name  # noqa: E402
 
@@ -46,15 +46,7 @@ def main() -> None:
                                 "--storage-addr", f"127.0.0.1:{free_port()}"], env=env, cwd=work)
     try:
         client = SchedulerClient(addr)
-        deadline = time.time() + 30
-        while True:
-            try:
-                client.list()
-                break
-            except Exception:  # noqa: BLE001 - waiting for the service
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_port(int(addr.rsplit(":", 1)[1]))
 
         # Baseline: the same run() called in-process.
         namespace: dict = {}

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port  # noqa: E402
+from loadgen import free_port, wait_port  # noqa: E402
 
 from ai_platform.client import StorageClient  # noqa: E402
 
@@ -78,15 +78,7 @@ def main() -> None:
     )
     try:
         client = StorageClient(f"127.0.0.1:{port}")
-        deadline = time.time() + 30
-        while True:
-            try:
-                client.list()
-                break
-            except Exception:  # noqa: BLE001 - waiting for the service to come up
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_port(port)
 
         idle_rss = rss_mb(service.pid, "VmRSS")
         direct_uri = str(work / "direct.lance")

@@ -134,8 +134,8 @@ def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tm
     task_client = SchedulerClient(scheduler.addr)
     task = task_client.submit("ray-survivor", "scripts/progress.py", params={"steps": 6, "pause": 1.0})
     deadline = time.time() + 60
-    while status_name(task_client.get(task.id)) != "running" and time.time() < deadline:
-        time.sleep(0.2)
+    while b"epoch 0 starting" not in b"".join(task_client.logs(task.id)) and time.time() < deadline:
+        time.sleep(0.2)  # running, and some of its log already mirrored
     task_client.close()
     scheduler.proc.send_signal(signal.SIGKILL)
     scheduler.proc.wait(10)
@@ -145,6 +145,8 @@ def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tm
     done = client.wait(task.id, 120)
     assert status_name(done) == "completed" and task_result(done) == {"epochs": 6}
     assert done.progress.fraction == 1.0
+    log = b"".join(client.logs(task.id))
+    assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "logs mirrored once across the restart"
     client.close()
     assert os.path.exists(project / ".ai_platform/scheduler.db")
 

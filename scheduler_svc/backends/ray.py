@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import time
 from pathlib import Path
 
 from ai_platform.errors import Unavailable
@@ -17,6 +18,7 @@ from scheduler_svc.tasks import Outcome, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
 POLL_S = 0.25
+LOG_POLL_S = 1.0
 
 
 class RayBackend:
@@ -60,7 +62,9 @@ class RayBackend:
                 metadata={"aip_task": task.name},
             )
             ctx.on_submitted(job_id)
-        report_offset, log_seen, stop_sent, running = 0, 0, False, task.status.value == "running"
+        # The task log mirrors Ray's byte for byte, so after a restart it already holds what was seen.
+        report_offset, log_seen, stop_sent, running = 0, ctx.log.end, False, task.status.value == "running"
+        next_log_fetch = 0.0
         while True:
             status = str(await asyncio.to_thread(client.get_job_status, job_id))
             status = status.rsplit(".", 1)[-1]
@@ -68,8 +72,11 @@ class RayBackend:
                 running = True
                 ctx.on_running(None, job_id, None)
             report_offset = self._read_reports(report_path, report_offset, ctx)
-            log_seen = await self._mirror_logs(client, job_id, log_seen, ctx)
-            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            finished = status in ("SUCCEEDED", "FAILED", "STOPPED")
+            if finished or time.monotonic() >= next_log_fetch:  # Ray returns the whole log: fetch it sparingly
+                log_seen = await self._mirror_logs(client, job_id, log_seen, ctx)
+                next_log_fetch = time.monotonic() + LOG_POLL_S
+            if finished:
                 break
             if ctx.stop.is_set() and not stop_sent:
                 await asyncio.to_thread(client.stop_job, job_id)
