@@ -297,7 +297,8 @@ class Scheduler:
             self._changed_task(task, save=False)
 
     def _finish(self, task: Task, outcome: Outcome) -> None:
-        task.status, task.completed_at = outcome.status, time.time()
+        ended_at = outcome.ended_at or time.time()
+        task.status, task.completed_at = outcome.status, max(ended_at, task.started_at or ended_at)
         task.result, task.error_type, task.error_message = outcome.result, outcome.error_type, outcome.error_message
         self._last_progress_save.pop(task.id, None)
         self._changed_task(task)

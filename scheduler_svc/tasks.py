@@ -61,3 +61,4 @@ class Outcome:
     result: Any = None
     error_type: str = ""
     error_message: str = ""
+    ended_at: float | None = None  # when the backend itself saw the end (Ray's clock), else now

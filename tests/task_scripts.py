@@ -46,8 +46,9 @@ def run(input_path, output_path, params):
 import time
 
 def run(input_path, output_path, params):
+    began = time.time()
     time.sleep(params.get("seconds", 1))
-    return {"slept": params.get("seconds", 1)}
+    return {"slept": params.get("seconds", 1), "began": began, "ended": time.time()}
 ''',
     "syntax_error.py": "def run(input_path, output_path, params:\n    return {}\n",
     "no_run.py": "def walk(input_path, output_path, params):\n    return {}\n",

@@ -89,11 +89,15 @@ class RayBackend:
         info = await asyncio.to_thread(client.get_job_info, job_id)
         if not running and info.start_time:  # it started and ended between two polls
             ctx.on_running(None, job_id, info.start_time / 1000)
+        # Ray stamps the end when the job finishes; polls and log fetches may notice it later.
         if status == "STOPPED":
-            return Outcome(TaskStatus.CANCELLED)
-        if status == "SUCCEEDED":
-            return ctx.outcome(None)
-        return ctx.outcome(f"the Ray job failed: {info.message or 'no message from Ray'}")
+            outcome = Outcome(TaskStatus.CANCELLED)
+        elif status == "SUCCEEDED":
+            outcome = ctx.outcome(None)
+        else:
+            outcome = ctx.outcome(f"the Ray job failed: {info.message or 'no message from Ray'}")
+        outcome.ended_at = info.end_time / 1000 if info.end_time else None
+        return outcome
 
     def _read_reports(self, path: Path, offset: int, ctx: RunContext) -> int:
         try:
