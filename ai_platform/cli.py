@@ -25,8 +25,16 @@ def _console():  # noqa: ANN202 - rich.console.Console
     return Console(highlight=False, soft_wrap=not sys.stdout.isatty())
 
 
+def _home_and_lake(args: argparse.Namespace) -> tuple[Path, str]:
+    """Where the platform keeps its state, and the lake when that is an object store (``s3://``)."""
+    home = args.home or os.environ.get("AIP_HOME") or "./.ai_platform"
+    if "://" in home:
+        return Path(os.environ.get("AIP_STATE_DIR") or "./.ai_platform"), home
+    return Path(home), ""
+
+
 def _home(args: argparse.Namespace) -> Path:
-    return Path(args.home or os.environ.get("AIP_HOME") or "./.ai_platform")
+    return _home_and_lake(args)[0]
 
 
 def _print_rows(rows: list[dict], columns: list[str], as_json: bool, title: str = "") -> None:
@@ -66,12 +74,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = _console()
     with console.status("starting storage, scheduler, inference and gateway…"):
         try:
-            state = launcher.up(_home(args), host=args.host, ports=ports, level=args.level,
-                                ray_address=os.environ.get("RAY_ADDRESS") or None)
+            home, lake = _home_and_lake(args)
+            state = launcher.up(home, host=args.host, ports=ports, level=args.level,
+                                ray_address=os.environ.get("RAY_ADDRESS") or None, lake=lake)
         except launcher.LaunchError as exc:
             console.print(f"[red]aip up failed:[/red] {exc}")
             return 1
-    console.print(f"[green]AI Platform is up[/green] (level {state.level}, home {state.home})")
+    where = f"home {state.home}" + (f", lake {state.lake}" if state.lake else "")
+    console.print(f"[green]AI Platform is up[/green] (level {state.level}, {where})")
     console.print(f"  web page      {state.url}/")
     console.print(f"  dashboard     {state.url}/dashboard.html")
     console.print(f"  REST docs     {state.url}/docs")
@@ -82,7 +92,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     console.print(f"  logs          {state.home}/logs/")
     console.print("Point clients at it with: " + " ".join(f"{k}={v}" for k, v in state.env().items()))
     if args.detach:
-        console.print("Stop it with: aip down" + (f" --home {state.home}" if args.home else ""))
+        console.print("Stop it with: aip down" + (f" --home {args.home}" if args.home else ""))
         return 0
     console.print("Press Ctrl-C to stop.")
     import signal
@@ -243,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole platform on this machine")
     up.add_argument("--level", type=int, choices=[1, 2], default=1, help="1: local processes; 2: Ray")
-    up.add_argument("--home", help="lake and state directory (AIP_HOME, default ./.ai_platform)")
+    up.add_argument("--home", help="lake and state directory (AIP_HOME, default ./.ai_platform); an s3:// lake "
+                    "keeps the state in AIP_STATE_DIR (default ./.ai_platform)")
     up.add_argument("--host", default="127.0.0.1", help="address the services bind")
     for name in ("storage", "scheduler", "inference", "gateway"):
         default = split_addr(os.environ.get(f"AIP_{name.upper()}_ADDR") or DEFAULT_ADDRS[name])[1]

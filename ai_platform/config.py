@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SERVICES = ("storage", "scheduler", "inference", "gateway")
 DEFAULT_ADDRS = {
@@ -24,6 +25,34 @@ DEFAULT_ADDRS = {
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name) or default
+
+
+def _env_number(name: str, default: float, kind: type) -> Any:
+    text = os.environ.get(name)
+    if not text:
+        return kind(default)
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def _storage_options_flag(text: str) -> dict[str, str]:
+    try:
+        return parse_storage_options(text, "--storage-options")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_storage_options(text: str, source: str = "AIP_STORAGE_OPTIONS") -> dict[str, str]:
+    """Lance (object_store) storage options from a JSON object, e.g. ``{"aws_endpoint": "http://host:9000"}``."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source} must be a JSON object of option names to values: {exc}") from None
+    if not isinstance(value, dict) or any(isinstance(v, (dict, list)) or v is None for v in value.values()):
+        raise ValueError(f"{source} must be a JSON object of option names to strings, numbers or booleans")
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -51,9 +80,11 @@ class Settings:
     script_roots: list[str] = field(
         default_factory=lambda: [p for p in _env("AIP_SCRIPT_ROOTS", os.getcwd()).split(os.pathsep) if p]
     )
-    storage_options: dict[str, str] = field(default_factory=lambda: json.loads(_env("AIP_STORAGE_OPTIONS", "{}")))
-    max_message_mb: int = field(default_factory=lambda: int(_env("AIP_MAX_MESSAGE_MB", "64")))
-    grace_s: float = field(default_factory=lambda: float(_env("AIP_GRACE_S", "10")))
+    storage_options: dict[str, str] = field(
+        default_factory=lambda: parse_storage_options(_env("AIP_STORAGE_OPTIONS", ""))
+    )
+    max_message_mb: int = field(default_factory=lambda: _env_number("AIP_MAX_MESSAGE_MB", 64, int))
+    grace_s: float = field(default_factory=lambda: _env_number("AIP_GRACE_S", 10.0, float))
     log_level: str = field(default_factory=lambda: _env("AIP_LOG_LEVEL", "info"))
 
     @property
@@ -75,10 +106,13 @@ class Settings:
 
 def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     """Flags mirroring the ``AIP_*`` variables; defaults come from the environment."""
-    defaults = Settings()
     parser = argparse.ArgumentParser(
         prog=f"python -m {service}_svc" if service != "gateway" else "python -m gateway", description=description
     )
+    try:
+        defaults = Settings()
+    except ValueError as exc:  # a malformed AIP_* variable: say which, as for a bad flag
+        parser.error(str(exc))
     parser.add_argument("--home", default=defaults.home, help="lake home: a directory or s3://bucket/prefix (AIP_HOME)")
     parser.add_argument(
         "--addr", default=defaults.addr_of(service), help=f"address this service binds (AIP_{service.upper()}_ADDR)"
@@ -106,6 +140,14 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
         help="seconds to drain in-flight calls on SIGTERM (AIP_GRACE_S)",
     )
     parser.add_argument("--log-level", default=defaults.log_level, help="debug, info, warning, error (AIP_LOG_LEVEL)")
+    if service == "storage":
+        parser.add_argument(
+            "--storage-options",
+            type=_storage_options_flag,
+            default=defaults.storage_options,
+            help='JSON object of Lance storage options for an s3:// home, e.g. \'{"aws_endpoint": "http://127.0.0.1:9000",'
+            ' "allow_http": true}\' (AIP_STORAGE_OPTIONS; the AWS_* variables also apply)',
+        )
     return parser
 
 

@@ -41,6 +41,7 @@ class PlatformState:
     pids: dict[str, int] = field(default_factory=dict)
     ray: dict | None = None
     started_at: float = field(default_factory=time.time)
+    lake: str = ""  # an object-store lake (s3://...) when the lake is not the home directory itself
 
     @property
     def url(self) -> str:
@@ -48,7 +49,7 @@ class PlatformState:
 
     def env(self) -> dict[str, str]:
         """The AIP_* settings that point a client (or a notebook) at this platform."""
-        return {"AIP_HOME": self.home, **{f"AIP_{n.upper()}_ADDR": a for n, a in self.addrs.items()}}
+        return {"AIP_HOME": self.lake or self.home, **{f"AIP_{n.upper()}_ADDR": a for n, a in self.addrs.items()}}
 
 
 def state_file(home: Path) -> Path:
@@ -118,8 +119,13 @@ def _stop_pids(pids: dict[str, int], grace_s: float = 15.0) -> None:
 
 
 def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None, level: int = 1,
-       ray_address: str | None = None, cwd: Path | None = None, timeout_s: float = 90) -> PlatformState:
-    """Start storage, scheduler, inference and gateway; return once each reports healthy."""
+       ray_address: str | None = None, cwd: Path | None = None, timeout_s: float = 90,
+       lake: str = "") -> PlatformState:
+    """Start storage, scheduler, inference and gateway; return once each reports healthy.
+
+    ``home`` holds the lake and the platform's own state (logs, task records, ``platform.json``);
+    with ``lake`` (an ``s3://`` URI) the lake lives there instead and ``home`` keeps only the state.
+    """
     home = home.expanduser().resolve()
     cwd = (cwd or Path.cwd()).resolve()
     existing = read_state(home)
@@ -140,10 +146,12 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
             if not _port_free(candidate):
                 raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use "
                                   f"(choose another with --{name}-port)")
-    state = PlatformState(str(home), level, addrs)
+    state = PlatformState(str(home), level, addrs, lake=lake)
     env = {**os.environ, **state.env(), "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "AIP_SCRIPT_ROOTS": os.environ.get("AIP_SCRIPT_ROOTS") or str(cwd)}
+    if lake:
+        env["AIP_STATE_DIR"] = str(home)
     try:
         if level >= 2:
             env["AIP_BACKEND"] = "ray"

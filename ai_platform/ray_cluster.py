@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ai_platform.ports import free_port
 from ai_platform.procs import session_members
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -55,12 +49,12 @@ def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90) -> RayHe
     """``ray start --head`` on free loopback ports; returns once the Jobs API answers."""
     ray = Path(sys.executable).with_name("ray")
     ray_cmd = str(ray) if ray.exists() else shutil.which("ray") or "ray"
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     args = [
         ray_cmd, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
-        "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+        "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
     ]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     head = RayHead(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)

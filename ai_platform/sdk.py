@@ -8,6 +8,7 @@ what it trained with :func:`save_model` so that inference_svc can serve it.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -17,10 +18,20 @@ from ai_platform import report
 
 def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] | None = None,
                params: dict | None = None, metrics: dict | None = None, **options: Any) -> dict[str, Any]:
-    """Save a PyTorch model as a new version of the model table ``output`` (see ``ai_platform.models``)."""
+    """Save a PyTorch model as a new version of the model table ``output`` (see ``ai_platform.models``).
+
+    An ``s3://`` output uses the platform's storage options (``AIP_STORAGE_OPTIONS``) unless given.
+    """
     from ai_platform import models
 
+    options.setdefault("storage_options", _lake_storage_options())
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
+
+
+def _lake_storage_options() -> dict[str, str] | None:
+    from ai_platform.config import parse_storage_options
+
+    return parse_storage_options(os.environ.get("AIP_STORAGE_OPTIONS", "")) or None
 
 
 def deploy_model(name: str, *, version: int | None = None, max_batch_size: int | None = None,
@@ -57,7 +68,7 @@ def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any
     """A runnable module for a saved model, without the training script's class."""
     from ai_platform import models
 
-    return models.load_model(uri, version, device)
+    return models.load_model(uri, version, device, _lake_storage_options())
 
 
 def report_progress(fraction: float, message: str = "", metrics: dict[str, Any] | None = None) -> None:

@@ -53,15 +53,24 @@ def _status_label(context: grpc.aio.ServicerContext, exc: BaseException | None) 
 def instrument(servicer: Any, service: str, method_names: Sequence[str]) -> Any:
     """Wrap each RPC method of ``servicer``: count and time it, and turn PlatformError into a status.
 
+    A servicer may define ``translate_error(exc) -> exc`` to name failures of what it depends on
+    (e.g. its storage being unreachable) before they become a status.
+
     Wrapping the methods themselves costs far less per call than a grpc.aio server interceptor
     (about 16% of a trivial RPC's throughput in this project's echo measurement).
     """
+    translate = getattr(servicer, "translate_error", None)
     for name in method_names:
-        setattr(servicer, name, _wrap(service, name, getattr(servicer, name)))
+        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate))
     return servicer
 
 
-def _wrap(service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap(
+    service: str,
+    method: str,
+    behavior: Callable[..., Any],
+    translate: Callable[[Exception], Exception] | None = None,
+) -> Callable[..., Any]:
 
     def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         code = "OK" if exc is None else _status_label(context, exc)
@@ -78,8 +87,8 @@ def _wrap(service: str, method: str, behavior: Callable[..., Any]) -> Callable[.
                 error = exc
                 raise
             except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
-                error = exc
-                await _abort_for(context, method, exc)
+                error = translate(exc) if translate else exc
+                await _abort_for(context, method, error)
             finally:
                 record(context, started, error)
 
@@ -93,8 +102,8 @@ def _wrap(service: str, method: str, behavior: Callable[..., Any]) -> Callable[.
             error = exc
             raise
         except Exception as exc:  # noqa: BLE001 - translated to a status here, at the edge
-            error = exc
-            await _abort_for(context, method, exc)
+            error = translate(exc) if translate else exc
+            await _abort_for(context, method, error)
         finally:
             record(context, started, error)
 

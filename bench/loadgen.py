@@ -14,12 +14,8 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 90) -> None:
@@ -46,7 +42,6 @@ async def grpc_load(addr: str, clients: int, seconds: float, model: str = "cnn")
     import grpc
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from ai_platform.protos.inference import grpc_service_pb2 as pb
     from ai_platform.protos.inference import grpc_service_pb2_grpc
 

@@ -10,7 +10,7 @@ through storage_svc, which owns the lake.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import grpc
 
@@ -59,7 +59,9 @@ class Resolver:
         if lake is not None:
             return await self._resolve_lake(*lake, role)
         if ref == "download" or ref.startswith("download/"):
-            if "://" in self.home:
+            if "://" in self.home:  # object stores do not resolve "..": refuse it rather than pass it on
+                if ".." in PurePosixPath(ref).parts:
+                    raise InvalidArgument(f"{role} {ref!r} leaves the download area")
                 return f"{self.home}/{ref}"
             path = (Path(self.home) / ref).resolve()
             if not path.is_relative_to(Path(self.home) / "download"):

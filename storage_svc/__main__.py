@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from ai_platform.config import build_parser, settings_from_args
 from ai_platform.logs import setup_logging
@@ -16,7 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser("storage", "Storage service: datasets and models in a versioned Lance lake.")
     settings = settings_from_args("storage", parser.parse_args(argv))
     setup_logging(settings.log_level)
-    catalog = LakeCatalog(settings.home_uri(), settings.storage_options)
+    try:
+        catalog = LakeCatalog(settings.home_uri(), settings.storage_options)
+    except OSError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"storage: cannot open the lake at {settings.home_uri()}: {detail}", file=sys.stderr)
+        sys.exit(1)
 
     servicer = Servicer(
         StorageServicer(catalog, settings.max_message_bytes),

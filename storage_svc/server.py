@@ -13,7 +13,7 @@ import pyarrow as pa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform import arrow_ipc
-from ai_platform.errors import Cancelled, InvalidArgument
+from ai_platform.errors import Cancelled, InvalidArgument, Unavailable
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
 from storage_svc.catalog import LakeCatalog, TableInfo, TableKind, WriteMode
@@ -72,6 +72,13 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(self, catalog: LakeCatalog, max_message_bytes: int) -> None:
         self.catalog = catalog
         self.max_message_bytes = max_message_bytes
+
+    def translate_error(self, exc: Exception) -> Exception:
+        """I/O failures of a remote lake (object store down or unreachable) are UNAVAILABLE, not a bug here."""
+        if isinstance(exc, OSError) and self.catalog.remote:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Unavailable(f"the lake at {self.catalog.home} cannot be reached: {detail}")
+        return exc
 
     async def ListTables(
         self, request: pb.ListTablesRequest, context: grpc.aio.ServicerContext

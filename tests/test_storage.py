@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -331,6 +332,25 @@ def test_help_lists_the_flags():
     ).stdout
     for flag in ("--home", "--addr", "--metrics-addr", "--max-message-mb", "--grace-s", "--scheduler-addr"):
         assert flag in out
+    assert "--storage-options" in out
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AIP_MAX_MESSAGE_MB", "lots", "AIP_MAX_MESSAGE_MB must be an integer, got 'lots'"),
+        ("AIP_GRACE_S", "soon", "AIP_GRACE_S must be a number, got 'soon'"),
+        ("AIP_STORAGE_OPTIONS", "{endpoint: x}", "AIP_STORAGE_OPTIONS must be a JSON object"),
+        ("AIP_STORAGE_OPTIONS", '["a"]', "AIP_STORAGE_OPTIONS must be a JSON object"),
+    ],
+)
+def test_a_malformed_setting_is_named_at_start(tmp_path, variable, value, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "storage_svc", "--home", str(tmp_path / "home")],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, variable: value},
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "home").exists(), "nothing was created"
 
 
 def test_port_in_use_is_a_clear_error(storage_service, tmp_path):
