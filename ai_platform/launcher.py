@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ai_platform import __version__
 from ai_platform.config import DEFAULT_ADDRS, default_metrics_addr, split_addr
+from ai_platform.ports import bindable
 
 SERVICES = {"storage": "storage_svc", "scheduler": "scheduler_svc", "inference": "inference_svc",
             "gateway": "gateway"}
@@ -73,12 +73,7 @@ def _ours(pid: int, module: str) -> bool:
 
 def _port_free(addr: str) -> bool:
     host, port = split_addr(addr)
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    return bindable(port, host)
 
 
 def healthy(service: str, addr: str, timeout: float = 1.0) -> bool:

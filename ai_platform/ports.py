@@ -26,7 +26,8 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _bindable(port: int, host: str) -> bool:
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind ``host:port`` now."""
     with socket.socket() as s:
         try:
             s.bind((host, port))
@@ -41,7 +42,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     candidates = [p for p in range(LOW, HIGH + 1) if not ephemeral_low <= p <= ephemeral_high]
     with _lock:
         for port in random.sample(candidates, min(len(candidates), 200)):
-            if port not in _given and _bindable(port, host):
+            if port not in _given and bindable(port, host):
                 _given.add(port)
                 return port
     with socket.socket() as s:  # every candidate taken: fall back to the kernel's choice
