@@ -12,6 +12,7 @@ import pytest
 
 from ai_platform.client import SchedulerClient, StorageClient, status_name, task_result
 from ai_platform.ray_cluster import start_local_head
+from scheduler_svc.backends.ray import LogCursor
 from tests.conftest import ROOT, ServiceProcess
 from tests.task_scripts import write_scripts
 
@@ -67,7 +68,7 @@ def tasks(services):
     client.close()
 
 
-def test_a_task_runs_as_a_ray_job_with_result_progress_and_logs(tasks, ray_head):
+def test_a_task_runs_as_a_ray_job_with_result_progress_and_logs(tasks, ray_head, services):
     task = tasks.submit("ray-train", "scripts/progress.py", params={"steps": 3, "pause": 0.2}, num_cpus=1)
     assert task.backend == "ray"
     fractions = [u.progress.fraction for u in tasks.watch(task.id) if u.HasField("progress")]
@@ -79,8 +80,19 @@ def test_a_task_runs_as_a_ray_job_with_result_progress_and_logs(tasks, ray_head)
     assert b"epoch 0 starting" in log and b"done training" in log
     from ray.job_submission import JobSubmissionClient
 
-    info = JobSubmissionClient(ray_head.dashboard_url).get_job_info(task.id)
+    ray_client = JobSubmissionClient(ray_head.dashboard_url)
+    info = ray_client.get_job_info(task.id)
     assert str(info.status).endswith("SUCCEEDED") and info.metadata["aip_task"] == "ray-train"
+    assert log == ray_client.get_job_logs(task.id).encode(), "the task log mirrors Ray's byte for byte"
+    assert "polling its log instead" not in services[1].log(), "the log came through Ray's log tail"
+
+
+def test_log_cursor_appends_each_byte_of_rays_log_once():
+    cursor = LogCursor(written=5)  # after a restart the task log already holds 5 bytes
+    assert cursor.take(b"hello", 0) == b"", "the stream replays from the start: nothing new yet"
+    assert cursor.take(b" world", 5) == b" world"
+    assert cursor.take(b"hello world!", 0) == b"!", "a whole-log fetch adds only the missing tail"
+    assert cursor.take(b"ld!", 9) == b"" and cursor.written == 12
 
 
 def test_resources_map_to_ray_so_a_full_cluster_queues_jobs(tasks):
@@ -132,7 +144,7 @@ def test_daft_inside_a_ray_job_with_native_and_ray_runners(tasks, services):
         assert task_result(done) == {"totals": [3, 12], "runner": expected}
 
 
-def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tmp_path):
+def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tmp_path, ray_head):
     storage, scheduler, scheduler_args = services
     task_client = SchedulerClient(scheduler.addr)
     task = task_client.submit("ray-survivor", "scripts/progress.py", params={"steps": 6, "pause": 1.0})
@@ -150,6 +162,9 @@ def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tm
     assert done.progress.fraction == 1.0
     log = b"".join(client.logs(task.id))
     assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "logs mirrored once across the restart"
+    from ray.job_submission import JobSubmissionClient
+
+    assert log == JobSubmissionClient(ray_head.dashboard_url).get_job_logs(task.id).encode()
     client.close()
     assert os.path.exists(project / ".ai_platform/scheduler.db")
 

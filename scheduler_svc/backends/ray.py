@@ -1,7 +1,8 @@
 """Levels 2 and 3: each task is a Ray job (Ray Jobs API) running the same worker entry point.
 
 The job's side channel is a JSON-lines file under the scheduler's state directory (shared
-storage on a multi-node cluster); its logs come from Ray and are mirrored into the task log.
+storage on a multi-node cluster); its logs are streamed from Ray's log tail into the task log,
+and checked once against Ray's whole log when the job ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ai_platform.errors import Unavailable
@@ -18,7 +20,22 @@ from scheduler_svc.tasks import Outcome, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
 POLL_S = 0.25
-LOG_POLL_S = 1.0
+LOG_POLL_S = 1.0  # full-log polling, only while Ray's log tail is not streaming
+
+
+@dataclass
+class LogCursor:
+    """How far the task log mirrors Ray's log (``written``), and how far the tail stream has read."""
+
+    written: int
+    read: int = 0
+
+    def take(self, data: bytes, start: int) -> bytes:
+        """The part of ``data`` (Ray's log from byte ``start``) that the task log does not have yet."""
+        end = start + len(data)
+        new = data[max(self.written - start, 0) :] if end > self.written else b""
+        self.written = max(self.written, end)
+        return new
 
 
 class RayBackend:
@@ -63,28 +80,33 @@ class RayBackend:
             )
             ctx.on_submitted(job_id)
         # The task log mirrors Ray's byte for byte, so after a restart it already holds what was seen.
-        report_offset, log_seen, stop_sent, running = 0, ctx.log.end, False, task.status.value == "running"
+        cursor = LogCursor(written=ctx.log.end)
+        tail = asyncio.ensure_future(self._tail_logs(client, job_id, cursor, ctx))
+        report_offset, stop_sent, running = 0, False, task.status.value == "running"
         next_log_fetch = 0.0
-        while True:
-            status = str(await asyncio.to_thread(client.get_job_status, job_id))
-            status = status.rsplit(".", 1)[-1]
-            if status == "RUNNING" and not running:
-                running = True
-                ctx.on_running(None, job_id, None)
-            report_offset = self._read_reports(report_path, report_offset, ctx)
-            finished = status in ("SUCCEEDED", "FAILED", "STOPPED")
-            if finished or time.monotonic() >= next_log_fetch:  # Ray returns the whole log: fetch it sparingly
-                log_seen = await self._mirror_logs(client, job_id, log_seen, ctx)
-                next_log_fetch = time.monotonic() + LOG_POLL_S
-            if finished:
-                break
-            if ctx.stop.is_set() and not stop_sent:
-                await asyncio.to_thread(client.stop_job, job_id)
-                stop_sent = True
-            try:
-                await asyncio.wait_for(asyncio.shield(ctx.stop.wait()), POLL_S)
-            except TimeoutError:
-                pass
+        try:
+            while True:
+                status = str(await asyncio.to_thread(client.get_job_status, job_id))
+                status = status.rsplit(".", 1)[-1]
+                if status == "RUNNING" and not running:
+                    running = True
+                    ctx.on_running(None, job_id, None)
+                report_offset = self._read_reports(report_path, report_offset, ctx)
+                if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    break
+                if tail.done() and time.monotonic() >= next_log_fetch:  # the stream broke: poll instead
+                    await self._mirror_logs(client, job_id, cursor, ctx)
+                    next_log_fetch = time.monotonic() + LOG_POLL_S
+                if ctx.stop.is_set() and not stop_sent:
+                    await asyncio.to_thread(client.stop_job, job_id)
+                    stop_sent = True
+                try:
+                    await asyncio.wait_for(asyncio.shield(ctx.stop.wait()), POLL_S)
+                except TimeoutError:
+                    pass
+        finally:
+            tail.cancel()  # Ray's tail lingers a second or two after the end; one fetch below is quicker
+        await self._mirror_logs(client, job_id, cursor, ctx)  # whatever the tail did not deliver
         ctx.log.close()
         info = await asyncio.to_thread(client.get_job_info, job_id)
         if not running and info.start_time:  # it started and ended between two polls
@@ -111,9 +133,21 @@ class RayBackend:
             ctx.handle_report(line)
         return offset + len(complete)
 
-    async def _mirror_logs(self, client, job_id: str, seen: int, ctx: RunContext) -> int:  # noqa: ANN001
-        text = await asyncio.to_thread(client.get_job_logs, job_id)
-        data = text.encode()
-        if len(data) > seen:
-            ctx.log.write(data[seen:])
-        return max(seen, len(data))
+    async def _tail_logs(self, client, job_id: str, cursor: LogCursor, ctx: RunContext) -> None:  # noqa: ANN001
+        """Stream Ray's log as the job writes it; returns when the job ends or the stream breaks."""
+        try:
+            async for chunk in client.tail_job_logs(job_id):
+                data = chunk.encode()
+                if new := cursor.take(data, cursor.read):
+                    ctx.log.write(new)
+                cursor.read += len(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the poll loop falls back to fetching the whole log
+            log.warning("log tail of Ray job %s broke (%s); polling its log instead", job_id, exc)
+
+    async def _mirror_logs(self, client, job_id: str, cursor: LogCursor, ctx: RunContext) -> None:  # noqa: ANN001
+        """Fetch Ray's whole log and append what the task log lacks (Ray has no ranged read)."""
+        data = (await asyncio.to_thread(client.get_job_logs, job_id)).encode()
+        if new := cursor.take(data, 0):
+            ctx.log.write(new)
