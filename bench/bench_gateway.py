@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port, run_load, wait_port  # noqa: E402
+from loadgen import run_load, stop_and_clean, wait_port  # noqa: E402
+
+from ai_platform.ports import free_port  # noqa: E402
 
 
 def main(seconds: float) -> None:
@@ -55,11 +56,7 @@ def main(seconds: float) -> None:
             print(f"{clients} client(s): REST reaches {rest['rps'] / direct['rps']:.0%} of direct gRPC; "
                   f"gateway adds {rest['p50_ms'] - direct['p50_ms']:.2f} ms at p50")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_and_clean(procs, work)
 
 
 if __name__ == "__main__":

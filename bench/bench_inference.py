@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port, run_load, wait_port  # noqa: E402
+from loadgen import run_load, stop_and_clean, wait_port  # noqa: E402
+
+from ai_platform.ports import free_port  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -169,11 +170,7 @@ def main(seconds: float, server_args: list[str]) -> None:
         print(f"batches formed: {stats.execution_count} passes for {stats.inference_count} images; "
               f"largest batch {max(sizes)}; mean {stats.inference_count / stats.execution_count:.1f} images/pass")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_and_clean(procs, work)
 
 
 if __name__ == "__main__":

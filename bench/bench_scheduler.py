@@ -9,7 +9,6 @@ Run: ``.venv/bin/python bench/bench_scheduler.py``.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port, wait_port  # noqa: E402
+from loadgen import stop_and_clean, wait_port  # noqa: E402
 
 from ai_platform.client import SchedulerClient, status_name  # noqa: E402
+from ai_platform.ports import free_port  # noqa: E402
 
 TRIVIAL = "def run(input_path, output_path, params):\n    return {'i': params['i']}\n"
 SLEEPER = "import time\n\ndef run(input_path, output_path, params):\n    time.sleep(1)\n    return {}\n"
@@ -97,9 +97,7 @@ def main() -> None:
         print(f"  baseline: run() in-process {in_process_us:.2f} us per call")
         print(f"20 x 1 s sleepers submitted at once: all completed in {sleepers_wall:.2f}s (ideal with 2 slots: 10 s)")
     finally:
-        service.terminate()
-        service.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_and_clean([service], work)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import free_port, wait_port  # noqa: E402
+from loadgen import stop_and_clean, wait_port  # noqa: E402
 
 from ai_platform.client import StorageClient  # noqa: E402
+from ai_platform.ports import free_port  # noqa: E402
 
 
 def make_table(rows: int) -> pa.Table:
@@ -98,9 +98,7 @@ def main() -> None:
         print(f"service/direct ratio: write {direct_write / service_write:.2f}, read {direct_read / service_read:.2f}")
         print(f"storage_svc RSS: {idle_rss:.0f} MB idle, {rss_mb(service.pid):.0f} MB peak")
     finally:
-        service.terminate()
-        service.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+        stop_and_clean([service], work)
 
 
 if __name__ == "__main__":

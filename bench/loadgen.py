@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,8 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+sys.path.insert(0, str(ROOT))  # the inference stubs, for grpc_load
 
 
 def wait_port(port: int, timeout: float = 90) -> None:
@@ -26,6 +26,19 @@ def wait_port(port: int, timeout: float = 90) -> None:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listens on {port}")
+
+
+def stop_and_clean(procs: list[subprocess.Popen], work: Path) -> None:
+    """End the servers a benchmark started (SIGTERM, then SIGKILL after 30 s) and remove its folder."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:
