@@ -19,13 +19,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import run_load, stop_and_clean, wait_port  # noqa: E402
 
-from ai_platform.ports import free_port  # noqa: E402
+from ai_platform.core.ports import free_port  # noqa: E402
 
 
 def main(seconds: float) -> None:
     import torch
 
-    from ai_platform.models import save_model
+    from ai_platform.sdk.models import save_model
     from mnist.model import MnistCNN
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))

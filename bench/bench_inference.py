@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import run_load, stop_and_clean, wait_port  # noqa: E402
 
-from ai_platform.ports import free_port  # noqa: E402
+from ai_platform.core.ports import free_port  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 
@@ -63,7 +63,7 @@ def serve_fastapi(port: int, model_uri: str) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from ai_platform.models import load_model
+    from ai_platform.sdk.models import load_model
 
     torch.set_num_threads(1)
     model = load_model(model_uri)
@@ -84,7 +84,7 @@ def serve_fastapi(port: int, model_uri: str) -> None:
 def compute_ceiling(model_uri: str, export_uri: str) -> list[tuple[str, int, float]]:
     import torch
 
-    from ai_platform.models import load_model
+    from ai_platform.sdk.models import load_model
     from mnist.model import MnistCNN
 
     torch.set_num_threads(1)
@@ -110,7 +110,7 @@ def compute_ceiling(model_uri: str, export_uri: str) -> list[tuple[str, int, flo
 def main(seconds: float, server_args: list[str]) -> None:
     import torch
 
-    from ai_platform.models import save_model
+    from ai_platform.sdk.models import save_model
     from mnist.model import MnistCNN
 
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loadgen import stop_and_clean, wait_port  # noqa: E402
 
 from ai_platform.client import SchedulerClient, status_name  # noqa: E402
-from ai_platform.ports import free_port  # noqa: E402
+from ai_platform.core.ports import free_port  # noqa: E402
 
 TRIVIAL = "def run(input_path, output_path, params):\n    return {'i': params['i']}\n"
 SLEEPER = "import time\n\ndef run(input_path, output_path, params):\n    time.sleep(1)\n    return {}\n"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loadgen import stop_and_clean, wait_port  # noqa: E402
 
 from ai_platform.client import StorageClient  # noqa: E402
-from ai_platform.ports import free_port  # noqa: E402
+from ai_platform.core.ports import free_port  # noqa: E402
 
 
 def make_table(rows: int) -> pa.Table:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ai_platform import __version__
-from ai_platform.config import Settings
-from ai_platform.metrics import RequestMetrics
+from ai_platform.core.metrics import RequestMetrics
+from ai_platform.core.settings import GatewaySettings
+from ai_platform.core.views import HealthView
 from gateway import errors
-from gateway.backends import Backends
-from gateway.routes_inference import classify
 from gateway.routes_inference import router as inference_router
 from gateway.routes_lake import router as lake_router
 from gateway.routes_tasks import router as tasks_router
-from gateway.schemas import HealthView
+from gateway.upstreams import Upstreams
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
-PREDICT_ROUTE = re.compile(r"^/api/v1/models/[^/]+/predict$")
 OPEN_PATHS = {"/healthz"}
 
 Scope = MutableMapping[str, Any]
@@ -43,15 +39,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass
-class GatewayConfig:
-    settings: Settings
-    body_limit: int = 16 * 2**20
-    upload_limit: int = 4 * 2**30
-    timeout_s: float = 30.0
-    cors_origins: list[str] | None = None
 
 
 async def _send_error(send: Send, status: int, code: str, message: str, headers: list | None = None) -> None:
@@ -86,9 +73,7 @@ class GuardMiddleware:
             await self._guarded(scope, receive, send_recorded, path, method)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or (
-                "/api/v1/models/{id}/predict" if PREDICT_ROUTE.match(path) else
-                "static" if path in self.static else "unmatched")
+            template = getattr(route, "path", None) or ("static" if path in self.static else "unmatched")
             HTTP_METRICS.observe((method, template, str(status_holder["status"])), time.perf_counter() - started)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
@@ -113,48 +98,21 @@ class GuardMiddleware:
                 raise errors.ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the {limit} byte limit")
             return message
 
-        if method == "POST" and PREDICT_ROUTE.match(path):
-            await self._predict(scope, limited_receive, send, path)
-            return
         await self.app(scope, limited_receive, send)
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        """The web page's predict, served without the framework's routing layers: it is the hot path.
 
-        Same work and errors as the documented route (``routes_inference.classify``).
-        """
-        chunks = []
-        while True:
-            try:
-                message = await receive()
-            except errors.ApiError as exc:
-                await _send_error(send, exc.status, exc.code, exc.message)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        try:
-            body = await classify(scope["app"].state, path.split("/")[4], b"".join(chunks))
-        except errors.ApiError as exc:
-            await _send_error(send, exc.status, exc.code, exc.message)
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def create_app(config: GatewayConfig) -> FastAPI:
-    settings = config.settings
+def create_app(settings: GatewaySettings) -> FastAPI:
+    body_limit, upload_limit = int(settings.body_limit_mb * 2**20), int(settings.upload_limit_mb * 2**20)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.backends = Backends(settings, config.timeout_s)
+        app.state.upstreams = Upstreams(settings)
         app.state.model_cache = {}
-        app.state.upload_limit = config.upload_limit
+        app.state.upload_limit = upload_limit
         app.state.max_message_bytes = settings.max_message_bytes
         app.state.spool_dir = tempfile.gettempdir()
         yield
-        await app.state.backends.close()
+        await app.state.upstreams.close()
 
     app = FastAPI(
         title="AI Platform", version=__version__, lifespan=lifespan,
@@ -171,7 +129,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/healthz", response_model=HealthView, tags=["platform"], summary="The gateway and each backend")
     async def healthz(request: Request) -> dict:
-        services = await request.app.state.backends.health()
+        services = await request.app.state.upstreams.health()
         return {"status": "ok" if all(s["healthy"] for s in services.values()) else "degraded", "services": services}
 
     @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", response_class=Response)
@@ -181,17 +139,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
-    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=config.body_limit,
-                       upload_limit=config.upload_limit)
-    origins = config.cors_origins or []
+    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=body_limit, upload_limit=upload_limit)
+    origins = settings.cors_origins
     app.add_middleware(CORSMiddleware, allow_origins=origins,  # outermost, so errors carry CORS headers too
                        allow_origin_regex=None if origins else r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
                        allow_methods=["*"], allow_headers=["*"])
     return app
 
-
-def config_from_env(settings: Settings) -> GatewayConfig:
-    origins = [o for o in os.environ.get("AIP_CORS_ORIGINS", "").split(",") if o]
-    return GatewayConfig(settings, body_limit=int(float(os.environ.get("AIP_BODY_LIMIT_MB") or 16) * 2**20),
-                         upload_limit=int(float(os.environ.get("AIP_UPLOAD_LIMIT_MB") or 4096) * 2**20),
-                         timeout_s=float(os.environ.get("AIP_GATEWAY_TIMEOUT_S") or 30), cors_origins=origins)

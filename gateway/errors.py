@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ai_platform.core.errors import Internal, PlatformError
 
 log = logging.getLogger("gateway")
 
@@ -26,21 +27,13 @@ def invalid(message: str) -> ApiError:
     return ApiError(400, "INVALID_REQUEST", message)
 
 
-def from_grpc(exc: grpc.aio.AioRpcError, service: str, addr: str, not_found: str) -> ApiError:
-    """Map a backend's gRPC status to the REST error; ``not_found`` names what was missing."""
-    code, details = exc.code(), exc.details() or ""
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ApiError(503, "SERVICE_UNAVAILABLE", f"{service} at {addr} is unavailable: {details}")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return ApiError(404, not_found, details)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED):
-        return ApiError(400, "INVALID_REQUEST", details)
-    if code in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED):
-        return ApiError(409, "CONFLICT", details)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ApiError(413, "PAYLOAD_TOO_LARGE", details)
-    log.error("%s failed: %s %s", service, code, details)
-    return ApiError(500, "INTERNAL_ERROR", f"{service} failed; see its log")
+def from_platform(exc: PlatformError, not_found: str = "NOT_FOUND") -> ApiError:
+    """A platform error (raised here or by a backend service) as the REST error; ``not_found`` names what was
+    missing. Internal failures are logged here and reported without their details."""
+    if isinstance(exc, Internal):
+        log.error("backend failure: %s", exc.message)
+        return ApiError(exc.http_status, exc.rest_code, f"{exc.summary}; see its log")
+    return ApiError(exc.http_status, not_found if exc.http_status == 404 else exc.rest_code, exc.message)
 
 
 def error_body(code: str, message: str) -> dict:

@@ -14,15 +14,13 @@ import pyarrow.parquet as pq
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ai_platform import arrow_ipc
+from ai_platform.core import arrow_ipc
+from ai_platform.core.views import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
+from ai_platform.core.wire import TABLE_KINDS, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
-from ai_platform.views import MODEL_COLUMNS, model_fields, table_view, version_view
 from gateway.errors import ApiError, invalid
-from gateway.schemas import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
 
 router = APIRouter()
-KINDS = {"datasets": (pb.DATASET, "DATASET_NOT_FOUND"), "models": (pb.MODEL, "MODEL_NOT_FOUND")}
-MODES = {"create": pb.CREATE, "append": pb.APPEND, "overwrite": pb.OVERWRITE}
 UPLOAD_FORMATS = {"application/vnd.apache.arrow.stream": "arrow", "application/vnd.apache.arrow.file": "arrow",
                   "application/vnd.apache.parquet": "parquet", "application/x-parquet": "parquet",
                   "application/parquet": "parquet", "text/csv": "csv"}
@@ -30,70 +28,65 @@ EXPORT_TYPES = {"arrow": "application/vnd.apache.arrow.stream", "parquet": "appl
                 "csv": "text/csv"}
 
 
-async def model_view(request: Request, info: pb.TableInfo) -> dict[str, Any]:
-    view = table_view(info)
-    backends = request.app.state.backends
-    present = [c for c in MODEL_COLUMNS if c in view["schema"]]
-    if present:
-        preview = await backends.call("storage", backends.storage.PreviewRows(pb.PreviewRowsRequest(
-            kind=pb.MODEL, name=info.name, version=info.version, limit=1, columns=present),
-            timeout=backends.timeout_s), "MODEL_NOT_FOUND")
-        view.update(model_fields(preview.rows_json))
-    return view
-
-
-def _kind(collection: str) -> tuple[int, str]:
-    return KINDS[collection]
+async def model_view(request: Request, info: pb.TableInfo) -> ModelView:
+    upstreams = request.app.state.upstreams
+    columns = ModelView.columns_of(info)
+    if not columns:
+        return ModelView.from_pb(info)
+    preview = await upstreams.call("storage", upstreams.storage.PreviewRows(pb.PreviewRowsRequest(
+        kind=pb.MODEL, name=info.name, version=info.version, limit=1, columns=columns),
+        timeout=upstreams.timeout_s), "MODEL_NOT_FOUND")
+    return ModelView.from_pb(info, preview.rows_json)
 
 
 def _register(collection: str, view_model: type) -> None:
-    kind, not_found = _kind(collection)
     singular = collection[:-1]
+    kind, not_found = TABLE_KINDS.number(singular), f"{singular.upper()}_NOT_FOUND"
 
     @router.get(f"/api/v1/{collection}", response_model=list[view_model], response_model_by_alias=True,
                 tags=[collection], summary=f"List {collection}", responses=ERRORS)
-    async def list_tables(request: Request) -> list[dict]:
-        backends = request.app.state.backends
-        response = await backends.call("storage", backends.storage.ListTables(
-            pb.ListTablesRequest(kind=kind), timeout=backends.timeout_s))
+    async def list_tables(request: Request) -> list[TableView]:
+        upstreams = request.app.state.upstreams
+        response = await upstreams.call("storage", upstreams.storage.ListTables(
+            pb.ListTablesRequest(kind=kind), timeout=upstreams.timeout_s))
         if kind == pb.MODEL:
             return list(await asyncio.gather(*(model_view(request, t) for t in response.tables)))
-        return [table_view(t) for t in response.tables]
+        return [TableView.from_pb(t) for t in response.tables]
 
     @router.get(f"/api/v1/{collection}/{{id}}", response_model=view_model, response_model_by_alias=True,
                 tags=[collection], summary=f"Describe a {singular}", responses=ERRORS)
-    async def get_table(request: Request, id: str, version: int = Query(0, ge=0)) -> dict:
-        backends = request.app.state.backends
-        info = await backends.call("storage", backends.storage.GetTable(
-            pb.GetTableRequest(kind=kind, name=id, version=version), timeout=backends.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else table_view(info)
+    async def get_table(request: Request, id: str, version: int = Query(0, ge=0)) -> TableView:
+        upstreams = request.app.state.upstreams
+        info = await upstreams.call("storage", upstreams.storage.GetTable(
+            pb.GetTableRequest(kind=kind, name=id, version=version), timeout=upstreams.timeout_s), not_found)
+        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
 
     @router.delete(f"/api/v1/{collection}/{{id}}", response_model=StatusView, tags=[collection],
                    summary=f"Delete a {singular} and all its versions", responses=ERRORS)
     async def delete_table(request: Request, id: str) -> dict:
-        backends = request.app.state.backends
-        await backends.call("storage", backends.storage.DeleteTable(
-            pb.DeleteTableRequest(kind=kind, name=id), timeout=backends.timeout_s), not_found)
+        upstreams = request.app.state.upstreams
+        await upstreams.call("storage", upstreams.storage.DeleteTable(
+            pb.DeleteTableRequest(kind=kind, name=id), timeout=upstreams.timeout_s), not_found)
         return {"status": "deleted"}
 
     @router.get(f"/api/v1/{collection}/{{id}}/versions", response_model=list[VersionView], tags=[collection],
                 summary=f"Every committed version of a {singular}", responses=ERRORS)
-    async def list_versions(request: Request, id: str) -> list[dict]:
-        backends = request.app.state.backends
-        response = await backends.call("storage", backends.storage.ListVersions(
-            pb.ListVersionsRequest(kind=kind, name=id), timeout=backends.timeout_s), not_found)
-        return [version_view(v) for v in response.versions]
+    async def list_versions(request: Request, id: str) -> list[VersionView]:
+        upstreams = request.app.state.upstreams
+        response = await upstreams.call("storage", upstreams.storage.ListVersions(
+            pb.ListVersionsRequest(kind=kind, name=id), timeout=upstreams.timeout_s), not_found)
+        return [VersionView.from_pb(v) for v in response.versions]
 
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)
     async def preview_rows(request: Request, id: str, limit: int = Query(10, ge=1, le=1000),
                            offset: int = Query(0, ge=0), version: int = Query(0, ge=0),
                            columns: str = Query("", description="comma-separated; empty = all")) -> dict:
-        backends = request.app.state.backends
+        upstreams = request.app.state.upstreams
         wanted = [c for c in columns.split(",") if c]
-        response = await backends.call("storage", backends.storage.PreviewRows(pb.PreviewRowsRequest(
+        response = await upstreams.call("storage", upstreams.storage.PreviewRows(pb.PreviewRowsRequest(
             kind=kind, name=id, version=version, offset=offset, limit=limit, columns=wanted),
-            timeout=backends.timeout_s), not_found)
+            timeout=upstreams.timeout_s), not_found)
         return {"rows": json.loads(response.rows_json), "total_rows": response.total_rows, "offset": offset,
                 "limit": limit}
 
@@ -130,7 +123,7 @@ def _open_batches(path: str, fmt: str) -> tuple[pa.Schema, Iterator[pa.RecordBat
                  t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_FORMATS}}})
 async def upload_dataset(request: Request, id: str, mode: str = Query("create", pattern="^(create|append|overwrite)$"),
                          format: str = Query("", pattern="^(|arrow|parquet|csv)$",
-                                             description="overrides the Content-Type")) -> dict:
+                                             description="overrides the Content-Type")) -> TableView:
     """The body is spooled to a temporary file (never held in memory), then streamed to storage batch by batch;
     the new version is committed only after the last batch."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -153,7 +146,7 @@ async def upload_dataset(request: Request, id: str, mode: str = Query("create", 
         failure: list[Exception] = []
 
         async def requests() -> AsyncIterator[pb.WriteTableRequest]:
-            yield pb.WriteTableRequest(header=pb.WriteHeader(kind=pb.DATASET, name=id, mode=MODES[mode]))
+            yield pb.WriteTableRequest(header=pb.WriteHeader(kind=pb.DATASET, name=id, mode=WRITE_MODES.number(mode)))
             sent = False
             try:
                 while (batch := await asyncio.to_thread(next, batches, None)) is not None:
@@ -167,15 +160,15 @@ async def upload_dataset(request: Request, id: str, mode: str = Query("create", 
                 yield pb.WriteTableRequest(chunk=pb.ArrowChunk(arrow_ipc=arrow_ipc.encode(schema, [])))
             yield pb.WriteTableRequest(commit=pb.WriteCommit())
 
-        backends = state.backends
+        upstreams = state.upstreams
         try:
-            info = await backends.call("storage", backends.storage.WriteTable(requests(), timeout=3600),
+            info = await upstreams.call("storage", upstreams.storage.WriteTable(requests(), timeout=3600),
                                        "DATASET_NOT_FOUND")
         except ApiError:
             if failure:
                 raise invalid(f"the body is not a valid {fmt} file: {failure[0]}") from None
             raise
-    return table_view(info)
+    return TableView.from_pb(info)
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -214,12 +207,12 @@ def _writer(fmt: str, sink: _Drain, schema: pa.Schema) -> Any:
 async def export_dataset(request: Request, id: str, format: str = Query("arrow", pattern="^(arrow|parquet|csv)$"),
                          version: int = Query(0, ge=0), columns: str = "", filter: str = "",
                          limit: int = Query(0, ge=0)) -> StreamingResponse:
-    backends = request.app.state.backends
-    call = backends.storage.ReadTable(pb.ReadTableRequest(
+    upstreams = request.app.state.upstreams
+    call = upstreams.storage.ReadTable(pb.ReadTableRequest(
         kind=pb.DATASET, name=id, version=version, columns=[c for c in columns.split(",") if c], filter=filter,
         limit=limit))
     stream = call.__aiter__()
-    first = await backends.call("storage", stream.__anext__(), "DATASET_NOT_FOUND")  # errors before any byte is sent
+    first = await upstreams.call("storage", stream.__anext__(), "DATASET_NOT_FOUND")  # errors before any byte is sent
 
     async def body() -> AsyncIterator[bytes]:
         schema, batches = arrow_ipc.decode(first.arrow_ipc)

@@ -10,18 +10,19 @@ import grpc
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from ai_platform.core.errors import PlatformError
+from ai_platform.core.views import ERRORS, StatusView, TaskRequest, TaskView
+from ai_platform.core.wire import TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
-from ai_platform.views import task_view
-from gateway.errors import invalid
-from gateway.schemas import ERRORS, StatusView, TaskRequest, TaskView
+from gateway.errors import from_platform, invalid
 
 router = APIRouter(tags=["tasks"])
 NOT_FOUND = "TASK_NOT_FOUND"
 
 
 @router.post("/api/v1/tasks", status_code=201, response_model=TaskView, responses=ERRORS, summary="Submit a task")
-async def submit_task(request: Request, body: TaskRequest) -> dict:
-    backends = request.app.state.backends
+async def submit_task(request: Request, body: TaskRequest) -> TaskView:
+    upstreams = request.app.state.upstreams
     message = pb.SubmitTaskRequest(
         name=body.name, script=body.script, input=body.input, output=body.output, timeout_s=body.timeout_s
     )
@@ -31,10 +32,10 @@ async def submit_task(request: Request, body: TaskRequest) -> dict:
         raise invalid(f"params: {exc}") from None
     if body.resources:
         message.resources.CopyFrom(pb.Resources(**body.resources.model_dump()))
-    task = await backends.call(
-        "scheduler", backends.scheduler.SubmitTask(message, timeout=backends.timeout_s), "DATASET_NOT_FOUND"
+    task = await upstreams.call(
+        "scheduler", upstreams.scheduler.SubmitTask(message, timeout=upstreams.timeout_s), "DATASET_NOT_FOUND"
     )
-    return task_view(task)
+    return TaskView.from_pb(task)
 
 
 @router.get(
@@ -52,31 +53,30 @@ async def list_tasks(
     limit: int = Query(50, ge=1, le=1000),
     page_token: str = "",
 ) -> list[dict]:
-    backends = request.app.state.backends
-    statuses = []
-    for value in filter(None, status.split(",")):
-        if value.upper() not in pb.TaskStatus.keys() or value.upper() == "TASK_STATUS_UNSPECIFIED":
-            raise invalid(f"unknown status {value!r}: use pending, running, completed, failed or cancelled")
-        statuses.append(pb.TaskStatus.Value(value.upper()))
-    response = await backends.call(
+    upstreams = request.app.state.upstreams
+    try:
+        statuses = [TASK_STATUSES.number(value) for value in filter(None, status.split(","))]
+    except PlatformError as exc:
+        raise from_platform(exc) from None
+    response = await upstreams.call(
         "scheduler",
-        backends.scheduler.ListTasks(
+        upstreams.scheduler.ListTasks(
             pb.ListTasksRequest(statuses=statuses, name=name, page_size=limit, page_token=page_token),
-            timeout=backends.timeout_s,
+            timeout=upstreams.timeout_s,
         ),
     )
     if response.next_page_token:
         http_response.headers["X-Next-Page-Token"] = response.next_page_token
-    return [task_view(t) for t in response.tasks]
+    return [TaskView.from_pb(t) for t in response.tasks]
 
 
 @router.get("/api/v1/tasks/{id}", response_model=TaskView, responses=ERRORS, summary="A task, with its progress")
 async def get_task(request: Request, id: str) -> dict:
-    backends = request.app.state.backends
-    task = await backends.call(
-        "scheduler", backends.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=backends.timeout_s), NOT_FOUND
+    upstreams = request.app.state.upstreams
+    task = await upstreams.call(
+        "scheduler", upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND
     )
-    return task_view(task)
+    return TaskView.from_pb(task)
 
 
 @router.post(
@@ -86,11 +86,11 @@ async def get_task(request: Request, id: str) -> dict:
     summary="Cancel a task (its processes are stopped)",
 )
 async def cancel_task(request: Request, id: str) -> dict:
-    backends = request.app.state.backends
-    task = await backends.call(
-        "scheduler", backends.scheduler.CancelTask(pb.CancelTaskRequest(id=id), timeout=backends.timeout_s), NOT_FOUND
+    upstreams = request.app.state.upstreams
+    task = await upstreams.call(
+        "scheduler", upstreams.scheduler.CancelTask(pb.CancelTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND
     )
-    return {"status": pb.TaskStatus.Name(task.status).lower()}
+    return {"status": TASK_STATUSES.name(task.status)}
 
 
 @router.get(
@@ -105,11 +105,11 @@ async def cancel_task(request: Request, id: str) -> dict:
     summary="A task's stdout and stderr; follow=true streams it as server-sent events until the task ends",
 )
 async def task_logs(request: Request, id: str, follow: bool = False, tail_bytes: int = Query(0, ge=0)) -> Any:
-    backends = request.app.state.backends
-    await backends.call(
-        "scheduler", backends.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=backends.timeout_s), NOT_FOUND
+    upstreams = request.app.state.upstreams
+    await upstreams.call(
+        "scheduler", upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND
     )
-    call = backends.scheduler.StreamLogs(pb.StreamLogsRequest(id=id, follow=follow, tail_bytes=tail_bytes))
+    call = upstreams.scheduler.StreamLogs(pb.StreamLogsRequest(id=id, follow=follow, tail_bytes=tail_bytes))
     if not follow:
         data = b""
         async for chunk in call:
@@ -131,7 +131,7 @@ async def task_logs(request: Request, id: str, follow: bool = False, tail_bytes:
             call.cancel()
         if pending:
             yield f"data: {pending}\n\n"
-        task = await backends.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=backends.timeout_s)
-        yield f"event: end\ndata: {json.dumps({'status': pb.TaskStatus.Name(task.status).lower()})}\n\n"
+        task = await upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s)
+        yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ai_platform.errors import InvalidArgument
-from ai_platform.models import DATATYPES, ModelRecord, load_program
+from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.wire import DATATYPES
+from ai_platform.sdk.models import ModelRecord, load_program
 from inference_svc.batching import AdaptiveBatcher, BatchTiming
 
 # Request tensors are read-only views of the message bytes; the program never writes to its inputs.
@@ -104,7 +105,8 @@ class ServedModel:
     def _warm_up(self) -> None:
         """One forward pass at load time, so the first request does not pay for lazy initialisation."""
         examples = [
-            np.zeros([1, *[max(d, 1) for d in spec["shape"][1:]]], DATATYPES[spec["datatype"]]) for spec in self.inputs
+            np.zeros([1, *[max(d, 1) for d in spec["shape"][1:]]], DATATYPES[spec["datatype"]].numpy)
+            for spec in self.inputs
         ]
         self._forward(examples)
 

@@ -10,25 +10,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 
-import grpc
-
-from ai_platform.client import channel_options
-from ai_platform.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError, Unavailable
-from ai_platform.models import read_model
-from ai_platform.names import validate_name
+from ai_platform.core.errors import FailedPrecondition, InvalidArgument, PlatformError
+from ai_platform.core.names import validate_name
+from ai_platform.core.settings import ServiceSettings
+from ai_platform.core.wire import Peer
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
+from ai_platform.sdk.models import read_model
 from inference_svc.model import BatchingConfig, ServedModel
 
 log = logging.getLogger("inference_svc.repository")
 
 
+class ModelState(StrEnum):
+    """A model's state in the repository index, as the protocol names it."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
 @dataclass
-class ModelState:
+class ModelStatus:
     name: str
     version: str
-    state: str  # READY, LOADING, UNAVAILABLE
+    state: ModelState
     reason: str = ""
 
 
@@ -41,36 +49,23 @@ def parse_version(version: str) -> int | None:
 
 
 class ModelRepository:
-    def __init__(self, storage_addr: str, device: str, batching: BatchingConfig) -> None:
-        self.storage_addr = storage_addr
+    def __init__(self, settings: ServiceSettings, device: str, batching: BatchingConfig) -> None:
         self.device = device
         self.default_batching = batching
-        self._channel = grpc.aio.insecure_channel(storage_addr, options=channel_options(16 << 20))
-        self._storage = storage_pb2_grpc.StorageServiceStub(self._channel)
+        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes)
+        self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}
         self._newest: dict[str, int] = {}  # the version served when none is asked for
-        self._states: dict[str, ModelState] = {}
+        self._states: dict[str, ModelStatus] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def close(self) -> None:
-        await self._channel.close()
-
-    async def _call(self, rpc, request):  # noqa: ANN001, ANN202 - a storage stub method and its request
-        try:
-            return await rpc(request, timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(exc.details()) from exc
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(exc.details()) from exc
-            raise Unavailable(f"storage_svc at {self.storage_addr} is unavailable: {exc.details()}") from exc
+        await self._peer.close()
 
     async def _resolve(self, name: str, version: int | None) -> tuple[str, int, dict[str, str]]:
         validate_name(name, "model name")
-        response = await self._call(
-            self._storage.ResolveUri,
-            storage_pb.ResolveUriRequest(kind=storage_pb.MODEL, name=name, version=version or 0, must_exist=True),
-        )
+        request = storage_pb.ResolveUriRequest(kind=storage_pb.MODEL, name=name, version=version or 0, must_exist=True)
+        response = await self._peer.call(self._storage.ResolveUri(request, timeout=self._peer.timeout_s))
         return response.uri, response.version, dict(response.storage_options)
 
     async def get(self, name: str, version: str = "") -> ServedModel:
@@ -97,7 +92,7 @@ class ModelRepository:
                 return self._loaded[name][version]
             uri, resolved, storage_options = await self._resolve(name, version)
             previous = self._states.get(name)
-            self._states[name] = ModelState(name, str(resolved), "LOADING")
+            self._states[name] = ModelStatus(name, str(resolved), ModelState.LOADING)
             try:
                 model = await asyncio.to_thread(
                     self._build,
@@ -109,8 +104,8 @@ class ModelRepository:
                     device or self.device,
                 )
             except PlatformError as exc:
-                self._states[name] = ModelState(name, str(resolved), "UNAVAILABLE", exc.message)
-                if previous and previous.state == "READY" and name in self._newest:
+                self._states[name] = ModelStatus(name, str(resolved), ModelState.UNAVAILABLE, exc.message)
+                if previous and previous.state is ModelState.READY and name in self._newest:
                     self._states[name] = previous  # the version serving now keeps serving
                 raise
             served = self._loaded.setdefault(name, {})
@@ -123,7 +118,7 @@ class ModelRepository:
                     served.pop(older).retire()
             if replaced is not None:
                 replaced.retire()
-            self._states[name] = ModelState(name, str(self._newest.get(name, resolved)), "READY")
+            self._states[name] = ModelStatus(name, str(self._newest.get(name, resolved)), ModelState.READY)
             log.info("model loaded", extra={"model": name, "version": resolved, "device": model.device})
             return model
 
@@ -146,17 +141,18 @@ class ModelRepository:
             if served is None:
                 if name not in self._states:
                     await self._resolve(name, None)  # NOT_FOUND for a model that does not exist
-                self._states[name] = ModelState(name, "", "UNAVAILABLE", "unloaded")
+                self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, "unloaded")
                 return
             for model in served.values():
                 model.retire()
-            self._states[name] = ModelState(name, "", "UNAVAILABLE", "unloaded")
+            self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, "unloaded")
 
-    async def index(self) -> list[ModelState]:
-        tables = (
-            await self._call(self._storage.ListTables, storage_pb.ListTablesRequest(kind=storage_pb.MODEL))
-        ).tables
-        states = {t.name: ModelState(t.name, str(t.latest_version), "UNAVAILABLE", "not loaded") for t in tables}
+    async def index(self) -> list[ModelStatus]:
+        request = storage_pb.ListTablesRequest(kind=storage_pb.MODEL)
+        listing = self._storage.ListTables(request, timeout=self._peer.timeout_s)
+        tables = (await self._peer.call(listing)).tables
+        states = {t.name: ModelStatus(t.name, str(t.latest_version), ModelState.UNAVAILABLE, "not loaded")
+                  for t in tables}
         states.update(self._states)
         return [states[n] for n in sorted(states)]
 

@@ -6,7 +6,6 @@ Wire-compatible with Triton: tritonclient sends tensors as ``raw_input_contents`
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,28 +13,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ai_platform.errors import InvalidArgument, PlatformError
-from ai_platform.models import DATATYPES
+from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.wire import DATATYPES, datatype, decode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc, model_config_pb2
-from inference_svc.dataplane import DataPlane
+from inference_svc.dataplane import DataPlane, TensorSpec
 from inference_svc.model import InferInput, ServedModel
-
-# Which InferTensorContents field carries each datatype.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
-CONFIG_TYPES = {name: model_config_pb2.DataType.Value(f"TYPE_{name}") for name in DATATYPES}
+from inference_svc.repository import ModelState
 
 
 def _shape(tensor: Any) -> list[int]:
@@ -58,9 +42,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> tuple[list[InferInput], bool
     decoded = []
     for index, tensor in enumerate(request.inputs):
         shape = _shape(tensor)
-        dtype = DATATYPES.get(tensor.datatype)
-        if dtype is None:
-            raise InvalidArgument(f"input '{tensor.name}': unsupported datatype {tensor.datatype!r}")
+        kind = datatype(tensor.datatype, f"input '{tensor.name}'")
+        dtype = kind.numpy
         count = math.prod(shape)
         if raw:
             expected = count * np.dtype(dtype).itemsize
@@ -71,8 +54,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> tuple[list[InferInput], bool
                 )
             array = np.frombuffer(raw[index], dtype=dtype).reshape(shape)
         else:
-            field = CONTENTS_FIELD.get(tensor.datatype)
-            values = getattr(tensor.contents, field) if field else []
+            values = getattr(tensor.contents, kind.contents_field) if kind.contents_field else []
             if len(values) != count:
                 raise InvalidArgument(
                     f"input '{tensor.name}': {len(values)} values in contents, expected {count} for shape {shape}"
@@ -91,13 +73,19 @@ def encode_response(
         if raw:
             response.raw_output_contents.append(np.ascontiguousarray(output.data).tobytes())
         else:
-            getattr(tensor.contents, CONTENTS_FIELD[output.datatype]).extend(output.data.ravel().tolist())
+            field = DATATYPES[output.datatype].contents_field
+            if field is None:
+                raise InvalidArgument(f"output '{output.name}' is {output.datatype}, which travels only as raw "
+                                      f"contents: send the inputs as raw_input_contents")
+            getattr(tensor.contents, field).extend(output.data.ravel().tolist())
     return response
 
 
-def _parameter(value: pb.ModelRepositoryParameter) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=spec.shape,
+        parameters={k: pb.InferParameter(string_param=v) for k, v in spec.parameters.items()},
+    )
 
 
 def _duration(d: Any) -> pb.StatisticDuration:
@@ -121,7 +109,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=meta.extensions)
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
@@ -132,13 +121,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
         meta = await self.dataplane.model_metadata(request.name, request.version)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=meta["name"],
-            versions=meta["versions"],
-            platform=meta["platform"],
-            inputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
-            outputs=[tensor(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]],
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[_tensor_metadata(t) for t in meta.inputs],
+            outputs=[_tensor_metadata(t) for t in meta.outputs],
         )
 
     async def ModelConfig(
@@ -147,7 +135,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         model = await self.dataplane.model(request.name, request.version)
 
         def tensors(specs: list[dict], cls: Any) -> list[Any]:
-            return [cls(name=s["name"], data_type=CONFIG_TYPES[s["datatype"]], dims=s["shape"][1:]) for s in specs]
+            return [cls(name=s["name"], data_type=DATATYPES[s["datatype"]].config_type, dims=s["shape"][1:])
+                    for s in specs]
 
         config = model_config_pb2.ModelConfig(
             name=model.name,
@@ -177,34 +166,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests are served concurrently (so they batch); each answer or error comes as it is ready."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-
-        async def serve_one(request: pb.ModelInferRequest) -> None:
-            try:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
-            except PlatformError as exc:
-                answers.put_nowait(
-                    pb.ModelStreamInferResponse(
-                        error_message=exc.message, infer_response=pb.ModelInferResponse(id=request.id)
-                    )
-                )
-
-        async def read_all() -> None:
-            running = set()
-            async for request in request_iterator:
-                job = asyncio.ensure_future(serve_one(request))
-                running.add(job)
-                job.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            answers.put_nowait(None)
-
-        reader = asyncio.ensure_future(read_all())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-            await reader
-        finally:
-            reader.cancel()
+        async for request, answer in self.dataplane.infer_stream(request_iterator, self._infer):
+            if isinstance(answer, pb.ModelInferResponse):
+                yield pb.ModelStreamInferResponse(infer_response=answer)
+            else:
+                yield pb.ModelStreamInferResponse(error_message=answer.message,
+                                                  infer_response=pb.ModelInferResponse(id=request.id))
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -245,17 +212,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         states = await self.dataplane.index()
         return pb.RepositoryIndexResponse(
             models=[
-                index(name=s.name, version=s.version, state=s.state, reason=s.reason)
+                index(name=s.name, version=s.version, state=s.state.value, reason=s.reason)
                 for s in states
-                if not request.ready or s.state == "READY"
+                if not request.ready or s.state is ModelState.READY
             ]
         )
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        parameters = {key: _parameter(value) for key, value in request.parameters.items()}
-        await self.dataplane.load(request.model_name, parameters)
+        await self.dataplane.load(request.model_name, decode_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -120,6 +120,6 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     saved = save_model(model.cpu(), output_path, torch.zeros(1, 1, 28, 28), labels=labels,
                        params={"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                "seed": seed, "augment": augment is not None, "device": str(device)},
-                       metrics=metrics)
+                       metrics=metrics, scores="logits")
     return {**metrics, "load_seconds": round(load_s, 3), "train_seconds": round(train_seconds, 2),
             "history": history, "model_uri": saved["uri"], "model_version": saved["version"]}

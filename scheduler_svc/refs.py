@@ -12,28 +12,25 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-import grpc
-
-from ai_platform.client import channel_options
-from ai_platform.errors import InvalidArgument, NotFound, Unavailable
-from ai_platform.names import validate_name
+from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.names import validate_name
+from ai_platform.core.settings import ServiceSettings
+from ai_platform.core.wire import TABLE_KINDS, Peer
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
 
 _LAKE_REF = re.compile(r"^(?:(?P<prefix>.*?)/)?(?P<kind>datasets|models)/(?P<name>[^/]+?)(?:\.lance)?/?$")
-_KINDS = {"datasets": pb.DATASET, "models": pb.MODEL}
 
 
 class Resolver:
-    def __init__(self, storage_addr: str, home_uri: str, start_dir: Path) -> None:
-        self.storage_addr = storage_addr
-        self.home = home_uri
+    def __init__(self, settings: ServiceSettings, start_dir: Path) -> None:
+        self.home = settings.home_uri()
         self.start_dir = start_dir
-        self._channel = grpc.aio.insecure_channel(storage_addr, options=channel_options(16 << 20))
-        self._stub = storage_pb2_grpc.StorageServiceStub(self._channel)
+        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes)
+        self._stub = storage_pb2_grpc.StorageServiceStub(self._storage.channel)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._storage.close()
 
     def _lake_ref(self, ref: str) -> tuple[int, str] | None:
         match = _LAKE_REF.match(ref)
@@ -46,7 +43,7 @@ class Resolver:
                 return None
         elif prefix is not None:
             return None
-        return _KINDS[match["kind"]], validate_name(match["name"], f"{match['kind'][:-1]} name")
+        return TABLE_KINDS.number(match["kind"][:-1]), validate_name(match["name"], f"{match['kind'][:-1]} name")
 
     async def resolve(self, ref: str, role: str) -> str:
         """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``."""
@@ -77,12 +74,5 @@ class Resolver:
 
     async def _resolve_lake(self, kind: int, name: str, role: str) -> str:
         request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")
-        try:
-            response = await self._stub.ResolveUri(request, timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(exc.details()) from exc
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"storage_svc at {self.storage_addr} is unavailable: {exc.details()}") from exc
-            raise InvalidArgument(f"cannot resolve {role}: {exc.details()}") from exc
+        response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
         return response.uri

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ai_platform.errors import FailedPrecondition, InvalidArgument, NotFound
-from ai_platform.names import validate_name
+from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.names import validate_name
 from scheduler_svc.backends import Backend, RunContext
-from scheduler_svc.backends.local import task_processes
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.refs import Resolver
 from scheduler_svc.store import TaskStore
@@ -41,6 +38,21 @@ class TaskRequest:
     timeout_s: float
 
 
+@dataclass
+class TaskRun:
+    """Everything the scheduler holds for one task in flight, from its launch until its run ends.
+
+    ``task`` is the live record (progress included, saved at most every PROGRESS_SAVE_INTERVAL_S); ``context`` exists
+    once the backend runs it; ``stop_reason`` says why the scheduler stopped it (cancel, timeout, shutdown).
+    """
+
+    task: Task
+    future: asyncio.Future | None = None
+    context: RunContext | None = None
+    stop_reason: str = ""
+    last_progress_save: float = 0.0
+
+
 class Scheduler:
     def __init__(
         self,
@@ -51,7 +63,6 @@ class Scheduler:
         log_dir: Path,
         script_roots: list[Path],
         start_dir: Path,
-        max_parallel: int,
         log_cap_bytes: int,
     ) -> None:
         self.store = store
@@ -61,26 +72,18 @@ class Scheduler:
         self.script_roots = [r.resolve() for r in script_roots]
         self.start_dir = start_dir
         self.log_cap_bytes = log_cap_bytes
-        self._slots = asyncio.Semaphore(max_parallel) if backend.name == "local" else None
-        self._runs: dict[str, asyncio.Task] = {}
-        self._contexts: dict[str, RunContext] = {}
-        self._stop_reasons: dict[str, str] = {}
+        self._runs: dict[str, TaskRun] = {}
         self._changed = asyncio.Condition()
-        self._last_progress_save: dict[str, float] = {}
-        self._live: dict[str, Task] = {}  # tasks in flight, with progress not yet saved
 
     # -- lifecycle ---------------------------------------------------------------
     async def recover(self) -> None:
-        """After a restart: local runs that were cut off fail (their processes are ended), queued ones run,
-        Ray jobs are tracked again."""
+        """After a restart: work the backend can re-attach to is tracked again, queued tasks run, and runs that
+        were cut off fail (the backend ends what is left of them)."""
         for task in self.store.unfinished():
-            if task.backend == "ray" and task.job_id and self.backend.name == "ray":
+            if self.backend.can_reattach(task):
                 self._launch(task, attach=True)
             elif task.status is TaskStatus.RUNNING or task.job_id:
-                if task.pid:  # the process group may outlive us if a child ignored the parent's death
-                    for pid in task_processes(task.pid, task.id):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
+                self.backend.end_orphans(task)
                 self._finish(
                     task,
                     Outcome(
@@ -93,13 +96,13 @@ class Scheduler:
                 self._launch(task)
 
     async def shutdown(self) -> None:
-        """Stop local work (it cannot outlive the scheduler); leave Ray jobs running to re-attach later."""
+        """Stop work that cannot outlive the scheduler; stop watching detached work (re-attached after a restart)."""
         for task_id, run in list(self._runs.items()):
-            if self.backend.name == "local":
-                self._request_stop(task_id, "shutdown")
+            if self.backend.detached and run.future is not None:
+                run.future.cancel()
             else:
-                run.cancel()
-        await asyncio.gather(*self._runs.values(), return_exceptions=True)
+                self._request_stop(task_id, "shutdown")
+        await asyncio.gather(*(r.future for r in self._runs.values() if r.future), return_exceptions=True)
         await self.backend.close()
         await self.resolver.close()
 
@@ -150,7 +153,8 @@ class Scheduler:
             raise InvalidArgument("timeout_s must not be negative")
 
     def get(self, task_id: str) -> Task:
-        task = self._live.get(task_id) or self.store.get(task_id)
+        run = self._runs.get(task_id)
+        task = run.task if run else self.store.get(task_id)
         if task is None:
             raise NotFound(f"task '{task_id}' does not exist")
         return task
@@ -162,15 +166,15 @@ class Scheduler:
         task = self.get(task_id)
         if task.status.finished:
             raise FailedPrecondition(f"task '{task_id}' is already {task.status.value}")
-        if task_id in self._contexts:
+        run = self._runs.get(task_id)
+        if run is not None and run.context is not None:
             self._request_stop(task_id, "cancel")
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runs[task_id])
+                await asyncio.shield(run.future)
         else:  # still queued: it never started
-            run = self._runs.get(task_id)
             self._finish(task, Outcome(TaskStatus.CANCELLED))
-            if run is not None:
-                run.cancel()
+            if run is not None and run.future is not None:
+                run.future.cancel()
         return self.get(task_id)
 
     # -- streams -----------------------------------------------------------------
@@ -196,8 +200,11 @@ class Scheduler:
 
     async def logs(self, task_id: str, follow: bool, tail_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
         task = self.get(task_id)
-        ctx = self._contexts.get(task_id)
-        task_log = ctx.log if ctx else TaskLog(self.log_path(task_id), self.log_cap_bytes, task.log_dropped)
+        run = self._runs.get(task_id)
+        if run and run.context:
+            task_log = run.context.log
+        else:
+            task_log = TaskLog(self.log_path(task_id), self.log_cap_bytes, task.log_dropped)
         offset = max(task_log.end - tail_bytes, 0) if tail_bytes > 0 else 0
         while True:
             start, data, offset = task_log.read(offset)
@@ -213,51 +220,47 @@ class Scheduler:
 
     # -- running -----------------------------------------------------------------
     def _launch(self, task: Task, attach: bool = False) -> None:
-        self._runs[task.id] = asyncio.ensure_future(self._run(task, attach))
+        run = self._runs[task.id] = TaskRun(task)
+        run.future = asyncio.ensure_future(self._run(run, attach))
+        run.future.add_done_callback(lambda _: self._runs.pop(task.id) if self._runs.get(task.id) is run else None)
 
-    async def _run(self, task: Task, attach: bool) -> None:
+    async def _run(self, run: TaskRun, attach: bool) -> None:
+        task = run.task
         try:
-            async with self._slots if self._slots else contextlib.nullcontext():
-                task = self.get(task.id)
+            async with self.backend.slots or contextlib.nullcontext():
                 if task.status.finished:
                     return
                 task_log = TaskLog(self.log_path(task.id), self.log_cap_bytes, task.log_dropped)
-                ctx = RunContext(
+                run.context = RunContext(
                     task=task,
                     log=task_log,
                     on_running=lambda pid, job_id, started_at: self._on_running(task, pid, job_id, started_at),
-                    on_progress=lambda p: self._on_progress(task, p),
+                    on_progress=lambda p: self._on_progress(run, p),
                     on_submitted=lambda job_id: self._on_submitted(task, job_id),
                 )
-                self._contexts[task.id] = ctx
                 if attach and task.status is TaskStatus.RUNNING:
                     self._arm_timeout(task)
                 try:
-                    outcome = await self.backend.run(ctx, attach)
+                    outcome = await self.backend.run(run.context, attach)
                 except Exception as exc:  # noqa: BLE001 - a backend failure fails this task, not the scheduler
                     log.exception("backend failed running task %s", task.id)
                     outcome = Outcome(TaskStatus.FAILED, error_type=type(exc).__name__, error_message=str(exc))
                 task.log_dropped = task_log.dropped
-                self._finish(task, self._explain(task, outcome))
+                self._finish(task, self._explain(run, outcome))
         except asyncio.CancelledError:
             pass
-        finally:
-            self._runs.pop(task.id, None)
-            self._contexts.pop(task.id, None)
-            self._stop_reasons.pop(task.id, None)
 
-    def _explain(self, task: Task, outcome: Outcome) -> Outcome:
+    def _explain(self, run: TaskRun, outcome: Outcome) -> Outcome:
         """A run that the scheduler stopped ends the way the scheduler meant it to."""
-        reason = self._stop_reasons.get(task.id)
-        if reason == "cancel":
+        if run.stop_reason == "cancel":
             return Outcome(TaskStatus.CANCELLED)
-        if reason == "timeout":
+        if run.stop_reason == "timeout":
             return Outcome(
                 TaskStatus.FAILED,
                 error_type="Timeout",
-                error_message=f"the task ran past its timeout_s={task.timeout_s:g} and was stopped",
+                error_message=f"the task ran past its timeout_s={run.task.timeout_s:g} and was stopped",
             )
-        if reason == "shutdown":
+        if run.stop_reason == "shutdown":
             return Outcome(
                 TaskStatus.FAILED,
                 error_type="SchedulerShutdown",
@@ -266,9 +269,12 @@ class Scheduler:
         return outcome
 
     def _request_stop(self, task_id: str, reason: str) -> None:
-        self._stop_reasons.setdefault(task_id, reason)
-        if ctx := self._contexts.get(task_id):
-            ctx.stop.set()
+        run = self._runs.get(task_id)
+        if run is None:
+            return
+        run.stop_reason = run.stop_reason or reason
+        if run.context is not None:
+            run.context.stop.set()
 
     def _arm_timeout(self, task: Task) -> None:
         if task.timeout_s:
@@ -287,28 +293,24 @@ class Scheduler:
         task.job_id = job_id
         self._changed_task(task)
 
-    def _on_progress(self, task: Task, progress: dict[str, Any]) -> None:
-        task.progress = progress
+    def _on_progress(self, run: TaskRun, progress: dict[str, Any]) -> None:
+        run.task.progress = progress
         now = time.time()
-        if now - self._last_progress_save.get(task.id, 0) >= PROGRESS_SAVE_INTERVAL_S or progress.get("fraction") == 1:
-            self._last_progress_save[task.id] = now
-            self._changed_task(task)
-        else:
-            self._changed_task(task, save=False)
+        save = now - run.last_progress_save >= PROGRESS_SAVE_INTERVAL_S or progress.get("fraction") == 1
+        if save:
+            run.last_progress_save = now
+        self._changed_task(run.task, save=save)
 
     def _finish(self, task: Task, outcome: Outcome) -> None:
         ended_at = outcome.ended_at or time.time()
         task.status, task.completed_at = outcome.status, max(ended_at, task.started_at or ended_at)
         task.result, task.error_type, task.error_message = outcome.result, outcome.error_type, outcome.error_message
-        self._last_progress_save.pop(task.id, None)
         self._changed_task(task)
-        self._live.pop(task.id, None)
         log.info("task finished", extra={"task": task.id, "status": task.status.value, "error": task.error_type})
 
     def _changed_task(self, task: Task, save: bool = True) -> None:
-        if save or task.id not in self._live:
+        if save:
             self.store.save(task)
-        self._live[task.id] = task
         asyncio.ensure_future(self._notify())
 
     async def _notify(self) -> None:

@@ -9,21 +9,14 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ai_platform.errors import InvalidArgument
-from ai_platform.protojson import plain_json
+from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.views import struct_value
+from ai_platform.core.wire import TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
 from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import Resources, Task, TaskStatus
 
-_STATUS_PB = {
-    TaskStatus.PENDING: pb.PENDING,
-    TaskStatus.RUNNING: pb.RUNNING,
-    TaskStatus.COMPLETED: pb.COMPLETED,
-    TaskStatus.FAILED: pb.FAILED,
-    TaskStatus.CANCELLED: pb.CANCELLED,
-}
-_STATUS = {v: k for k, v in _STATUS_PB.items()}
 MAX_PAGE = 1000
 
 
@@ -48,7 +41,7 @@ def task_to_pb(task: Task) -> pb.Task:
             num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb
         ),
         timeout_s=task.timeout_s,
-        status=_STATUS_PB[task.status],
+        status=TASK_STATUSES.number(task.status.value),
         backend=task.backend,
         created_at=_timestamp(task.created_at),
         started_at=_timestamp(task.started_at),
@@ -100,7 +93,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 script=request.script,
                 input=request.input,
                 output=request.output,
-                params=plain_json(json_format.MessageToDict(request.params)) if request.HasField("params") else {},
+                params=struct_value(request.params) if request.HasField("params") else {},
                 resources=Resources(resources.num_cpus, resources.num_gpus, resources.memory_mb),
                 timeout_s=request.timeout_s,
             )
@@ -114,11 +107,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if request.page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         page_size = min(request.page_size or 50, MAX_PAGE)
-        statuses = []
-        for status in request.statuses:
-            if status not in _STATUS:
-                raise InvalidArgument(f"unknown task status {status}")
-            statuses.append(_STATUS[status])
+        statuses = [TaskStatus(TASK_STATUSES.name(status)) for status in request.statuses]
         offset = _offset(request.page_token)
         tasks = self.scheduler.list(statuses, request.name, page_size + 1, offset)
         more = len(tasks) > page_size

@@ -1,21 +1,20 @@
-"""``python -m storage_svc``: run the storage service alone."""
+"""``python -m storage_svc``: run the storage service alone (``--help`` lists its settings)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
-from ai_platform.config import build_parser, settings_from_args
-from ai_platform.logs import setup_logging
+from ai_platform.core.logs import setup_logging
+from ai_platform.core.server import Servicer, serve
+from ai_platform.core.settings import StorageSettings
 from ai_platform.protos.aiplatform.v1 import storage_pb2, storage_pb2_grpc
-from ai_platform.server import Servicer, serve
 from storage_svc.catalog import LakeCatalog
 from storage_svc.server import StorageServicer
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser("storage", "Storage service: datasets and models in a versioned Lance lake.")
-    settings = settings_from_args("storage", parser.parse_args(argv))
+    settings = StorageSettings.load(argv)
     setup_logging(settings.log_level)
     try:
         catalog = LakeCatalog(settings.home_uri(), settings.storage_options)
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         storage_pb2_grpc.add_StorageServiceServicer_to_server,
         storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
     )
-    asyncio.run(serve("storage", settings, [servicer]))
+    asyncio.run(serve(settings, [servicer]))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import lance
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ai_platform.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from ai_platform.names import validate_name
+from ai_platform.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.names import validate_name
 
 log = logging.getLogger("storage_svc.catalog")
 

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ai_platform.ports import free_port
+from ai_platform.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ai_platform import launcher
+from ai_platform.cli import launcher
 from tests.conftest import ROOT, free_port
 
 AIP = str(Path(sys.executable).with_name("aip"))
@@ -66,7 +66,7 @@ def test_demo_mnist_ends_with_a_served_model_that_predicts(running):
     done = aip("demo", "mnist", "--epochs", "1", "--limit", "1500", env=running["env"], cwd=running["project"])
     assert "serving mnist_cnn version 1" in done.stdout and "accuracy" in done.stdout
     assert f"http://{running['state'].addrs['gateway']}/" in done.stdout
-    from ai_platform import Client
+    from ai_platform.client import Client
 
     with Client(running["state"].addrs["storage"], running["state"].addrs["scheduler"],
                 running["state"].addrs["inference"]) as client:
@@ -100,7 +100,7 @@ def test_lake_and_task_commands(running):
 
 
 def test_python_client_round_trips_pandas_and_follows_tasks(running):
-    from ai_platform import Client
+    from ai_platform.client import Client
 
     addrs = running["state"].addrs
     with Client(addrs["storage"], addrs["scheduler"], addrs["inference"]) as client:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ai_platform.models import save_model
+from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
 from tests.conftest import ServiceProcess, start_platform
 from tests.task_scripts import write_scripts

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ai_platform.models import load_model, save_model
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
+from ai_platform.sdk.models import load_model, save_model
 from mnist.model import MnistCNN
 from tests.conftest import ROOT, ServiceProcess
 
@@ -44,7 +44,8 @@ def lake(lake_home):
     example = torch.zeros(1, 1, 28, 28)
     save_model(cnn(1), str(models / "cnn.lance"), example, labels=list(range(10)), params={"epochs": 1},
                metrics={"accuracy": 0.5})
-    save_model(cnn(2), str(models / "cnn.lance"), example, labels=list(range(10)), metrics={"accuracy": 0.6})
+    save_model(cnn(2), str(models / "cnn.lance"), example, labels=list(range(10)), metrics={"accuracy": 0.6},
+               scores="logits")
     save_model(cnn(3), str(models / "exported.lance"), example, program_format="torch.export")
     lance.write_dataset(pa.table({"weights": [b"\x00"]}), str(models / "no_program.lance"))
     row = lance.dataset(str(models / "cnn.lance")).to_table()
@@ -251,6 +252,18 @@ def test_hot_swap_under_load_loses_no_request(services, stub, lake, lake_home):
     assert not failures, failures[:3]
     assert "2" in versions and versions[-1] == "3" and len(versions) > 20
     np.testing.assert_allclose(raw_output(stub.ModelInfer(raw_request("cnn", x))), expected(cnn(4), x), atol=1e-4)
+
+
+def test_model_metadata_says_what_the_output_means(stub, lake):
+    """Labels and the kind of scores travel with the metadata (OIP tensor parameters): no trip to storage."""
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="cnn", version="2"))
+    output = meta.outputs[0]
+    assert json.loads(output.parameters["labels"].string_param) == [str(i) for i in range(10)]
+    assert output.parameters["scores"].string_param == "logits"
+    assert not meta.inputs[0].parameters
+    v1 = stub.ModelMetadata(pb.ModelMetadataRequest(name="cnn", version="1")).outputs[0]
+    assert "labels" in v1.parameters and "scores" not in v1.parameters
+    assert not stub.ModelMetadata(pb.ModelMetadataRequest(name="exported")).outputs[0].parameters
 
 
 def test_repository_index_lists_lake_models_with_state(stub):

@@ -1,7 +1,7 @@
 import pytest
 
-from ai_platform.errors import InvalidArgument
-from ai_platform.names import validate_name
+from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.names import validate_name
 
 
 @pytest.mark.parametrize("name", ["mnist", "mnist_clean", "a", "A1.b-c_d", "x" * 128, "v1.2"])

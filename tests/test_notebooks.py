@@ -7,7 +7,7 @@ import json
 import nbformat
 from nbclient import NotebookClient
 
-from ai_platform import launcher
+from ai_platform.cli import launcher
 from tests.conftest import ROOT, free_port
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from ai_platform import ports
+from ai_platform.core import ports
 
 
 def test_free_ports_are_bindable_distinct_and_not_ephemeral():

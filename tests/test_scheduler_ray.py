@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from ai_platform.cli.ray_cluster import start_local_head
 from ai_platform.client import SchedulerClient, StorageClient, status_name, task_result
-from ai_platform.ray_cluster import start_local_head
 from scheduler_svc.backends.ray import LogCursor
 from tests.conftest import ROOT, ServiceProcess
 from tests.task_scripts import write_scripts

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
-from ai_platform import arrow_ipc
 from ai_platform.client import StorageClient
+from ai_platform.core import arrow_ipc
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
 from tests.conftest import ROOT, ServiceProcess, free_port

@@ -10,7 +10,7 @@ import pytest
 import torch
 from playwright.sync_api import expect, sync_playwright
 
-from ai_platform.models import save_model
+from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
 from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts

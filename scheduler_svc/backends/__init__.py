@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
+from ai_platform.core.settings import platform_pythonpath
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.backends")
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -66,7 +63,19 @@ class RunContext:
 
 
 class Backend(Protocol):
+    """Where tasks run, and the policies that differ between places: queueing, restarts and shutdown."""
+
     name: str
+    detached: bool  # its work outlives the scheduler: on shutdown stop watching it, after a restart re-attach
+    slots: asyncio.Semaphore | None  # bounds how many tasks run at once; None when the cluster queues them
+
+    def can_reattach(self, task: Task) -> bool:
+        """Whether work left by a previous scheduler can be tracked again."""
+        ...
+
+    def end_orphans(self, task: Task) -> None:
+        """End what is left of a run that the scheduler lost (after a restart)."""
+        ...
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         """Run (or, with ``attach``, keep tracking) ``ctx.task`` until it ends or ``ctx.stop`` is set."""
@@ -75,8 +84,9 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-def worker_env(task: Task, extra: dict[str, str]) -> dict[str, str]:
-    """Environment of the worker entry point: the spec, and the platform importable."""
+def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the spec, and the
+    platform importable."""
     spec = {
         "id": task.id,
         "script": task.script,
@@ -84,19 +94,14 @@ def worker_env(task: Task, extra: dict[str, str]) -> dict[str, str]:
         "output": task.resolved_output,
         "params": task.params,
     }
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    # The platform's settings (peer addresses, home) travel too: a Ray job does not inherit our environment.
-    platform = {
-        k: v for k, v in os.environ.items() if k.startswith("AIP_") and not k.startswith(("AIP_TASK_", "AIP_REPORT_"))
-    }
     return {
-        **platform,
+        **platform_env,
         "AIP_TASK_ID": task.id,
         "AIP_TASK_SPEC": json.dumps(spec),
-        "PYTHONPATH": pythonpath,
+        "PYTHONPATH": platform_pythonpath(),
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
 
 
-WORKER_COMMAND = [sys.executable, "-m", "ai_platform.worker"]
+WORKER_COMMAND = [sys.executable, "-m", "ai_platform.sdk.worker"]

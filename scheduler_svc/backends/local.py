@@ -9,9 +9,10 @@ import os
 import signal
 from pathlib import Path
 
-from ai_platform.procs import group_members
+from ai_platform.core.procs import group_members
+from ai_platform.core.settings import child_environment
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
-from scheduler_svc.tasks import Outcome, TaskStatus
+from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.local")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -57,10 +58,22 @@ def describe_exit(returncode: int) -> str | None:
 
 class LocalBackend:
     name = "local"
+    detached = False  # a task's processes end with the scheduler
 
-    def __init__(self, cwd: Path, grace_s: float) -> None:
+    def __init__(self, cwd: Path, grace_s: float, platform_env: dict[str, str], max_parallel: int) -> None:
         self.cwd = cwd
         self.grace_s = grace_s
+        self.platform_env = platform_env
+        self.slots = asyncio.Semaphore(max_parallel)
+
+    def can_reattach(self, task: Task) -> bool:
+        return False
+
+    def end_orphans(self, task: Task) -> None:
+        if task.pid:  # the process group may outlive us if a child ignored the parent's death
+            for pid in task_processes(task.pid, task.id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def close(self) -> None:
         return None
@@ -77,7 +90,7 @@ class LocalBackend:
                 pass_fds=(report_write,),
                 start_new_session=True,
                 cwd=self.cwd,
-                env={**os.environ, **worker_env(task, {"AIP_REPORT_FD": str(report_write)})},
+                env=child_environment(worker_env(task, self.platform_env, {"AIP_REPORT_FD": str(report_write)})),
                 limit=1 << 20,
             )
         finally:

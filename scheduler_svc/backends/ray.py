@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_platform.errors import Unavailable
+from ai_platform.core.errors import Unavailable
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
-from scheduler_svc.tasks import Outcome, TaskStatus
+from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
 POLL_S = 0.25
@@ -40,12 +40,21 @@ class LogCursor:
 
 class RayBackend:
     name = "ray"
+    detached = True  # Ray jobs run on without the scheduler, which re-attaches after a restart
+    slots = None  # the cluster queues jobs until their resources are free
 
-    def __init__(self, address: str, report_dir: Path) -> None:
+    def __init__(self, address: str, report_dir: Path, platform_env: dict[str, str]) -> None:
         self.address = address if "://" in address else f"http://{address}"
         self.report_dir = report_dir
         self.report_dir.mkdir(parents=True, exist_ok=True)
+        self.platform_env = platform_env
         self._client = None
+
+    def can_reattach(self, task: Task) -> bool:
+        return task.backend == "ray" and bool(task.job_id)
+
+    def end_orphans(self, task: Task) -> None:
+        return None  # a job that cannot be re-attached was never accepted by Ray
 
     async def client(self):  # noqa: ANN201 - ray.job_submission.JobSubmissionClient
         if self._client is None:
@@ -72,7 +81,7 @@ class RayBackend:
                 client.submit_job,
                 entrypoint=shlex.join(WORKER_COMMAND),
                 submission_id=job_id,
-                runtime_env={"env_vars": worker_env(task, {"AIP_REPORT_PATH": str(report_path)})},
+                runtime_env={"env_vars": worker_env(task, self.platform_env, {"AIP_REPORT_PATH": str(report_path)})},
                 entrypoint_num_cpus=resources.num_cpus or None,
                 entrypoint_num_gpus=resources.num_gpus or None,
                 entrypoint_memory=resources.memory_mb * 2**20 or None,

@@ -18,9 +18,11 @@ from typing import Any
 import lance
 import pyarrow as pa
 
-from ai_platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.wire import DATATYPE_OF_NUMPY
 
 PROGRAM_FORMATS = ("torchscript", "torch.export")
+SCORES = (None, "logits", "probabilities")  # what the first output's values are, when the saver says
 MODEL_SCHEMA = pa.schema([
     ("weights", pa.large_binary()),
     ("program", pa.large_binary()),
@@ -33,14 +35,6 @@ MODEL_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 REQUIRED_COLUMNS = ("program", "program_format", "signature")
-
-# KServe v2 / Triton datatypes <-> numpy dtype names.
-DATATYPES = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "INT8": "int8",
-    "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
-}
-NUMPY_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
-
 
 @dataclass
 class ModelRecord:
@@ -62,8 +56,7 @@ def _as_tuple(value: Any) -> tuple:
 
 
 def _tensor_spec(name: str, tensor: Any) -> dict[str, Any]:
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    datatype = NUMPY_TO_DATATYPE.get(dtype) or {"float32": "FP32", "bfloat16": "BF16"}.get(dtype)
+    datatype = DATATYPE_OF_NUMPY.get(str(tensor.dtype).removeprefix("torch."))
     if datatype is None:
         raise InvalidArgument(f"{name}: tensors of {tensor.dtype} cannot be served")
     return {"name": name, "datatype": datatype, "shape": [-1, *tensor.shape[1:]]}
@@ -89,11 +82,13 @@ def _serialise_program(model: Any, examples: tuple, program_format: str) -> byte
 def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] | None = None,
                params: dict | None = None, metrics: dict | None = None, *, input_names: list[str] | None = None,
                output_names: list[str] | None = None, program_format: str = "torchscript",
-               storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+               scores: str | None = None, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
     """Save a PyTorch model as a new version of the model table at ``output`` (a Lance URI or path).
 
     ``example_inputs`` is a tensor (or tuple of tensors) with the batch dimension first; it
-    fixes the signature. Returns ``{"uri", "version", "signature"}``.
+    fixes the signature. ``labels`` name the classes of the first output and ``scores`` says what
+    its values are (``"logits"`` or ``"probabilities"``); inference publishes both in the model's
+    metadata. Returns ``{"uri", "version", "signature"}``.
     """
     import torch
 
@@ -101,6 +96,8 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
         raise InvalidArgument("save_model needs an output: the model table's URI (the task's output_path)")
     if program_format not in PROGRAM_FORMATS:
         raise InvalidArgument(f"program_format must be one of {PROGRAM_FORMATS}")
+    if scores not in SCORES:
+        raise InvalidArgument(f"scores must be one of {SCORES}")
     was_training = model.training
     model.eval()
     model_cpu = model.to("cpu")
@@ -118,6 +115,8 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
         if outputs[0].shape[-1] != len(labels):
             raise InvalidArgument(f"{len(labels)} labels for an output of width {outputs[0].shape[-1]}")
         signature["outputs"][0]["labels"] = labels
+    if scores is not None:
+        signature["outputs"][0]["scores"] = scores
     program = _serialise_program(model_cpu, examples, program_format)
     weights = io.BytesIO()
     torch.save(model_cpu.state_dict(), weights)

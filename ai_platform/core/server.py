@@ -23,11 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from ai_platform.config import Settings, split_addr
-from ai_platform.errors import PlatformError
-from ai_platform.metrics import RequestMetrics
+from ai_platform.core.errors import PlatformError
+from ai_platform.core.metrics import RequestMetrics
+from ai_platform.core.settings import ServiceSettings, split_addr
+from ai_platform.core.wire import server_options
 
-log = logging.getLogger("ai_platform.server")
+log = logging.getLogger("ai_platform.core.server")
 
 RPC_METRICS = RequestMetrics("aip_grpc_request", "gRPC calls", ["service", "method", "code"])
 
@@ -110,16 +111,6 @@ def _wrap(
     return wrapper
 
 
-def grpc_options(settings: Settings) -> list[tuple[str, int]]:
-    limit = settings.max_message_bytes
-    # so_reuseport off: a second server on a taken port must fail, not silently share it.
-    return [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),
-    ]
-
-
 @dataclass
 class Servicer:
     """One gRPC service to offer: the implementation, the generated ``add_*_to_server`` and its descriptor."""
@@ -130,14 +121,13 @@ class Servicer:
 
 
 async def serve(
-    service: str,
-    settings: Settings,
+    settings: ServiceSettings,
     servicers: Sequence[Servicer],
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run a gRPC service until SIGTERM/SIGINT, then drain in-flight calls for ``settings.grace_s``."""
-    addr = settings.addr_of(service)
-    server = grpc.aio.server(options=grpc_options(settings))
+    service, addr = settings.service, settings.own_addr()
+    server = grpc.aio.server(options=server_options(settings.max_message_bytes))
     for entry in servicers:
         methods = [m.name for m in entry.descriptor.methods]
         entry.add_to_server(instrument(entry.implementation, service, methods), server)
@@ -153,7 +143,7 @@ async def serve(
         raise SystemExit(f"{service}: cannot bind {addr}: {exc} (is the port in use?)") from exc
     if bound == 0:
         raise SystemExit(f"{service}: cannot bind {addr} (is the port in use?)")
-    metrics_addr = settings.metrics_addr_of(service)
+    metrics_addr = settings.metrics_address()
     metrics_host, metrics_port = split_addr(metrics_addr)
     try:
         metrics_server, _ = start_http_server(metrics_port, metrics_host)

@@ -1,4 +1,4 @@
-"""Task entry point: ``python -m ai_platform.worker`` runs one user script's ``run`` and reports the outcome.
+"""Task entry point: ``python -m ai_platform.sdk.worker`` runs one user script's ``run`` and reports the outcome.
 
 The same entry point runs under the local backend (a child process) and as a Ray job.
 The task spec comes as JSON in ``AIP_TASK_SPEC``. Only the standard library is imported
@@ -14,7 +14,8 @@ import sys
 import traceback
 from typing import Any
 
-from ai_platform import report
+from ai_platform.core.settings import TaskSettings
+from ai_platform.sdk import report
 
 
 def _fail(kind: str, message: str) -> int:
@@ -44,8 +45,9 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
-    spec = json.loads(os.environ["AIP_TASK_SPEC"])
-    if os.environ.get("AIP_REPORT_FD"):
+    settings = TaskSettings.from_env()
+    spec = json.loads(settings.task_spec)
+    if settings.report_fd >= 0:
         _die_with_parent()
     script = spec["script"]
     sys.path.insert(0, os.path.dirname(script))

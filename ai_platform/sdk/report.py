@@ -11,6 +11,8 @@ import os
 import threading
 from typing import Any
 
+from ai_platform.core.settings import TaskSettings
+
 _lock = threading.Lock()
 _stream = None
 
@@ -18,10 +20,11 @@ _stream = None
 def _channel():  # noqa: ANN202 - a text file or None
     global _stream
     if _stream is None:
-        if fd := os.environ.get("AIP_REPORT_FD"):
-            _stream = os.fdopen(int(fd), "w", buffering=1, closefd=False)
-        elif path := os.environ.get("AIP_REPORT_PATH"):
-            _stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the task
+        settings = TaskSettings.from_env()
+        if settings.report_fd >= 0:
+            _stream = os.fdopen(settings.report_fd, "w", buffering=1, closefd=False)
+        elif settings.report_path:
+            _stream = open(settings.report_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the task
     return _stream
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import grpc
 
-from ai_platform.config import DEFAULT_ADDRS, split_addr
+from ai_platform.core.settings import MODULES, REPO_ROOT, SERVICES, ClientSettings, SettingsError, split_addr
+from ai_platform.core.wire import error_from_rpc
 
-MNIST_DIR = Path(__file__).resolve().parents[1] / "mnist"
+MNIST_DIR = REPO_ROOT / "mnist"
 
 
 def _console():  # noqa: ANN202 - rich.console.Console
@@ -27,10 +28,10 @@ def _console():  # noqa: ANN202 - rich.console.Console
 
 def _home_and_lake(args: argparse.Namespace) -> tuple[Path, str]:
     """Where the platform keeps its state, and the lake when that is an object store (``s3://``)."""
-    home = args.home or os.environ.get("AIP_HOME") or "./.ai_platform"
-    if "://" in home:
-        return Path(os.environ.get("AIP_STATE_DIR") or "./.ai_platform"), home
-    return Path(home), ""
+    settings = ClientSettings.from_env(home=args.home)
+    if "://" in settings.home:
+        return settings.state_path(), settings.home
+    return Path(settings.home), ""
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -68,7 +69,7 @@ def _print_one(value: Any, as_json: bool) -> None:
 # -- platform ------------------------------------------------------------------------------
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ai_platform import launcher
+    from ai_platform.cli import launcher
 
     ports = {name: getattr(args, f"{name}_port") for name in launcher.SERVICES if getattr(args, f"{name}_port")}
     console = _console()
@@ -76,7 +77,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             home, lake = _home_and_lake(args)
             state = launcher.up(home, host=args.host, ports=ports, level=args.level,
-                                ray_address=os.environ.get("RAY_ADDRESS") or None, lake=lake)
+                                ray_address=ClientSettings.from_env().ray_address or None, lake=lake)
         except launcher.LaunchError as exc:
             console.print(f"[red]aip up failed:[/red] {exc}")
             return 1
@@ -111,7 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from ai_platform import launcher
+    from ai_platform.cli import launcher
 
     state = launcher.down(_home(args))
     if state is None:
@@ -123,7 +124,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ai_platform import launcher
+    from ai_platform.cli import launcher
 
     rows = launcher.status(_home(args))
     for row in rows:
@@ -133,8 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_svc(args: argparse.Namespace) -> int:
-    module = {"storage": "storage_svc", "scheduler": "scheduler_svc", "inference": "inference_svc",
-              "gateway": "gateway"}[args.name]
+    module = MODULES[args.name]
     os.execv(sys.executable, [sys.executable, "-m", module, *args.rest])
     return 0  # not reached
 
@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ai_platform.client import Client
 
     console = _console()
-    gateway = os.environ.get("AIP_GATEWAY_ADDR") or DEFAULT_ADDRS["gateway"]
+    gateway = ClientSettings.from_env().gateway_addr
     with Client() as client:
         steps = [
             ("mnist_clean", "mnist_clean.py", "download", "datasets/mnist_clean", {"limit": args.limit}),
@@ -253,12 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole platform on this machine")
     up.add_argument("--level", type=int, choices=[1, 2], default=1, help="1: local processes; 2: Ray")
-    up.add_argument("--home", help="lake and state directory (AIP_HOME, default ./.ai_platform); an s3:// lake "
-                    "keeps the state in AIP_STATE_DIR (default ./.ai_platform)")
+    settings = ClientSettings.from_env()
+    up.add_argument("--home", help=f"lake and state directory (AIP_HOME, default {ClientSettings().home}); an s3:// "
+                    "lake keeps the state in AIP_STATE_DIR")
     up.add_argument("--host", default="127.0.0.1", help="address the services bind")
-    for name in ("storage", "scheduler", "inference", "gateway"):
-        default = split_addr(os.environ.get(f"AIP_{name.upper()}_ADDR") or DEFAULT_ADDRS[name])[1]
-        up.add_argument(f"--{name}-port", type=int, default=default, help=f"{name} port (default {default})")
+    for name in SERVICES:
+        default = split_addr(settings.addr_of(name))[1]
+        up.add_argument(f"--{name}-port", type=int, default=default,
+                        help=f"{name} port (AIP_{name.upper()}_ADDR; default {default})")
     up.add_argument("--detach", action="store_true", help="return once healthy; stop later with `aip down`")
     up.set_defaults(func=cmd_up)
 
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     svc = sub.add_parser("svc", help="run one service in the foreground (per-service deployment)")
-    svc.add_argument("name", choices=["storage", "scheduler", "inference", "gateway"])
+    svc.add_argument("name", choices=list(SERVICES))
     svc.add_argument("rest", nargs=argparse.REMAINDER, help="flags for the service (see its --help)")
     svc.set_defaults(func=cmd_svc)
 
@@ -320,13 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except SettingsError as exc:
+        print(f"aip: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        print(f"aip: {code.name if code else 'error'}: {exc.details() if hasattr(exc, 'details') else exc}",
-              file=sys.stderr)
+        error = error_from_rpc(exc, "the platform")
+        print(f"aip: {error.grpc_code.name}: {error.message}", file=sys.stderr)
         return 1
 
 

@@ -10,35 +10,34 @@ import grpc
 import pyarrow as pa
 from google.protobuf import json_format
 
-from ai_platform import arrow_ipc
-from ai_platform.config import Settings
+from ai_platform.core import arrow_ipc
+from ai_platform.core.settings import ClientSettings
+from ai_platform.core.views import ModelView, TableView, TaskView, VersionView, as_dict
+from ai_platform.core.wire import (
+    CLIENT_MAX_MESSAGE_BYTES,
+    DATATYPE_OF_NUMPY,
+    DATATYPES,
+    MODEL_LOAD_TIMEOUT_S,
+    TABLE_KINDS,
+    TASK_STATUSES,
+    WRITE_MODES,
+    channel_options,
+    encode_parameters,
+)
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as scheduler_pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
-
-KINDS = {"dataset": storage_pb.DATASET, "model": storage_pb.MODEL}
-MODES = {"create": storage_pb.CREATE, "append": storage_pb.APPEND, "overwrite": storage_pb.OVERWRITE}
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Message limits, and reconnect backoff capped at 2 s so a peer that comes back is used again quickly."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
+from ai_platform.protos.inference import grpc_service_pb2 as inference_pb
+from ai_platform.protos.inference import grpc_service_pb2_grpc
 
 
 class StorageClient:
     """Datasets and models in the lake, through storage_svc."""
 
     def __init__(self, addr: str | None = None, max_message_bytes: int | None = None) -> None:
-        settings = Settings()
-        self.max_message_bytes = max_message_bytes or settings.max_message_bytes
+        self.max_message_bytes = max_message_bytes or CLIENT_MAX_MESSAGE_BYTES
         self.channel = grpc.insecure_channel(
-            addr or settings.storage_addr, options=channel_options(self.max_message_bytes)
+            addr or ClientSettings.from_env().storage_addr, options=channel_options(self.max_message_bytes)
         )
         self.stub = storage_pb2_grpc.StorageServiceStub(self.channel)
 
@@ -46,16 +45,17 @@ class StorageClient:
         self.channel.close()
 
     def list(self, kind: str = "dataset") -> list[storage_pb.TableInfo]:
-        return list(self.stub.ListTables(storage_pb.ListTablesRequest(kind=KINDS[kind])).tables)
+        return list(self.stub.ListTables(storage_pb.ListTablesRequest(kind=TABLE_KINDS.number(kind))).tables)
 
     def get(self, name: str, kind: str = "dataset", version: int = 0) -> storage_pb.TableInfo:
-        return self.stub.GetTable(storage_pb.GetTableRequest(kind=KINDS[kind], name=name, version=version))
+        return self.stub.GetTable(storage_pb.GetTableRequest(kind=TABLE_KINDS.number(kind), name=name, version=version))
 
     def versions(self, name: str, kind: str = "dataset") -> list[storage_pb.VersionInfo]:
-        return list(self.stub.ListVersions(storage_pb.ListVersionsRequest(kind=KINDS[kind], name=name)).versions)
+        request = storage_pb.ListVersionsRequest(kind=TABLE_KINDS.number(kind), name=name)
+        return list(self.stub.ListVersions(request).versions)
 
     def delete(self, name: str, kind: str = "dataset") -> None:
-        self.stub.DeleteTable(storage_pb.DeleteTableRequest(kind=KINDS[kind], name=name))
+        self.stub.DeleteTable(storage_pb.DeleteTableRequest(kind=TABLE_KINDS.number(kind), name=name))
 
     def read_batches(
         self,
@@ -69,7 +69,7 @@ class StorageClient:
         offset: int = 0,
     ) -> Iterator[pa.RecordBatch]:
         request = storage_pb.ReadTableRequest(
-            kind=KINDS[kind],
+            kind=TABLE_KINDS.number(kind),
             name=name,
             version=version,
             columns=columns or [],
@@ -81,7 +81,7 @@ class StorageClient:
             yield from arrow_ipc.decode(chunk.arrow_ipc)[1]
 
     def read(self, name: str, kind: str = "dataset", **scan: object) -> pa.Table:
-        request = storage_pb.ReadTableRequest(kind=KINDS[kind], name=name, **scan)
+        request = storage_pb.ReadTableRequest(kind=TABLE_KINDS.number(kind), name=name, **scan)
         schema, batches = None, []
         for chunk in self.stub.ReadTable(request):
             schema, part = arrow_ipc.decode(chunk.arrow_ipc)
@@ -100,7 +100,8 @@ class StorageClient:
         reader = data.to_reader() if isinstance(data, pa.Table) else data
 
         def requests() -> Iterator[storage_pb.WriteTableRequest]:
-            header = storage_pb.WriteHeader(kind=KINDS[kind], name=name, mode=MODES[mode], metadata=metadata or {})
+            header = storage_pb.WriteHeader(kind=TABLE_KINDS.number(kind), name=name, mode=WRITE_MODES.number(mode),
+                                            metadata=metadata or {})
             yield storage_pb.WriteTableRequest(header=header)
             for payload in arrow_ipc.encode_chunks(_rebatched(reader), reader.schema, self.max_message_bytes):
                 yield storage_pb.WriteTableRequest(chunk=storage_pb.ArrowChunk(arrow_ipc=payload))
@@ -118,14 +119,15 @@ def task_result(task: scheduler_pb.Task) -> Any:
 
 
 def status_name(task: scheduler_pb.Task) -> str:
-    return scheduler_pb.TaskStatus.Name(task.status).lower()
+    return TASK_STATUSES.name(task.status)
 
 
 class SchedulerClient:
     """Tasks: submit, follow, cancel, through scheduler_svc."""
 
     def __init__(self, addr: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr or Settings().scheduler_addr, options=channel_options(64 << 20))
+        self.channel = grpc.insecure_channel(addr or ClientSettings.from_env().scheduler_addr,
+                                             options=channel_options())
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
     def close(self) -> None:
@@ -161,7 +163,7 @@ class SchedulerClient:
     def list(
         self, statuses: list[str] | None = None, name: str = "", page_size: int = 0, page_token: str = ""
     ) -> scheduler_pb.ListTasksResponse:
-        codes = [scheduler_pb.TaskStatus.Value(s.upper()) for s in statuses or []]
+        codes = [TASK_STATUSES.number(s) for s in statuses or []]
         return self.stub.ListTasks(
             scheduler_pb.ListTasksRequest(statuses=codes, name=name, page_size=page_size, page_token=page_token)
         )
@@ -218,9 +220,8 @@ class InferenceClient:
     """Models served by inference_svc: load, unload, predict (numpy in, numpy out)."""
 
     def __init__(self, addr: str | None = None) -> None:
-        from ai_platform.protos.inference import grpc_service_pb2_grpc
-
-        self.channel = grpc.insecure_channel(addr or Settings().inference_addr, options=channel_options(64 << 20))
+        self.channel = grpc.insecure_channel(addr or ClientSettings.from_env().inference_addr,
+                                             options=channel_options())
         self.stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def close(self) -> None:
@@ -228,23 +229,17 @@ class InferenceClient:
 
     def load(self, name: str, version: int | None = None, max_batch_size: int | None = None,
              max_queue_delay_us: int | None = None) -> None:
-        from ai_platform.protos.inference import grpc_service_pb2 as pb
-
-        parameters = {k: pb.ModelRepositoryParameter(int64_param=int(v)) for k, v in (
-            ("version", version), ("max_batch_size", max_batch_size), ("max_queue_delay_us", max_queue_delay_us))
-            if v is not None}
-        self.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters))
+        parameters = encode_parameters({"version": version, "max_batch_size": max_batch_size,
+                                        "max_queue_delay_us": max_queue_delay_us})
+        self.stub.RepositoryModelLoad(inference_pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
+                                      timeout=MODEL_LOAD_TIMEOUT_S)
 
     def unload(self, name: str) -> None:
-        from ai_platform.protos.inference import grpc_service_pb2 as pb
-
-        self.stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=name))
+        self.stub.RepositoryModelUnload(inference_pb.RepositoryModelUnloadRequest(model_name=name))
 
     def index(self) -> list[dict]:
-        from ai_platform.protos.inference import grpc_service_pb2 as pb
-
         return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason}
-                for m in self.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models]
+                for m in self.stub.RepositoryIndex(inference_pb.RepositoryIndexRequest()).models]
 
     def infer(self, name: str, inputs: Any, version: str = "", metadata: Any = None) -> tuple[list, str]:
         """Outputs (numpy arrays, in signature order) and the version that answered.
@@ -253,18 +248,15 @@ class InferenceClient:
         """
         import numpy as np
 
-        from ai_platform.models import DATATYPES, NUMPY_TO_DATATYPE
-        from ai_platform.protos.inference import grpc_service_pb2 as pb
-
-        meta = metadata or self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
+        meta = metadata or self.stub.ModelMetadata(inference_pb.ModelMetadataRequest(name=name, version=version))
         arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        request = pb.ModelInferRequest(model_name=name, model_version=version)
+        request = inference_pb.ModelInferRequest(model_name=name, model_version=version)
         for spec, array in zip(meta.inputs, arrays, strict=True):
-            array = np.ascontiguousarray(array, dtype=DATATYPES[spec.datatype])
-            request.inputs.add(name=spec.name, datatype=NUMPY_TO_DATATYPE[str(array.dtype)], shape=list(array.shape))
+            array = np.ascontiguousarray(array, dtype=DATATYPES[spec.datatype].numpy)
+            request.inputs.add(name=spec.name, datatype=DATATYPE_OF_NUMPY[str(array.dtype)], shape=list(array.shape))
             request.raw_input_contents.append(array.tobytes())
         response = self.stub.ModelInfer(request)
-        outputs = [np.frombuffer(response.raw_output_contents[i], DATATYPES[t.datatype]).reshape(list(t.shape))
+        outputs = [np.frombuffer(response.raw_output_contents[i], DATATYPES[t.datatype].numpy).reshape(list(t.shape))
                    for i, t in enumerate(response.outputs)]
         return outputs, response.model_version
 
@@ -299,19 +291,13 @@ class Client:
 
     # -- datasets -------------------------------------------------------------------
     def list_datasets(self) -> list[dict]:
-        from ai_platform.views import table_view
-
-        return [table_view(t) for t in self.storage.list("dataset")]
+        return [as_dict(TableView.from_pb(t)) for t in self.storage.list("dataset")]
 
     def get_dataset(self, name: str, version: int = 0) -> dict:
-        from ai_platform.views import table_view
-
-        return table_view(self.storage.get(name, "dataset", version))
+        return as_dict(TableView.from_pb(self.storage.get(name, "dataset", version)))
 
     def dataset_versions(self, name: str) -> list[dict]:
-        from ai_platform.views import version_view
-
-        return [version_view(v) for v in self.storage.versions(name, "dataset")]
+        return [as_dict(VersionView.from_pb(v)) for v in self.storage.versions(name, "dataset")]
 
     def read_dataset(self, name: str, *, columns: list[str] | None = None, filter: str = "", limit: int = 0,
                      offset: int = 0, version: int = 0) -> pa.Table:
@@ -323,11 +309,9 @@ class Client:
 
     def write_dataset(self, name: str, data: Any, mode: str = "create") -> dict:
         """Write a pyarrow Table/RecordBatchReader or a pandas DataFrame; returns the new version's view."""
-        from ai_platform.views import table_view
-
         if not isinstance(data, (pa.Table, pa.RecordBatchReader)):
             data = pa.Table.from_pandas(data, preserve_index=False)
-        return table_view(self.storage.write(name, data, "dataset", mode))
+        return as_dict(TableView.from_pb(self.storage.write(name, data, "dataset", mode)))
 
     def delete_dataset(self, name: str) -> None:
         self.storage.delete(name, "dataset")
@@ -337,21 +321,16 @@ class Client:
         return [self.get_model(t.name) for t in self.storage.list("model")]
 
     def get_model(self, name: str, version: int = 0) -> dict:
-        from ai_platform.views import MODEL_COLUMNS, model_fields, table_view
-
         info = self.storage.get(name, "model", version)
-        view = table_view(info)
-        present = [c for c in MODEL_COLUMNS if c in view["schema"]]
-        if present:
-            preview = self.storage.stub.PreviewRows(storage_pb.PreviewRowsRequest(
-                kind=storage_pb.MODEL, name=name, version=info.version, limit=1, columns=present))
-            view.update(model_fields(preview.rows_json))
-        return view
+        columns = ModelView.columns_of(info)
+        if not columns:
+            return as_dict(ModelView.from_pb(info))
+        preview = self.storage.stub.PreviewRows(storage_pb.PreviewRowsRequest(
+            kind=storage_pb.MODEL, name=name, version=info.version, limit=1, columns=columns))
+        return as_dict(ModelView.from_pb(info, preview.rows_json))
 
     def model_versions(self, name: str) -> list[dict]:
-        from ai_platform.views import version_view
-
-        return [version_view(v) for v in self.storage.versions(name, "model")]
+        return [as_dict(VersionView.from_pb(v)) for v in self.storage.versions(name, "model")]
 
     def delete_model(self, name: str) -> None:
         self.storage.delete(name, "model")
@@ -359,24 +338,16 @@ class Client:
     # -- tasks ----------------------------------------------------------------------
     def submit(self, name: str, script: str, input: str = "", output: str = "", params: dict | None = None,
                **options: Any) -> dict:
-        from ai_platform.views import task_view
-
-        return task_view(self.scheduler.submit(name, script, input, output, params, **options))
+        return as_dict(TaskView.from_pb(self.scheduler.submit(name, script, input, output, params, **options)))
 
     def get_task(self, task_id: str) -> dict:
-        from ai_platform.views import task_view
-
-        return task_view(self.scheduler.get(task_id))
+        return as_dict(TaskView.from_pb(self.scheduler.get(task_id)))
 
     def list_tasks(self, status: list[str] | None = None, name: str = "", limit: int = 50) -> list[dict]:
-        from ai_platform.views import task_view
-
-        return [task_view(t) for t in self.scheduler.list(status, name, limit).tasks]
+        return [as_dict(TaskView.from_pb(t)) for t in self.scheduler.list(status, name, limit).tasks]
 
     def cancel(self, task_id: str) -> dict:
-        from ai_platform.views import task_view
-
-        return task_view(self.scheduler.cancel(task_id))
+        return as_dict(TaskView.from_pb(self.scheduler.cancel(task_id)))
 
     def logs(self, task_id: str, follow: bool = False) -> Iterator[str]:
         for data in self.scheduler.logs(task_id, follow):
@@ -384,10 +355,8 @@ class Client:
 
     def wait(self, task_id: str, progress: bool = False, timeout: float | None = None) -> dict:
         """Block until the task ends; with ``progress``, draw a progress bar from its reports."""
-        from ai_platform.views import task_view
-
         if not progress:
-            return task_view(self.scheduler.wait(task_id, timeout))
+            return as_dict(TaskView.from_pb(self.scheduler.wait(task_id, timeout)))
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         task = self.scheduler.get(task_id)
@@ -398,7 +367,7 @@ class Client:
                 bar.update(row, completed=task.progress.fraction, message=task.progress.message or status_name(task))
             if status_name(task) == "completed":
                 bar.update(row, completed=1.0)
-        return task_view(task)
+        return as_dict(TaskView.from_pb(task))
 
     # -- inference ------------------------------------------------------------------
     def deploy(self, name: str, **options: Any) -> None:
@@ -408,11 +377,9 @@ class Client:
         """The model's first output for ``inputs`` (numpy, batch first), in chunks the model accepts."""
         import numpy as np
 
-        from ai_platform.protos.inference import grpc_service_pb2 as pb
-
         stub = self.inference.stub
-        config = stub.ModelConfig(pb.ModelConfigRequest(name=name, version=version)).config
-        metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version))
+        config = stub.ModelConfig(inference_pb.ModelConfigRequest(name=name, version=version)).config
+        metadata = stub.ModelMetadata(inference_pb.ModelMetadataRequest(name=name, version=version))
         arrays = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         step = max(config.max_batch_size, 1)
         parts = [self.inference.infer(name, [a[start: start + step] for a in arrays], version, metadata)[0][0]

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
-from ai_platform.errors import InvalidArgument
+from ai_platform.core.errors import InvalidArgument
 
 # Room left in a gRPC message for the IPC schema, framing and protobuf envelope.
 FRAMING_HEADROOM = 64 * 1024

@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_platform.ports import free_port
-from ai_platform.procs import session_members
+from ai_platform.core.ports import free_port
+from ai_platform.core.procs import session_members
 
 
 @dataclass

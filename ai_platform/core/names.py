@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from ai_platform.errors import InvalidArgument
+from ai_platform.core.errors import InvalidArgument
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit"

@@ -21,12 +21,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ai_platform import __version__
-from ai_platform.config import DEFAULT_ADDRS, default_metrics_addr, split_addr
-from ai_platform.ports import bindable
-
-SERVICES = {"storage": "storage_svc", "scheduler": "scheduler_svc", "inference": "inference_svc",
-            "gateway": "gateway"}
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ai_platform.core.ports import bindable
+from ai_platform.core.settings import MODULES as SERVICES
+from ai_platform.core.settings import ClientSettings, child_environment, default_addrs, default_metrics_addr, split_addr
+from ai_platform.core.wire import HEALTH_TIMEOUT_S
 
 
 class LaunchError(RuntimeError):
@@ -76,7 +74,7 @@ def _port_free(addr: str) -> bool:
     return bindable(port, host)
 
 
-def healthy(service: str, addr: str, timeout: float = 1.0) -> bool:
+def healthy(service: str, addr: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
     if service == "gateway":
         try:
             with urllib.request.urlopen(f"http://{addr}/healthz", timeout=timeout):
@@ -133,7 +131,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
         probe.unlink()
     except OSError as exc:
         raise LaunchError(f"the home {home} is not writable: {exc}") from None
-    ports = {**{n: split_addr(a)[1] for n, a in DEFAULT_ADDRS.items()}, **(ports or {})}
+    ports = {**{n: split_addr(a)[1] for n, a in default_addrs().items()}, **(ports or {})}
     addrs = {name: f"{host}:{ports[name]}" for name in SERVICES}
     for name, addr in addrs.items():
         wanted = [addr] + ([default_metrics_addr(addr)] if name != "gateway" else [])
@@ -142,9 +140,8 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
                 raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use "
                                   f"(choose another with --{name}-port)")
     state = PlatformState(str(home), level, addrs, lake=lake)
-    env = {**os.environ, **state.env(), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        "AIP_SCRIPT_ROOTS": os.environ.get("AIP_SCRIPT_ROOTS") or str(cwd)}
+    script_roots = ClientSettings.from_env().script_roots or [str(cwd)]
+    env = child_environment({**state.env(), "AIP_SCRIPT_ROOTS": os.pathsep.join(script_roots)})
     if lake:
         env["AIP_STATE_DIR"] = str(home)
     try:
@@ -153,7 +150,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
             if ray_address:
                 env["RAY_ADDRESS"] = ray_address
             else:
-                from ai_platform.ray_cluster import start_local_head
+                from ai_platform.cli.ray_cluster import start_local_head
 
                 temp = f"/tmp/aip-ray-{os.getuid()}-{abs(hash(str(home))) % 10**8}"
                 head = start_local_head(num_cpus=os.cpu_count() or 2, temp_dir=temp)
@@ -191,7 +188,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
 
 def _stop_ray(state: PlatformState) -> None:
     if state.ray and state.ray.get("started_here"):
-        from ai_platform.ray_cluster import RayHead
+        from ai_platform.cli.ray_cluster import RayHead
 
         RayHead(state.ray["session_id"], state.ray["gcs_address"], state.ray["dashboard_url"],
                 state.ray["temp_dir"]).stop()
@@ -212,7 +209,7 @@ def down(home: Path) -> PlatformState | None:
 def status(home: Path) -> list[dict]:
     home = home.expanduser().resolve()
     state = read_state(home)
-    addrs = state.addrs if state else {n: a for n, a in DEFAULT_ADDRS.items()}
+    addrs = state.addrs if state else default_addrs()
     rows = []
     for name, module in SERVICES.items():
         pid = state.pids.get(name) if state else None

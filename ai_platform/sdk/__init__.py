@@ -8,30 +8,28 @@ what it trained with :func:`save_model` so that inference_svc can serve it.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from typing import Any
 
-from ai_platform import report
+from ai_platform.core.settings import ClientSettings
+from ai_platform.sdk import report
 
 
 def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] | None = None,
                params: dict | None = None, metrics: dict | None = None, **options: Any) -> dict[str, Any]:
-    """Save a PyTorch model as a new version of the model table ``output`` (see ``ai_platform.models``).
+    """Save a PyTorch model as a new version of the model table ``output`` (see ``ai_platform.sdk.models``).
 
     An ``s3://`` output uses the platform's storage options (``AIP_STORAGE_OPTIONS``) unless given.
     """
-    from ai_platform import models
+    from ai_platform.sdk import models
 
     options.setdefault("storage_options", _lake_storage_options())
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
 
 
 def _lake_storage_options() -> dict[str, str] | None:
-    from ai_platform.config import parse_storage_options
-
-    return parse_storage_options(os.environ.get("AIP_STORAGE_OPTIONS", "")) or None
+    return ClientSettings.from_env().storage_options or None
 
 
 def deploy_model(name: str, *, version: int | None = None, max_batch_size: int | None = None,
@@ -43,21 +41,20 @@ def deploy_model(name: str, *, version: int | None = None, max_batch_size: int |
     """
     import grpc
 
-    from ai_platform.config import Settings
+    from ai_platform.core.wire import CALL_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S, encode_parameters
     from ai_platform.protos.inference import grpc_service_pb2 as pb
     from ai_platform.protos.inference import grpc_service_pb2_grpc
 
-    settings = Settings()
+    settings = ClientSettings.from_env()
     addr = inference_addr or settings.inference_addr
-    parameters = {}
-    for key, value in (("version", version), ("max_batch_size", max_batch_size),
-                       ("max_queue_delay_us", max_queue_delay_us)):
-        if value is not None:
-            parameters[key] = pb.ModelRepositoryParameter(int64_param=int(value))
+    parameters = encode_parameters({"version": version, "max_batch_size": max_batch_size,
+                                    "max_queue_delay_us": max_queue_delay_us})
     with grpc.insecure_channel(addr) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters), timeout=300)
-        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=str(version or "")), timeout=30)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
+                                 timeout=MODEL_LOAD_TIMEOUT_S)
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=str(version or "")),
+                                  timeout=CALL_TIMEOUT_S)
     gateway = f"http://{settings.gateway_addr}"
     return {"model": name, "version": int(meta.versions[0]), "endpoints": {
         "grpc": addr, "rest_infer": f"{gateway}/v2/models/{name}/infer",
@@ -66,7 +63,7 @@ def deploy_model(name: str, *, version: int | None = None, max_batch_size: int |
 
 def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any:
     """A runnable module for a saved model, without the training script's class."""
-    from ai_platform import models
+    from ai_platform.sdk import models
 
     return models.load_model(uri, version, device, _lake_storage_options())
 

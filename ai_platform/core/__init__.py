@@ -1,0 +1,1 @@
+"""What every service runs on: settings, the wire layer, errors, views, names, server bootstrap."""

@@ -1,0 +1,69 @@
+"""Platform errors: raised by service logic, translated to gRPC / REST status only at the edges.
+
+Each error knows its gRPC status and its REST status and code, so every edge reports it the same way;
+``ai_platform.core.wire.error_from_rpc`` maps a peer's status back to the same classes.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class PlatformError(Exception):
+    """Base class; ``grpc_code`` and ``http_status``/``rest_code`` say how the edges report it."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+    rest_code: str = "INTERNAL_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Internal(PlatformError):
+    """A failure that is no caller's fault; ``summary`` is what a client may see, the message goes to the log."""
+
+    def __init__(self, message: str, summary: str = "internal error") -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class InvalidArgument(PlatformError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status, rest_code = 400, "INVALID_REQUEST"
+
+
+class NotFound(PlatformError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status, rest_code = 404, "NOT_FOUND"
+
+
+class AlreadyExists(PlatformError):
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    http_status, rest_code = 409, "CONFLICT"
+
+
+class FailedPrecondition(PlatformError):
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status, rest_code = 409, "CONFLICT"
+
+
+class ResourceExhausted(PlatformError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status, rest_code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class Unavailable(PlatformError):
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status, rest_code = 503, "SERVICE_UNAVAILABLE"
+
+
+class Cancelled(PlatformError):
+    grpc_code = grpc.StatusCode.CANCELLED
+    http_status, rest_code = 400, "INVALID_REQUEST"
+
+
+class Unauthenticated(PlatformError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status, rest_code = 401, "UNAUTHORIZED"

@@ -1,0 +1,222 @@
+"""The JSON views of datasets, models, versions and tasks, declared once.
+
+The REST gateway returns them (and its OpenAPI document describes them), the Python client hands them back as
+dicts, and the CLI prints them. Each view is built from the services' protobuf messages by its ``from_pb``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import BaseModel, ConfigDict, Field
+
+from ai_platform.core.wire import TASK_STATUSES
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
+
+MODEL_COLUMNS = ["signature", "params", "metrics", "framework"]
+
+
+def plain_json(value: Any) -> Any:
+    """Struct numbers are doubles; give whole numbers back as ints so ``range(params["epochs"])`` works."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def struct_value(message: Any) -> Any:
+    """A protobuf Struct or Value as plain JSON."""
+    return plain_json(json_format.MessageToDict(message))
+
+
+def iso(ts: Timestamp) -> str:
+    return ts.ToDatetime(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["DATASET_NOT_FOUND"])
+    message: str = Field(examples=["dataset 'mnist_clean' does not exist"])
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TableView(BaseModel):
+    """A dataset or model table at one version."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    path: str = Field(description="Lance URI of the table")
+    schema_: dict[str, str] = Field(alias="schema", description="column name -> Arrow type")
+    num_rows: int
+    size_bytes: int
+    version: int
+    latest_version: int
+    num_versions: int
+    created_at: str
+    updated_at: str
+    metadata: dict[str, str] = {}
+
+    @classmethod
+    def fields_from_pb(cls, info: storage_pb2.TableInfo) -> dict[str, Any]:
+        return {"id": info.name, "path": info.uri, "schema": {c.name: c.type for c in info.schema},
+                "num_rows": info.num_rows, "size_bytes": info.size_bytes, "version": info.version,
+                "latest_version": info.latest_version, "num_versions": info.num_versions,
+                "created_at": iso(info.created_at), "updated_at": iso(info.updated_at),
+                "metadata": dict(info.metadata)}
+
+    @classmethod
+    def from_pb(cls, info: storage_pb2.TableInfo) -> TableView:
+        return cls(**cls.fields_from_pb(info))
+
+
+class ModelView(TableView):
+    """A model table at one version, with what its newest row says about the model."""
+
+    metrics: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    signature: dict[str, Any] = {}
+    framework: str = ""
+    labels: list[str] | None = None
+
+    @staticmethod
+    def columns_of(info: storage_pb2.TableInfo) -> list[str]:
+        """The model columns this table has (what to preview to fill the view)."""
+        present = {c.name for c in info.schema}
+        return [c for c in MODEL_COLUMNS if c in present]
+
+    @classmethod
+    def from_pb(cls, info: storage_pb2.TableInfo, rows_json: str = "[]") -> ModelView:
+        """``rows_json``: the model row(s) previewed as JSON (``PreviewRows`` of :meth:`columns_of`)."""
+        rows = json.loads(rows_json)
+        row = rows[-1] if rows else {}
+        signature = _json_object(row.get("signature"))
+        labels = (signature.get("outputs") or [{}])[0].get("labels")
+        return cls(**cls.fields_from_pb(info), metrics=_json_object(row.get("metrics")),
+                   params=_json_object(row.get("params")), signature=signature,
+                   framework=row.get("framework") or "", labels=labels)
+
+
+class VersionView(BaseModel):
+    version: int
+    timestamp: str
+    metadata: dict[str, str] = {}
+
+    @classmethod
+    def from_pb(cls, version: storage_pb2.VersionInfo) -> VersionView:
+        return cls(version=version.version, timestamp=iso(version.timestamp), metadata=dict(version.metadata))
+
+
+class RowsView(BaseModel):
+    rows: list[dict[str, Any]]
+    total_rows: int
+    offset: int
+    limit: int
+
+
+class StatusView(BaseModel):
+    status: str = Field(examples=["deleted"])
+
+
+class Resources(BaseModel):
+    num_cpus: float = Field(0, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    memory_mb: int = Field(0, ge=0)
+
+
+class TaskRequest(BaseModel):
+    name: str = Field(examples=["mnist_clean"])
+    script: str = Field(examples=["mnist/mnist_clean.py"])
+    input: str = Field("", examples=["download"])
+    output: str = Field("", examples=["datasets/mnist_clean"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"limit": 1000}])
+    resources: Resources | None = None
+    timeout_s: float = Field(0, ge=0)
+
+
+class ProgressView(BaseModel):
+    fraction: float
+    message: str = ""
+    metrics: dict[str, Any] = {}
+
+
+class TaskView(BaseModel):
+    id: str
+    name: str
+    script: str
+    input: str
+    output: str
+    params: dict[str, Any]
+    status: str = Field(examples=["completed"])
+    backend: str
+    created_at: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    result: Any = None
+    error: str | None = Field(None, description="'<type>: <message>' when the task failed")
+    error_type: str | None = None
+    progress: ProgressView | None = None
+    resources: Resources
+    timeout_s: float
+    resolved_input: str
+    resolved_output: str
+
+    @classmethod
+    def from_pb(cls, task: scheduler_pb2.Task) -> TaskView:
+        failed = task.HasField("error")
+        progress = None
+        if task.HasField("progress"):
+            progress = ProgressView(fraction=task.progress.fraction, message=task.progress.message,
+                                    metrics=struct_value(task.progress.metrics))
+        return cls(
+            id=task.id, name=task.name, script=task.script, input=task.input, output=task.output,
+            params=struct_value(task.params), status=TASK_STATUSES.name(task.status), backend=task.backend,
+            created_at=iso(task.created_at),
+            started_at=iso(task.started_at) if task.HasField("started_at") else None,
+            completed_at=iso(task.completed_at) if task.HasField("completed_at") else None,
+            result=struct_value(task.result) if task.HasField("result") else None,
+            error=f"{task.error.type}: {task.error.message}" if failed else None,
+            error_type=task.error.type if failed else None,
+            progress=progress,
+            resources=Resources(num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus,
+                                memory_mb=task.resources.memory_mb),
+            timeout_s=task.timeout_s, resolved_input=task.resolved_input, resolved_output=task.resolved_output,
+        )
+
+
+class PredictView(BaseModel):
+    prediction: int
+    label: str | None = None
+    confidence: float
+    probabilities: list[float]
+    model_version: str
+
+
+class HealthView(BaseModel):
+    status: str = Field(examples=["ok"])
+    services: dict[str, dict[str, Any]]
+
+
+def as_dict(view: BaseModel) -> dict[str, Any]:
+    """A view as the plain dict the client and the CLI hand out (the same keys as the REST body)."""
+    return view.model_dump(by_alias=True)
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 409, 413, 503)}

@@ -1,0 +1,214 @@
+"""The wire layer: gRPC channel options, status <-> platform error, the enum and datatype tables, and timeouts.
+
+Everything that two ends of a call must agree on, known once. Service logic never sees protobuf; the edges use
+these tables to convert, and ``Peer`` turns a peer's failure into a :class:`PlatformError` that names the peer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from ai_platform.core.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PlatformError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
+from ai_platform.protos.inference import grpc_service_pb2, model_config_pb2
+
+T = TypeVar("T")
+
+# -- timeouts and limits -------------------------------------------------------------------------------------------
+CALL_TIMEOUT_S = 10.0  # a service's call to a peer (resolve a name, list the lake)
+HEALTH_TIMEOUT_S = 1.0  # one health probe
+MODEL_LOAD_TIMEOUT_S = 300.0  # loading a model reads and compiles its program
+CLIENT_MAX_MESSAGE_BYTES = 64 * 2**20  # what clients accept by default (the services' own default limit)
+RECONNECT_BACKOFF_MAX_MS = 2000  # a peer that comes back is used again within 2 s
+
+
+def channel_options(max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Message limits, and reconnect backoff capped so a peer that comes back is used again quickly."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MAX_MS),
+    ]
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    # so_reuseport off: a second server on a taken port must fail, not silently share it.
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+# -- status <-> error ----------------------------------------------------------------------------------------------
+_ERRORS: dict[grpc.StatusCode, type[PlatformError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+}
+_PEER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def error_from_rpc(exc: grpc.RpcError, peer: str) -> PlatformError:
+    """A peer's failed call as a platform error. ``peer`` names it, e.g. ``storage_svc at 127.0.0.1:50051``.
+
+    A peer that is down or too slow is UNAVAILABLE naming it; statuses that say the caller was wrong keep their
+    meaning and the peer's message; anything else (INTERNAL, UNKNOWN, ...) is the peer's internal failure.
+    """
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or code.name
+    if code in _PEER_DOWN:
+        return Unavailable(f"{peer} is unavailable: {details}")
+    error = _ERRORS.get(code)
+    if error is not None:
+        return error(details)
+    return Internal(f"{peer} failed ({code.name}): {details}", summary=f"{peer.split(' at ')[0]} failed")
+
+
+class Peer:
+    """One grpc.aio channel to another service; a failed call raises a PlatformError that names the service."""
+
+    def __init__(self, module: str, addr: str, max_message_bytes: int, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self.module, self.addr, self.timeout_s = module, addr, timeout_s
+        self.channel = grpc.aio.insecure_channel(addr, options=channel_options(max_message_bytes))
+
+    @property
+    def name(self) -> str:
+        return f"{self.module} at {self.addr}"
+
+    async def call(self, pending: Awaitable[T]) -> T:
+        """Await a call made on this peer's channel; its failure becomes the matching PlatformError."""
+        try:
+            return await pending
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.name) from None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+# -- enum tables -----------------------------------------------------------------------------------------------------
+class EnumTable:
+    """Names <-> a protobuf enum's numbers, refusing numbers and names it does not know."""
+
+    def __init__(self, what: str, numbers: dict[str, int], unspecified: str | None = None) -> None:
+        self.what, self.numbers = what, numbers
+        self.names = {number: name for name, number in numbers.items()}
+        if unspecified is not None:
+            self.names[0] = unspecified
+
+    def name(self, number: int) -> str:
+        try:
+            return self.names[number]
+        except KeyError:
+            raise InvalidArgument(f"unknown {self.what} {number}; expected one of {list(self.numbers)}") from None
+
+    def number(self, name: str) -> int:
+        try:
+            return self.numbers[name.lower()]
+        except KeyError:
+            raise InvalidArgument(f"unknown {self.what} {name!r}; expected one of {list(self.numbers)}") from None
+
+
+TABLE_KINDS = EnumTable("kind", {"dataset": storage_pb2.DATASET, "model": storage_pb2.MODEL})
+WRITE_MODES = EnumTable(
+    "write mode", {"create": storage_pb2.CREATE, "append": storage_pb2.APPEND, "overwrite": storage_pb2.OVERWRITE},
+    unspecified="create",
+)
+TASK_STATUSES = EnumTable("task status", {
+    "pending": scheduler_pb2.PENDING, "running": scheduler_pb2.RUNNING, "completed": scheduler_pb2.COMPLETED,
+    "failed": scheduler_pb2.FAILED, "cancelled": scheduler_pb2.CANCELLED,
+})
+
+
+# -- tensor datatypes ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Datatype:
+    """One Open Inference Protocol datatype: its numpy dtype, the typed-contents field that carries it (None: raw
+    bytes only, as in Triton) and its model-config enum."""
+
+    name: str
+    numpy: str
+    contents_field: str | None
+
+    @property
+    def config_type(self) -> int:
+        return model_config_pb2.DataType.Value(f"TYPE_{self.name}")
+
+
+DATATYPES: dict[str, Datatype] = {d.name: d for d in (
+    Datatype("BOOL", "bool", "bool_contents"),
+    Datatype("UINT8", "uint8", "uint_contents"),
+    Datatype("UINT16", "uint16", "uint_contents"),
+    Datatype("UINT32", "uint32", "uint_contents"),
+    Datatype("UINT64", "uint64", "uint64_contents"),
+    Datatype("INT8", "int8", "int_contents"),
+    Datatype("INT16", "int16", "int_contents"),
+    Datatype("INT32", "int32", "int_contents"),
+    Datatype("INT64", "int64", "int64_contents"),
+    Datatype("FP16", "float16", None),
+    Datatype("FP32", "float32", "fp32_contents"),
+    Datatype("FP64", "float64", "fp64_contents"),
+)}
+DATATYPE_OF_NUMPY = {d.numpy: d.name for d in DATATYPES.values()}
+
+
+def datatype(name: Any, what: str = "tensor") -> Datatype:
+    """The datatype called ``name``; InvalidArgument naming ``what`` otherwise."""
+    found = DATATYPES.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidArgument(f"{what}: unsupported datatype {name!r}; expected one of {list(DATATYPES)}")
+    return found
+
+
+# -- model repository parameters ------------------------------------------------------------------------------------
+def encode_parameters(values: dict[str, Any]) -> dict[str, grpc_service_pb2.ModelRepositoryParameter]:
+    """Model-load parameters as the protocol carries them; None values are left out."""
+    encoded = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            encoded[key] = grpc_service_pb2.ModelRepositoryParameter(bool_param=value)
+        elif isinstance(value, int):
+            encoded[key] = grpc_service_pb2.ModelRepositoryParameter(int64_param=value)
+        elif isinstance(value, str):
+            encoded[key] = grpc_service_pb2.ModelRepositoryParameter(string_param=value)
+        else:
+            encoded[key] = grpc_service_pb2.ModelRepositoryParameter(string_param=json.dumps(value))
+    return encoded
+
+
+def decode_parameters(values: Any) -> dict[str, Any]:
+    """A request's parameter map (model-load or inference) as plain values."""
+    decoded = {}
+    for key, value in values.items():
+        kind = value.WhichOneof("parameter_choice")
+        decoded[key] = getattr(value, kind) if kind else None
+    return decoded
+

@@ -1,0 +1,53 @@
+"""The gateway's gRPC stubs to the three services: one channel each, a deadline on every call, failures as ApiError."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ai_platform.core.errors import PlatformError
+from ai_platform.core.settings import MODULES, GatewaySettings
+from ai_platform.core.wire import HEALTH_TIMEOUT_S, Peer
+from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.inference import grpc_service_pb2_grpc
+from gateway.errors import from_platform
+
+T = TypeVar("T")
+UPSTREAMS = ("storage", "scheduler", "inference")
+
+
+class Upstreams:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.timeout_s = settings.gateway_timeout_s
+        self.peers = {name: Peer(MODULES[name], settings.addr_of(name), settings.max_message_bytes, self.timeout_s)
+                      for name in UPSTREAMS}
+        self.storage = storage_pb2_grpc.StorageServiceStub(self.peers["storage"].channel)
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.peers["scheduler"].channel)
+        self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.peers["inference"].channel)
+
+    async def call(self, service: str, pending: Awaitable[T], not_found: str = "NOT_FOUND") -> T:
+        """Await a gRPC call to ``service``; its failure becomes the matching ApiError (``not_found``: the 404 code)."""
+        try:
+            return await self.peers[service].call(pending)
+        except PlatformError as exc:
+            raise from_platform(exc, not_found) from None
+
+    async def health(self) -> dict[str, dict]:
+        async def check(name: str) -> tuple[str, dict]:
+            peer = self.peers[name]
+            entry = {"service": peer.module, "addr": peer.addr}
+            try:
+                response = await health_pb2_grpc.HealthStub(peer.channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
+                return name, {**entry, "healthy": response.status == health_pb2.HealthCheckResponse.SERVING}
+            except grpc.aio.AioRpcError as exc:
+                return name, {**entry, "healthy": False, "error": exc.details() or exc.code().name}
+
+        return dict(await asyncio.gather(*(check(name) for name in UPSTREAMS)))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(peer.close() for peer in self.peers.values()))
