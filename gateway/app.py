@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,12 +16,15 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ai_platform import __version__
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import GatewaySettings
 from ai_platform.core.views import HealthView
 from gateway import errors
+from gateway.errors import Message, Receive, Scope, Send
+from gateway.routes_inference import DIRECT_ROUTES, DirectRoute
 from gateway.routes_inference import router as inference_router
 from gateway.routes_lake import router as lake_router
 from gateway.routes_tasks import router as tasks_router
@@ -34,26 +35,16 @@ HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "r
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
 OPEN_PATHS = {"/healthz"}
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, headers: list | None = None) -> None:
-    body = json.dumps(errors.error_body(code, message)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
-
-
 class GuardMiddleware:
-    """Bearer token, body size limits (413 before reading the rest), and per-route metrics, as plain ASGI."""
+    """Bearer token, body size limits (413 before reading the rest), per-route metrics, and the direct routes, as
+    plain ASGI."""
 
-    def __init__(self, app: ASGIApp, token: str, body_limit: int, upload_limit: int) -> None:
-        self.app, self.token = app, token
+    def __init__(self, app: ASGIApp, token: str, body_limit: int, upload_limit: int,
+                 direct_routes: list[DirectRoute]) -> None:
+        self.app, self.token, self.direct_routes = app, token, direct_routes
         self.body_limit, self.upload_limit = body_limit, upload_limit
         self.static = {"/"} | {f"/{p.name}" for p in WEB_DIR.iterdir()} if WEB_DIR.is_dir() else {"/"}
 
@@ -80,13 +71,15 @@ class GuardMiddleware:
         if self.token and path not in OPEN_PATHS and not (method == "GET" and path in self.static):
             headers = dict(scope["headers"])
             if headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
-                await _send_error(send, 401, "UNAUTHORIZED", "missing or wrong bearer token (Authorization: Bearer …)",
-                                  [(b"www-authenticate", b"Bearer")])
+                await errors.send_error(send, 401, "UNAUTHORIZED",
+                                        "missing or wrong bearer token (Authorization: Bearer …)",
+                                        [(b"www-authenticate", b"Bearer")])
                 return
         limit = self.upload_limit if method == "POST" and UPLOAD_ROUTE.match(path) else self.body_limit
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_error(send, 413, "PAYLOAD_TOO_LARGE", f"the body is {int(length)} bytes; the limit is {limit}")
+            await errors.send_error(send, 413, "PAYLOAD_TOO_LARGE",
+                                    f"the body is {int(length)} bytes; the limit is {limit}")
             return
         received = 0
 
@@ -98,6 +91,12 @@ class GuardMiddleware:
                 raise errors.ApiError(413, "PAYLOAD_TOO_LARGE", f"the body is over the {limit} byte limit")
             return message
 
+        for route in self.direct_routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.update(child_scope)
+                await route.serve(scope, limited_receive, send)
+                return
         await self.app(scope, limited_receive, send)
 
 
@@ -139,7 +138,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
-    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=body_limit, upload_limit=upload_limit)
+    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=body_limit, upload_limit=upload_limit,
+                       direct_routes=DIRECT_ROUTES)
     origins = settings.cors_origins
     app.add_middleware(CORSMiddleware, allow_origins=origins,  # outermost, so errors carry CORS headers too
                        allow_origin_regex=None if origins else r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",

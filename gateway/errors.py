@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ai_platform.core.errors import Internal, PlatformError
 
 log = logging.getLogger("gateway")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 _HTTP_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
                409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 503: "SERVICE_UNAVAILABLE"}
@@ -38,6 +45,15 @@ def from_platform(exc: PlatformError, not_found: str = "NOT_FOUND") -> ApiError:
 
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
+
+
+async def send_error(send: Send, status: int, code: str, message: str, headers: list | None = None) -> None:
+    """The error body sent as plain ASGI, for the parts of the gateway that run below FastAPI."""
+    body = json.dumps(error_body(code, message)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:

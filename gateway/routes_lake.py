@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.views import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
-from ai_platform.core.wire import TABLE_KINDS, WRITE_MODES
+from ai_platform.core.wire import TABLE_KINDS, UPLOAD_TIMEOUT_S, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from gateway.errors import ApiError, invalid
 
@@ -162,7 +162,7 @@ async def upload_dataset(request: Request, id: str, mode: str = Query("create", 
 
         upstreams = state.upstreams
         try:
-            info = await upstreams.call("storage", upstreams.storage.WriteTable(requests(), timeout=3600),
+            info = await upstreams.call("storage", upstreams.storage.WriteTable(requests(), timeout=UPLOAD_TIMEOUT_S),
                                        "DATASET_NOT_FOUND")
         except ApiError:
             if failure:

@@ -152,7 +152,7 @@ def test_a_service_that_fails_to_start_is_named_and_the_rest_are_stopped(tmp_pat
     done = aip("up", "--detach", "--home", str(home), *port_args(ports), cwd=tmp_path, check=False,
                env={"AIP_MAX_PARALLEL": "lots"})
     assert done.returncode == 1
-    assert "scheduler_svc exited while starting" in done.stdout and "lots" in done.stdout
+    assert "scheduler_svc exited with status 2 while starting" in done.stdout and "lots" in done.stdout
     assert launcher.read_state(home) is None
     for port in ports.values():
         with socket.socket() as probe:

@@ -309,6 +309,9 @@ def test_openapi_docs_metrics_and_page(http):
     post_task = spec["paths"]["/api/v1/tasks"]["post"]
     assert "201" in post_task["responses"] and "404" in post_task["responses"]
     assert "ErrorBody" in spec["components"]["schemas"]
+    predict = spec["paths"]["/api/v1/models/{id}/predict"]["post"]  # served as plain ASGI, documented as usual
+    assert [p["name"] for p in predict["parameters"]] == ["id"] and "image" in json.dumps(predict["requestBody"])
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictView")
     assert http.get("/docs").status_code == 200
     metrics = http.get("/metrics").text
     assert 'aip_http_requests_total{method="GET",route="/api/v1/datasets",status="200"}' in metrics

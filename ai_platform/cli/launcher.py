@@ -140,6 +140,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
                 raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use "
                                   f"(choose another with --{name}-port)")
     state = PlatformState(str(home), level, addrs, lake=lake)
+    procs: dict[str, subprocess.Popen] = {}
     script_roots = ClientSettings.from_env().script_roots or [str(cwd)]
     env = child_environment({**state.env(), "AIP_SCRIPT_ROOTS": os.pathsep.join(script_roots)})
     if lake:
@@ -160,18 +161,18 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
             state.ray = state.ray or {"dashboard_url": env["RAY_ADDRESS"], "started_here": False}
         for name, module in SERVICES.items():
             log = open(home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-            proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
-            state.pids[name] = proc.pid
+            state.pids[name] = procs[name].pid
         deadline = time.time() + timeout_s
         pending = dict(state.pids)
         while pending:
             for name in list(pending):
-                if not _ours(pending[name], SERVICES[name]):
+                if (code := procs[name].poll()) is not None:  # our own child: its exit is certain, not guessed
                     log_path = home / "logs" / f"{name}.log"
-                    raise LaunchError(f"{SERVICES[name]} exited while starting; its log ({log_path}) ends with:\n"
-                                      f"{_log_tail(log_path)}")
+                    raise LaunchError(f"{SERVICES[name]} exited with status {code} while starting; its log "
+                                      f"({log_path}) ends with:\n{_log_tail(log_path)}")
                 if healthy(name, addrs[name]):
                     del pending[name]
             if pending and time.time() > deadline:
@@ -179,7 +180,14 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
                                   f"see {home}/logs/")
             time.sleep(0.2)
     except BaseException:
-        _stop_pids(state.pids)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         _stop_ray(state)
         raise
     state_file(home).write_text(json.dumps(asdict(state), indent=2))

@@ -20,6 +20,7 @@ from ai_platform.core.wire import (
     MODEL_LOAD_TIMEOUT_S,
     TABLE_KINDS,
     TASK_STATUSES,
+    WRITE_BATCH_BYTES,
     WRITE_MODES,
     channel_options,
     encode_parameters,
@@ -192,7 +193,7 @@ class SchedulerClient:
         return task
 
 
-def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = 4 * 1024 * 1024) -> Iterator[pa.RecordBatch]:
+def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = WRITE_BATCH_BYTES) -> Iterator[pa.RecordBatch]:
     """Batches of about ``target_bytes``: small ones are merged, big ones sliced (zero-copy).
 
     Several moderate messages let the client encode, the network carry and the service

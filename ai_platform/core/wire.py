@@ -34,6 +34,8 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0  # a service's call to a peer (resolve a name, list the lake)
 HEALTH_TIMEOUT_S = 1.0  # one health probe
 MODEL_LOAD_TIMEOUT_S = 300.0  # loading a model reads and compiles its program
+UPLOAD_TIMEOUT_S = 3600.0  # streaming an upload (gigabytes) into one commit
+WRITE_BATCH_BYTES = 4 * 2**20  # a client's write batches: big enough to amortise framing, small enough to overlap
 CLIENT_MAX_MESSAGE_BYTES = 64 * 2**20  # what clients accept by default (the services' own default limit)
 RECONNECT_BACKOFF_MAX_MS = 2000  # a peer that comes back is used again within 2 s
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -49,6 +50,7 @@ def main() -> int:
     spec = json.loads(settings.task_spec)
     if settings.report_fd >= 0:
         _die_with_parent()
+    report.send("started", time.time())
     script = spec["script"]
     sys.path.insert(0, os.path.dirname(script))
     sys.argv = [script]

@@ -30,6 +30,7 @@ class RunContext:
     result: Any = None
     error: dict[str, str] | None = None
     has_result: bool = False
+    started_at: float | None = None  # when the worker began, by its own clock (a queued Ray job starts late)
 
     def handle_report(self, line: bytes | str) -> None:
         """One JSON line from the task's side channel."""
@@ -38,7 +39,9 @@ class RunContext:
         except ValueError:
             log.warning("task %s sent a malformed report line", self.task.id)
             return
-        if "progress" in message:
+        if "started" in message:
+            self.started_at = float(message["started"])
+        elif "progress" in message:
             self.on_progress(message["progress"])
         elif "result" in message:
             self.result, self.has_result = message["result"], True

@@ -101,6 +101,9 @@ class RayBackend:
                     running = True
                     ctx.on_running(None, job_id, None)
                 report_offset = self._read_reports(report_path, report_offset, ctx)
+                if ctx.started_at is not None and not running:  # it began between two polls
+                    running = True
+                    ctx.on_running(None, job_id, ctx.started_at)
                 if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                     break
                 if tail.done() and time.monotonic() >= next_log_fetch:  # the stream broke: poll instead
@@ -118,8 +121,9 @@ class RayBackend:
         await self._mirror_logs(client, job_id, cursor, ctx)  # whatever the tail did not deliver
         ctx.log.close()
         info = await asyncio.to_thread(client.get_job_info, job_id)
-        if not running and info.start_time:  # it started and ended between two polls
-            ctx.on_running(None, job_id, info.start_time / 1000)
+        if not running and (ctx.started_at or info.start_time):  # it started and ended between two polls
+            # Ray's start_time is when the job was submitted, which for a queued job is long before it ran.
+            ctx.on_running(None, job_id, ctx.started_at or info.start_time / 1000)
         # Ray stamps the end when the job finishes; polls and log fetches may notice it later.
         if status == "STOPPED":
             outcome = Outcome(TaskStatus.CANCELLED)
