@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 import tempfile
 import time
@@ -33,7 +34,7 @@ from gateway.upstreams import Upstreams
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
-OPEN_PATHS = {"/healthz"}
+OPEN_PATHS = {"/healthz", "/metrics"}  # /metrics has a token of its own (AIP_METRICS_TOKEN)
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -73,13 +74,13 @@ class GuardMiddleware:
             if headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
                 await errors.send_error(send, 401, "UNAUTHORIZED",
                                         "missing or wrong bearer token (Authorization: Bearer …)",
-                                        [(b"www-authenticate", b"Bearer")])
+                                        [(b"www-authenticate", b"Bearer")], path)
                 return
         limit = self.upload_limit if method == "POST" and UPLOAD_ROUTE.match(path) else self.body_limit
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await errors.send_error(send, 413, "PAYLOAD_TOO_LARGE",
-                                    f"the body is {int(length)} bytes; the limit is {limit}")
+                                    f"the body is {int(length)} bytes; the limit is {limit}", path=path)
             return
         received = 0
 
@@ -131,8 +132,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         services = await request.app.state.upstreams.health()
         return {"status": "ok" if all(s["healthy"] for s in services.values()) else "degraded", "services": services}
 
-    @app.get("/metrics", tags=["platform"], summary="Prometheus metrics", response_class=Response)
-    async def metrics() -> Response:
+    @app.get("/metrics", tags=["platform"], summary="Prometheus metrics (AIP_METRICS_TOKEN guards it when set)",
+             response_class=Response)
+    async def metrics(request: Request) -> Response:
+        if settings.metrics_token and not hmac.compare_digest(
+                request.headers.get("authorization", ""), f"Bearer {settings.metrics_token}"):
+            raise errors.ApiError(401, "UNAUTHORIZED", "missing or wrong bearer token for /metrics "
+                                                       "(AIP_METRICS_TOKEN)")
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     if WEB_DIR.is_dir():

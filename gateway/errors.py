@@ -43,13 +43,17 @@ def from_platform(exc: PlatformError, not_found: str = "NOT_FOUND") -> ApiError:
     return ApiError(exc.http_status, not_found if exc.http_status == 404 else exc.rest_code, exc.message)
 
 
-def error_body(code: str, message: str) -> dict:
+def error_body(code: str, message: str, path: str = "") -> dict:
+    """The platform's error body; on the Open Inference Protocol's routes (/v2) the protocol's own."""
+    if path.startswith("/v2"):
+        return {"error": message}
     return {"error": {"code": code, "message": message}}
 
 
-async def send_error(send: Send, status: int, code: str, message: str, headers: list | None = None) -> None:
+async def send_error(send: Send, status: int, code: str, message: str, headers: list | None = None,
+                     path: str = "") -> None:
     """The error body sent as plain ASGI, for the parts of the gateway that run below FastAPI."""
-    body = json.dumps(error_body(code, message)).encode()
+    body = json.dumps(error_body(code, message, path)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
@@ -57,7 +61,7 @@ async def send_error(send: Send, status: int, code: str, message: str, headers: 
 
 
 async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+    return JSONResponse(error_body(exc.code, exc.message, request.url.path), status_code=exc.status)
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,7 +73,7 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
             continue
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return JSONResponse(error_body("INVALID_REQUEST", "; ".join(problems)), status_code=400)
+    return JSONResponse(error_body("INVALID_REQUEST", "; ".join(problems), request.url.path), status_code=400)
 
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -83,9 +87,11 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
             return JSONResponse(error_body("INVALID_REQUEST", f"invalid {collection[:-1]} name {name!r}: names are "
                                                               f"letters, digits, '_', '.', '-', never paths"), 400)
         message = f"no route {request.method} {request.url.path}"
-    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(error_body(code, message, request.url.path), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("INTERNAL_ERROR", "internal error (details in the gateway log)"), status_code=500)
+    return JSONResponse(error_body("INTERNAL_ERROR", "internal error (details in the gateway log)", request.url.path),
+                        status_code=500)

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
+from google.protobuf import json_format
 
 from ai_platform.core.errors import PlatformError
 from ai_platform.core.views import ERRORS, PredictView
@@ -147,6 +148,10 @@ async def _ready(request: Request, model: str, version: str) -> dict:
     response = await upstreams.call("inference", upstreams.inference.ModelReady(
         pb.ModelReadyRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
     if not response.ready:
+        index = await upstreams.call("inference", upstreams.inference.RepositoryIndex(
+            pb.RepositoryIndexRequest(), timeout=upstreams.timeout_s))
+        if model not in {m.name for m in index.models}:
+            raise ApiError(404, NOT_FOUND, f"model '{model}' does not exist")
         raise ApiError(503, "MODEL_NOT_READY", f"model '{model}' is not loaded (load it, or send a request)")
     return {"name": model, "ready": True}
 
@@ -159,6 +164,44 @@ async def model_ready(request: Request, model: str) -> dict:
 @router.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"], responses=ERRORS)
 async def model_version_ready(request: Request, model: str, version: str) -> dict:
     return await _ready(request, model, version)
+
+
+async def _statistics(request: Request, model: str, version: str) -> dict:
+    upstreams = request.app.state.upstreams
+    stats = await upstreams.call("inference", upstreams.inference.ModelStatistics(
+        pb.ModelStatisticsRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
+    return json_format.MessageToDict(stats, preserving_proto_field_name=True)
+
+
+async def _config(request: Request, model: str, version: str) -> dict:
+    upstreams = request.app.state.upstreams
+    answer = await upstreams.call("inference", upstreams.inference.ModelConfig(
+        pb.ModelConfigRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
+    return json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
+
+
+@router.get("/v2/models/{model}/stats", tags=["inference"], responses=ERRORS,
+            summary="Statistics of a loaded model (the protocol's statistics extension)")
+async def model_statistics(request: Request, model: str) -> dict:
+    return await _statistics(request, model, "")
+
+
+@router.get("/v2/models/{model}/versions/{version}/stats", tags=["inference"], responses=ERRORS,
+            summary="Statistics of one loaded version")
+async def model_version_statistics(request: Request, model: str, version: str) -> dict:
+    return await _statistics(request, model, version)
+
+
+@router.get("/v2/models/{model}/config", tags=["inference"], responses=ERRORS,
+            summary="A model's configuration (Triton's model config)")
+async def model_config(request: Request, model: str) -> dict:
+    return await _config(request, model, "")
+
+
+@router.get("/v2/models/{model}/versions/{version}/config", tags=["inference"], responses=ERRORS,
+            summary="One version's configuration")
+async def model_version_config(request: Request, model: str, version: str) -> dict:
+    return await _config(request, model, version)
 
 
 INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -294,6 +337,9 @@ async def classify(state: Any, id: str, raw: bytes) -> bytes:
         array = np.asarray(sample, dtype=np.float32)
     except (TypeError, ValueError) as exc:
         raise invalid(f"the sample must be numbers: {exc}") from None
+    if not np.isfinite(array).all():
+        raise invalid(f"the sample has {int((~np.isfinite(array)).sum())} value(s) that are not finite numbers "
+                      f"(NaN or infinity)")
     meta = await _cached_metadata(state, id)
     spec = meta["input"]
     shape = [1, *[int(d) for d in spec["shape"][1:]]]
@@ -306,6 +352,9 @@ async def classify(state: Any, id: str, raw: bytes) -> bytes:
     response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,
                                                                               timeout=upstreams.timeout_s), NOT_FOUND)
     scores = np.frombuffer(response.raw_output_contents[0], np.float32).astype(np.float64)
+    if not np.isfinite(scores).all():
+        raise invalid(f"the model's scores for this sample are not finite: its values (largest "
+                      f"{np.abs(array).max():g}) are far outside what the model was trained on")
     probabilities = meta["scores"] == "probabilities" or (
         not meta["scores"] and scores.min() >= 0 and abs(scores.sum() - 1) < 1e-3)  # unsaid: look at them
     if not probabilities:  # logits: turn them into probabilities

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.views import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
-from ai_platform.core.wire import TABLE_KINDS, UPLOAD_TIMEOUT_S, WRITE_MODES
+from ai_platform.core.wire import INT64_MAX, TABLE_KINDS, UPLOAD_TIMEOUT_S, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from gateway.errors import ApiError, invalid
 
@@ -55,7 +55,7 @@ def _register(collection: str, view_model: type) -> None:
 
     @router.get(f"/api/v1/{collection}/{{id}}", response_model=view_model, response_model_by_alias=True,
                 tags=[collection], summary=f"Describe a {singular}", responses=ERRORS)
-    async def get_table(request: Request, id: str, version: int = Query(0, ge=0)) -> TableView:
+    async def get_table(request: Request, id: str, version: int = Query(0, ge=0, le=INT64_MAX)) -> TableView:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.GetTable(
             pb.GetTableRequest(kind=kind, name=id, version=version), timeout=upstreams.timeout_s), not_found)
@@ -80,7 +80,7 @@ def _register(collection: str, view_model: type) -> None:
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)
     async def preview_rows(request: Request, id: str, limit: int = Query(10, ge=1, le=1000),
-                           offset: int = Query(0, ge=0), version: int = Query(0, ge=0),
+                           offset: int = Query(0, ge=0, le=INT64_MAX), version: int = Query(0, ge=0, le=INT64_MAX),
                            columns: str = Query("", description="comma-separated; empty = all")) -> dict:
         upstreams = request.app.state.upstreams
         wanted = [c for c in columns.split(",") if c]
@@ -205,14 +205,21 @@ def _writer(fmt: str, sink: _Drain, schema: pa.Schema) -> Any:
                     "description": "the table, streamed"}},
     summary="Export a dataset as Arrow IPC, Parquet or CSV, streamed batch by batch")
 async def export_dataset(request: Request, id: str, format: str = Query("arrow", pattern="^(arrow|parquet|csv)$"),
-                         version: int = Query(0, ge=0), columns: str = "", filter: str = "",
-                         limit: int = Query(0, ge=0)) -> StreamingResponse:
+                         version: int = Query(0, ge=0, le=INT64_MAX), columns: str = "", filter: str = "",
+                         limit: int = Query(0, ge=0, le=INT64_MAX)) -> StreamingResponse:
     upstreams = request.app.state.upstreams
     call = upstreams.storage.ReadTable(pb.ReadTableRequest(
         kind=pb.DATASET, name=id, version=version, columns=[c for c in columns.split(",") if c], filter=filter,
         limit=limit))
     stream = call.__aiter__()
     first = await upstreams.call("storage", stream.__anext__(), "DATASET_NOT_FOUND")  # errors before any byte is sent
+    if format == "csv":
+        nested = [f.name for f in arrow_ipc.decode(first.arrow_ipc)[0] if pa.types.is_nested(f.type)
+                  or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        if nested:
+            call.cancel()
+            raise invalid(f"CSV cannot hold the column(s) {nested} (lists, structs, binary): export them as arrow or "
+                          f"parquet, or leave them out with ?columns=")
 
     async def body() -> AsyncIterator[bytes]:
         schema, batches = arrow_ipc.decode(first.arrow_ipc)

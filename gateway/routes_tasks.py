@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ai_platform.core.errors import PlatformError
 from ai_platform.core.views import ERRORS, StatusView, TaskRequest, TaskView
-from ai_platform.core.wire import TASK_STATUSES
+from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from gateway.errors import from_platform, invalid
 
@@ -104,7 +104,8 @@ async def cancel_task(request: Request, id: str) -> dict:
     },
     summary="A task's stdout and stderr; follow=true streams it as server-sent events until the task ends",
 )
-async def task_logs(request: Request, id: str, follow: bool = False, tail_bytes: int = Query(0, ge=0)) -> Any:
+async def task_logs(request: Request, id: str, follow: bool = False,
+                    tail_bytes: int = Query(0, ge=0, le=INT64_MAX)) -> Any:
     upstreams = request.app.state.upstreams
     await upstreams.call(
         "scheduler", upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND

@@ -52,7 +52,7 @@ class ModelRepository:
     def __init__(self, settings: ServiceSettings, device: str, batching: BatchingConfig) -> None:
         self.device = device
         self.default_batching = batching
-        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes)
+        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token)
         self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}
         self._newest: dict[str, int] = {}  # the version served when none is asked for

@@ -2,7 +2,8 @@
 
 Task: ``run(input_path, output_path, params)``.
 - input: a directory of the four IDX files (``.gz`` or raw), or the home's ``download`` area,
-  where the files are fetched first (canonical mirrors, else the offline digits).
+  where the files are fetched first (canonical mirrors, else the offline digits); for a lake on an
+  object store they are fetched into local scratch space.
 - output: the dataset's Lance URI (e.g. the task output ``datasets/mnist_clean``).
 - params: ``limit`` (rows per split, 0 = all), ``mirrors`` (base URLs) with their ``checksums``
   (sha256 per file name; default: the canonical ones), ``timeout_s``.
@@ -14,6 +15,7 @@ building (no per-row Python). Returns the rows per split and where the files cam
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
 
-from ai_platform.sdk import report_progress  # noqa: E402
+from ai_platform.sdk import report_progress, storage_options  # noqa: E402
 
 SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
                    metadata={"source": "mnist_clean.py", "image_shape": "28,28"})
@@ -47,6 +49,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     started = time.perf_counter()
     source_dir = Path(input_path)
     source = "local IDX files"
+    if "://" in input_path:  # an object-store lake's download area: fetch into local scratch space instead
+        source_dir = Path(tempfile.mkdtemp(prefix="mnist-download-")) / "download"
     if source_dir.name == "download" or params.get("fetch"):
         source_dir = source_dir / "mnist"
         report_progress(0.05, "fetching MNIST")
@@ -70,12 +74,13 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     if not output_path:
         raise ValueError("mnist_clean needs an output: the dataset to write (e.g. datasets/mnist_clean)")
     table = pa.concat_tables(tables)
+    options = storage_options()  # the lake's endpoint and keys when it is on an object store
     try:
-        lance.dataset(output_path)
+        lance.dataset(output_path, storage_options=options)
         mode = "overwrite"
     except (ValueError, OSError):
         mode = "create"
-    dataset = lance.write_dataset(table, output_path, mode=mode, max_rows_per_file=1 << 20)
+    dataset = lance.write_dataset(table, output_path, mode=mode, max_rows_per_file=1 << 20, storage_options=options)
     seconds = time.perf_counter() - started
     report_progress(1.0, f"wrote {table.num_rows} rows", {"rows": table.num_rows, "seconds": round(seconds, 3)})
     return {"rows": table.num_rows, "splits": counts, "source": source, "version": dataset.version,

@@ -27,15 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model import MnistCNN, Normalized  # noqa: E402
 
-from ai_platform.sdk import report_progress, save_model  # noqa: E402
+from ai_platform.sdk import report_progress, save_model, storage_options  # noqa: E402
 
 AUGMENT_GROUP = 4  # images that share one random transform: per-image variety at a fraction of the cost
 
 
 def load_split(uri: str, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 1, 28, 28) uint8 images and int64 labels of one split, straight from Arrow buffers."""
-    table = lance.dataset(uri).to_table(columns=["image", "label"], filter=f"split = '{split}'",
-                                        limit=limit or None)
+    dataset = lance.dataset(uri, storage_options=storage_options())
+    table = dataset.to_table(columns=["image", "label"], filter=f"split = '{split}'", limit=limit or None)
     if table.num_rows == 0:
         raise ValueError(f"the dataset at {uri} has no '{split}' rows")
     pixels = table.column("image").combine_chunks().flatten().to_numpy()

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         if settings.backend == "ray":
-            backend: Backend = RayBackend(settings.ray_address, state_dir / "reports", settings.worker_env())
+            backend: Backend = RayBackend(settings.ray_address, settings.worker_env())
         else:
             backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel)
         scheduler = Scheduler(

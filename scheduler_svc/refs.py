@@ -26,7 +26,7 @@ class Resolver:
     def __init__(self, settings: ServiceSettings, start_dir: Path) -> None:
         self.home = settings.home_uri()
         self.start_dir = start_dir
-        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes)
+        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token)
         self._stub = storage_pb2_grpc.StorageServiceStub(self._storage.channel)
 
     async def close(self) -> None:
@@ -55,6 +55,8 @@ class Resolver:
         lake = self._lake_ref(ref)
         if lake is not None:
             return await self._resolve_lake(*lake, role)
+        if ref.startswith(("datasets/", "models/")):
+            raise InvalidArgument(f"{role} {ref!r} is not a lake reference: use datasets/NAME or models/NAME")
         if ref == "download" or ref.startswith("download/"):
             if "://" in self.home:  # object stores do not resolve "..": refuse it rather than pass it on
                 if ".." in PurePosixPath(ref).parts:
@@ -65,12 +67,8 @@ class Resolver:
                 raise InvalidArgument(f"{role} {ref!r} leaves the download area")
             return str(path)
         path = (self.start_dir / ref).resolve()
-        if role == "input" and not path.exists():
-            raise InvalidArgument(
-                f"input {ref!r} is neither a lake reference (datasets/NAME, models/NAME) "
-                f"nor an existing file or directory ({path})"
-            )
-        return str(path)
+        # Anything else belongs to the script, as in the seed: an existing path made absolute, the rest as given.
+        return str(path) if path.exists() else ref
 
     async def _resolve_lake(self, kind: int, name: str, role: str) -> str:
         request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")

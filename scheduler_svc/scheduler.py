@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from ai_platform.core.names import validate_name
 from scheduler_svc.backends import Backend, RunContext
 from scheduler_svc.logs import TaskLog
@@ -25,6 +27,8 @@ from scheduler_svc.tasks import Outcome, Resources, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc")
 PROGRESS_SAVE_INTERVAL_S = 0.5
+ADMIT_WAIT_S = 5.0  # how long a submit waits to answer "running" (or "pending" for a queued task)
+NOT_SCRIPT_DIRS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TaskRun:
     context: RunContext | None = None
     stop_reason: str = ""
     last_progress_save: float = 0.0
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)  # started, queued for a slot, or ended
 
 
 class Scheduler:
@@ -114,6 +119,7 @@ class Scheduler:
         resolved_input = await self.resolver.resolve(request.input, "input")
         resolved_output = await self.resolver.resolve(request.output, "output")
         task = Task(
+            report_secret=secrets.token_urlsafe(24),
             id=uuid.uuid4().hex[:16],
             name=name,
             script=str(script),
@@ -127,9 +133,13 @@ class Scheduler:
             backend=self.backend.name,
         )
         self.store.save(task)
-        self._launch(task)
+        run = self._launch(task)
         log.info("task submitted", extra={"task": task.id, "task_name": name, "script": task.script})
-        return task
+        try:  # answer with the state the task is in: running once it started, pending while it waits
+            await asyncio.wait_for(asyncio.shield(run.admitted.wait()), ADMIT_WAIT_S)
+        except TimeoutError:
+            pass
+        return self.get(task.id)
 
     def _check_script(self, script: str) -> Path:
         if not script:
@@ -139,9 +149,17 @@ class Scheduler:
         path = (self.start_dir / script).resolve()
         if path.suffix != ".py":
             raise InvalidArgument(f"script {script!r} is not a .py file")
-        if not any(path.is_relative_to(root) for root in self.script_roots):
+        root = next((r for r in self.script_roots if path.is_relative_to(r)), None)
+        if root is None:
             roots = ", ".join(map(str, self.script_roots))
             raise InvalidArgument(f"script {script!r} is outside the allowed script roots ({roots})")
+        folders = path.relative_to(root).parts[:-1]
+        if any(part.startswith(".") for part in folders):
+            raise InvalidArgument(f"script {script!r} is in a hidden directory; task scripts live in plain ones")
+        if NOT_SCRIPT_DIRS & set(folders) or any((root.joinpath(*folders[:i]) / "pyvenv.cfg").exists()
+                                                 for i in range(len(folders) + 1)):
+            raise InvalidArgument(f"script {script!r} is inside a virtual environment or installed packages, "
+                                  f"not a task script")
         if not path.is_file():
             raise InvalidArgument(f"script {script!r} does not exist ({path})")
         return path
@@ -149,6 +167,13 @@ class Scheduler:
     def _check_resources(self, resources: Resources, timeout_s: float) -> None:
         if min(resources.num_cpus, resources.num_gpus, resources.memory_mb) < 0:
             raise InvalidArgument("resources must not be negative")
+        for name, amount in resources.custom.items():
+            validate_name(name, "custom resource name")
+            if not amount > 0 or amount == float("inf"):
+                raise InvalidArgument(f"custom resource '{name}' needs a finite amount above 0, got {amount}")
+        if resources.custom and not self.backend.custom_resources:
+            raise InvalidArgument(f"the {self.backend.name} backend has no custom resources "
+                                  f"({', '.join(resources.custom)}); they need the Ray backend (--backend ray)")
         if timeout_s < 0:
             raise InvalidArgument("timeout_s must not be negative")
 
@@ -176,6 +201,18 @@ class Scheduler:
             if run is not None and run.future is not None:
                 run.future.cancel()
         return self.get(task_id)
+
+    def report(self, task_id: str, secret: str, kind: str, value: Any) -> None:
+        """A report from the task's worker, wherever it runs; it must carry the task's secret."""
+        run = self._runs.get(task_id)
+        task = run.task if run else self.store.get(task_id)
+        if task is None:
+            raise NotFound(f"task '{task_id}' does not exist")
+        if not task.report_secret or not hmac.compare_digest(secret.encode(), task.report_secret.encode()):
+            raise PermissionDenied(f"wrong report secret for task '{task_id}'")
+        if run is None or run.context is None or task.status.finished:
+            raise FailedPrecondition(f"task '{task_id}' is {task.status.value}: it takes reports only while it runs")
+        run.context.report(kind, value)
 
     # -- streams -----------------------------------------------------------------
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
@@ -219,24 +256,33 @@ class Scheduler:
         return self.log_dir / f"{task_id}.log"
 
     # -- running -----------------------------------------------------------------
-    def _launch(self, task: Task, attach: bool = False) -> None:
+    def _launch(self, task: Task, attach: bool = False) -> TaskRun:
         run = self._runs[task.id] = TaskRun(task)
         run.future = asyncio.ensure_future(self._run(run, attach))
-        run.future.add_done_callback(lambda _: self._runs.pop(task.id) if self._runs.get(task.id) is run else None)
+        run.future.add_done_callback(lambda _: self._forget(run))
+        return run
+
+    def _forget(self, run: TaskRun) -> None:
+        run.admitted.set()
+        if self._runs.get(run.task.id) is run:
+            del self._runs[run.task.id]
 
     async def _run(self, run: TaskRun, attach: bool) -> None:
         task = run.task
+        slots = self.backend.slots
+        if slots is not None and slots.locked():
+            run.admitted.set()  # it waits for a slot: pending
         try:
-            async with self.backend.slots or contextlib.nullcontext():
+            async with slots or contextlib.nullcontext():
                 if task.status.finished:
                     return
                 task_log = TaskLog(self.log_path(task.id), self.log_cap_bytes, task.log_dropped)
                 run.context = RunContext(
                     task=task,
                     log=task_log,
-                    on_running=lambda pid, job_id, started_at: self._on_running(task, pid, job_id, started_at),
+                    on_running=lambda pid, job_id, started_at: self._on_running(run, pid, job_id, started_at),
                     on_progress=lambda p: self._on_progress(run, p),
-                    on_submitted=lambda job_id: self._on_submitted(task, job_id),
+                    on_submitted=lambda job_id: self._on_submitted(run, job_id),
                 )
                 if attach and task.status is TaskStatus.RUNNING:
                     self._arm_timeout(task)
@@ -283,15 +329,18 @@ class Scheduler:
                 max(task.timeout_s - elapsed, 0), self._request_stop, task.id, "timeout"
             )
 
-    def _on_running(self, task: Task, pid: int | None, job_id: str, started_at: float | None) -> None:
+    def _on_running(self, run: TaskRun, pid: int | None, job_id: str, started_at: float | None) -> None:
+        task = run.task
         task.status, task.started_at, task.pid = TaskStatus.RUNNING, started_at or time.time(), pid
         task.job_id = job_id or task.job_id
         self._arm_timeout(task)
         self._changed_task(task)
+        run.admitted.set()
 
-    def _on_submitted(self, task: Task, job_id: str) -> None:
-        task.job_id = job_id
-        self._changed_task(task)
+    def _on_submitted(self, run: TaskRun, job_id: str) -> None:
+        run.task.job_id = job_id
+        self._changed_task(run.task)
+        run.admitted.set()  # the cluster took it; it starts when the cluster has room
 
     def _on_progress(self, run: TaskRun, progress: dict[str, Any]) -> None:
         run.task.progress = progress

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -38,7 +40,8 @@ def task_to_pb(task: Task) -> pb.Task:
         resolved_input=task.resolved_input,
         resolved_output=task.resolved_output,
         resources=pb.Resources(
-            num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb
+            num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb,
+            custom=task.resources.custom,
         ),
         timeout_s=task.timeout_s,
         status=TASK_STATUSES.number(task.status.value),
@@ -94,7 +97,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 input=request.input,
                 output=request.output,
                 params=struct_value(request.params) if request.HasField("params") else {},
-                resources=Resources(resources.num_cpus, resources.num_gpus, resources.memory_mb),
+                resources=Resources(resources.num_cpus, resources.num_gpus, resources.memory_mb,
+                                    dict(resources.custom)),
                 timeout_s=request.timeout_s,
             )
         )
@@ -132,3 +136,22 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     ) -> AsyncIterator[pb.Task]:
         async for task in self.scheduler.watch(request.id):
             yield task_to_pb(task)
+
+    async def ReportTask(
+        self, request: pb.ReportTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportTaskResponse:
+        kind = request.WhichOneof("report")
+        if kind is None:
+            raise InvalidArgument("a report needs one of started, progress, result or error")
+        if kind == "started":
+            value: Any = request.started
+        elif kind == "progress":
+            p = request.progress
+            value = {"fraction": p.fraction, "message": p.message, "metrics": struct_value(p.metrics),
+                     "time": p.updated_at.ToNanoseconds() / 1e9 if p.HasField("updated_at") else time.time()}
+        elif kind == "result":
+            value = struct_value(request.result)
+        else:
+            value = {"type": request.error.type, "message": request.error.message}
+        self.scheduler.report(request.task_id, request.secret, kind, value)
+        return pb.ReportTaskResponse()

@@ -23,8 +23,12 @@ class TaskStore:
             "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, name TEXT, script TEXT, input TEXT, output TEXT,"
             " resolved_input TEXT, resolved_output TEXT, params TEXT, resources TEXT, timeout_s REAL, backend TEXT,"
             " status TEXT, created_at REAL, started_at REAL, completed_at REAL, result TEXT, error_type TEXT,"
-            " error_message TEXT, progress TEXT, pid INTEGER, job_id TEXT, log_dropped INTEGER)"
+            " error_message TEXT, progress TEXT, pid INTEGER, job_id TEXT, log_dropped INTEGER, report_secret TEXT)"
         )
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
+        for column in ("report_secret",):  # records written before the column existed
+            if column not in present:
+                self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT DEFAULT ''")
         self.db.execute("CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC)")
 
     def save(self, task: Task) -> None:

@@ -25,6 +25,7 @@ class Resources:
     num_cpus: float = 0.0
     num_gpus: float = 0.0
     memory_mb: int = 0
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources, e.g. {"pool": 1}
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Task:
     pid: int | None = None  # process group of a local task
     job_id: str = ""  # Ray job of a ray task
     log_dropped: int = 0  # bytes of log dropped from the front to keep the cap
+    report_secret: str = ""  # what the task's worker proves itself with when it reports; never shown
 
 
 @dataclass

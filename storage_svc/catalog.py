@@ -20,10 +20,12 @@ import pyarrow.fs as pafs
 
 from ai_platform.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ai_platform.core.names import validate_name
+from storage_svc.filters import check_filter
 
 log = logging.getLogger("storage_svc.catalog")
 
 MAX_PREVIEW_ROWS = 1000
+MAX_MESSAGE_CHARS = 300  # an error may quote Lance, never a whole filter: gRPC metadata has a size limit
 TARGET_BATCH_BYTES = 1024 * 1024  # small messages keep read, encode and send overlapping
 _RUST_LOCATION = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
 
@@ -177,6 +179,8 @@ class LakeCatalog:
         return NotFound(f"{kind.value} '{name}' does not exist")
 
     def open(self, kind: TableKind, name: str, version: int | None = None) -> lance.LanceDataset:
+        if version is not None and version < 0:
+            raise InvalidArgument(f"version must be a positive number (or 0 for the latest), got {version}")
         if not self.exists(kind, name):
             raise self._not_found(kind, name)
         uri = self.uri(kind, name)
@@ -283,6 +287,8 @@ class LakeCatalog:
         """A lazy reader over the table: batches are produced as they are consumed."""
         if (limit or 0) < 0 or (offset or 0) < 0 or (batch_rows or 0) < 0:
             raise InvalidArgument("limit, offset and batch_rows must be >= 0")
+        if filter:
+            check_filter(filter)
         ds = self.open(kind, name, version)
         self._check_columns(ds, columns)
         projected = ds.schema if not columns else pa.schema([ds.schema.field(c) for c in columns])
@@ -296,7 +302,8 @@ class LakeCatalog:
             )
             return scanner.to_reader()
         except (ValueError, OSError) as exc:
-            raise InvalidArgument(f"cannot scan {kind.value} '{name}': {lance_message(exc)}") from exc
+            detail = lance_message(exc)[:MAX_MESSAGE_CHARS]
+            raise InvalidArgument(f"cannot scan {kind.value} '{name}': {detail}") from exc
 
     def write(
         self,
@@ -342,7 +349,7 @@ class LakeCatalog:
         reader = pa.RecordBatchReader.from_batches(schema, conformed())
         lance_mode = "overwrite" if mode is WriteMode.OVERWRITE else ("append" if exists else "create")
         try:
-            lance.write_dataset(
+            committed = lance.write_dataset(
                 reader, uri, schema=schema, mode=lance_mode, storage_options=self.storage_options or None
             )
         except Exception as exc:
@@ -351,4 +358,4 @@ class LakeCatalog:
             if "already exists" in lance_message(exc):
                 raise AlreadyExists(f"{kind.value} '{name}' already exists") from exc
             raise
-        return self.describe(kind, name)
+        return self.describe(kind, name, committed.version)  # this commit's version, whoever committed after it

@@ -97,6 +97,13 @@ def test_lake_and_task_commands(running):
     bad = aip("tasks", "submit", "--name", "x", "--script", "mnist/mnist_serve.py", "--params", "{oops", env=env,
               check=False)
     assert bad.returncode == 2 and "--params is not JSON" in bad.stderr
+    pinned = aip("tasks", "submit", "--name", "x", "--script", "mnist/mnist_serve.py", "--resource", "pool=1",
+                 env=env, check=False, cwd=running["project"])
+    assert pinned.returncode == 1 and "INVALID_ARGUMENT" in pinned.stderr
+    assert "the local backend has no custom resources (pool)" in pinned.stderr
+    odd = aip("tasks", "submit", "--name", "x", "--script", "mnist/mnist_serve.py", "--resource", "pool=lots",
+              env=env, check=False)
+    assert odd.returncode == 2 and "expected NAME=AMOUNT" in odd.stderr
 
 
 def test_python_client_round_trips_pandas_and_follows_tasks(running):

@@ -42,8 +42,13 @@ def http(platform):
 
 
 def error_of(response: httpx.Response, status: int, code: str) -> str:
+    """The message of an error: the platform's body on /api/v1, the protocol's ``{"error": "<message>"}`` on /v2."""
     assert response.status_code == status, response.text
     body = response.json()
+    if response.request.url.path.startswith("/v2"):
+        assert set(body) == {"error"} and isinstance(body["error"], str), body
+        assert "Traceback" not in body["error"]
+        return body["error"]
     assert set(body) == {"error"} and body["error"]["code"] == code, body
     assert "Traceback" not in body["error"]["message"]
     return body["error"]["message"]

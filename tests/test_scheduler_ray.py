@@ -155,6 +155,7 @@ def test_ray_jobs_are_reattached_after_a_scheduler_restart(project, services, tm
     scheduler.proc.send_signal(signal.SIGKILL)
     scheduler.proc.wait(10)
     scheduler.proc = None
+    time.sleep(7)  # the script ends while the scheduler is down: its worker keeps retrying the result report
     scheduler.start()
     client = SchedulerClient(scheduler.addr)
     done = client.wait(task.id, 120)

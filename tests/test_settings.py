@@ -39,7 +39,7 @@ def environment_reads(path: Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         text = ast.unparse(node)
-        if isinstance(node, ast.Call) and text.startswith(("os.environ.get(", "os.getenv(", "environ.get(")):
+        if isinstance(node, ast.Call) and text.startswith(("os.environ.get(", "os.getenv(")):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {text}")
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and text.startswith("os.environ["):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {text}")

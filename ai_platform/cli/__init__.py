@@ -188,8 +188,17 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--params is not JSON: {exc}", file=sys.stderr)
             return 2
-        task = client.submit(args.name, args.script, args.input, args.output, params, num_cpus=args.num_cpus,
-                             num_gpus=args.num_gpus, memory_mb=args.memory_mb, timeout_s=args.timeout)
+        custom = {}
+        for item in args.resource:
+            name, _, amount = item.partition("=")
+            try:
+                custom[name] = float(amount or 1)
+            except ValueError:
+                print(f"--resource {item!r}: expected NAME=AMOUNT, e.g. pool=1", file=sys.stderr)
+                return 2
+        task = client.submit(args.name, args.script, args.input, args.output, params, timeout_s=args.timeout,
+                             resources={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+                                        "memory_mb": args.memory_mb, "custom": custom})
         if args.wait:
             task = client.wait(task["id"], progress=sys.stdout.isatty() and not args.json)
         _print_one(task, args.json) if args.json or args.wait else print(task["id"])
@@ -297,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--num-cpus", type=float, default=0)
     submit.add_argument("--num-gpus", type=float, default=0)
     submit.add_argument("--memory-mb", type=int, default=0)
+    submit.add_argument("--resource", action="append", default=[], metavar="NAME=AMOUNT",
+                        help="a Ray custom resource the task needs, e.g. pool=1 (repeatable; Ray backend only)")
     submit.add_argument("--timeout", type=float, default=0)
     submit.add_argument("--wait", action="store_true")
     submit.add_argument("--json", action="store_true")

@@ -23,7 +23,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ai_platform import __version__
 from ai_platform.core.ports import bindable
 from ai_platform.core.settings import MODULES as SERVICES
-from ai_platform.core.settings import ClientSettings, child_environment, default_addrs, default_metrics_addr, split_addr
+from ai_platform.core.settings import (
+    REPO_ROOT,
+    ClientSettings,
+    child_environment,
+    default_addrs,
+    default_metrics_addr,
+    split_addr,
+)
 from ai_platform.core.wire import HEALTH_TIMEOUT_S
 
 
@@ -141,7 +148,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
                                   f"(choose another with --{name}-port)")
     state = PlatformState(str(home), level, addrs, lake=lake)
     procs: dict[str, subprocess.Popen] = {}
-    script_roots = ClientSettings.from_env().script_roots or [str(cwd)]
+    script_roots = ClientSettings.from_env().script_roots or [str(cwd), str(REPO_ROOT / "mnist")]
     env = child_environment({**state.env(), "AIP_SCRIPT_ROOTS": os.pathsep.join(script_roots)})
     if lake:
         env["AIP_STATE_DIR"] = str(home)

@@ -6,6 +6,7 @@ processes of the session we started leaves anyone else's cluster alone.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,10 @@ from pathlib import Path
 
 from ai_platform.core.ports import free_port
 from ai_platform.core.procs import session_members
+
+# Ray replaces 127.0.0.1 (and "localhost") by the machine's network address, but keeps any other loopback address
+# as given: a head on this one keeps the cluster, and all its traffic, on loopback.
+LOOPBACK_HEAD = "127.0.0.3"
 
 
 @dataclass
@@ -45,19 +50,24 @@ class RayHead:
                 return
 
 
-def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90) -> RayHead:
-    """``ray start --head`` on free loopback ports; returns once the Jobs API answers."""
+def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90,
+                     resources: dict[str, float] | None = None, node_ip: str = LOOPBACK_HEAD) -> RayHead:
+    """``ray start --head`` on free loopback ports; returns once the Jobs API answers.
+
+    ``resources`` are custom resources the head offers (a kind of node that tasks can ask for). Other nodes on
+    this machine join it from other loopback addresses (``127.0.0.2``)."""
     ray = Path(sys.executable).with_name("ray")
     ray_cmd = str(ray) if ray.exists() else shutil.which("ray") or "ray"
     gcs_port, dashboard_port = free_port(), free_port()
     args = [
-        ray_cmd, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
+        ray_cmd, "start", "--head", f"--num-cpus={num_cpus}", f"--port={gcs_port}", f"--node-ip-address={node_ip}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
         "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+        *([f"--resources={json.dumps(resources)}"] if resources else []),
     ]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    head = RayHead(proc.pid, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
+    head = RayHead(proc.pid, f"{node_ip}:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
     output, _ = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         head.stop()

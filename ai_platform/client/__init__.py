@@ -6,7 +6,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 import pyarrow as pa
 from google.protobuf import json_format
 
@@ -22,8 +21,8 @@ from ai_platform.core.wire import (
     TASK_STATUSES,
     WRITE_BATCH_BYTES,
     WRITE_MODES,
-    channel_options,
     encode_parameters,
+    sync_channel,
 )
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as scheduler_pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
@@ -37,9 +36,8 @@ class StorageClient:
 
     def __init__(self, addr: str | None = None, max_message_bytes: int | None = None) -> None:
         self.max_message_bytes = max_message_bytes or CLIENT_MAX_MESSAGE_BYTES
-        self.channel = grpc.insecure_channel(
-            addr or ClientSettings.from_env().storage_addr, options=channel_options(self.max_message_bytes)
-        )
+        settings = ClientSettings.from_env()
+        self.channel = sync_channel(addr or settings.storage_addr, settings.token, self.max_message_bytes)
         self.stub = storage_pb2_grpc.StorageServiceStub(self.channel)
 
     def close(self) -> None:
@@ -127,8 +125,8 @@ class SchedulerClient:
     """Tasks: submit, follow, cancel, through scheduler_svc."""
 
     def __init__(self, addr: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr or ClientSettings.from_env().scheduler_addr,
-                                             options=channel_options())
+        settings = ClientSettings.from_env()
+        self.channel = sync_channel(addr or settings.scheduler_addr, settings.token)
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
     def close(self) -> None:
@@ -146,14 +144,21 @@ class SchedulerClient:
         num_gpus: float = 0,
         memory_mb: int = 0,
         timeout_s: float = 0,
+        resources: dict[str, Any] | None = None,
     ) -> scheduler_pb.Task:
+        """``resources`` (``num_cpus``, ``num_gpus``, ``memory_mb``, ``custom``) may stand in for the keywords."""
+        wanted = {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory_mb": memory_mb, "custom": {},
+                  **(resources or {})}
+        unknown = set(wanted) - {"num_cpus", "num_gpus", "memory_mb", "custom"}
+        if unknown:
+            raise ValueError(f"unknown resources {sorted(unknown)}; use num_cpus, num_gpus, memory_mb and custom")
         request = scheduler_pb.SubmitTaskRequest(
             name=name,
             script=script,
             input=input,
             output=output,
             timeout_s=timeout_s,
-            resources=scheduler_pb.Resources(num_cpus=num_cpus, num_gpus=num_gpus, memory_mb=memory_mb),
+            resources=scheduler_pb.Resources(**wanted),
         )
         request.params.update(params or {})
         return self.stub.SubmitTask(request)
@@ -221,8 +226,8 @@ class InferenceClient:
     """Models served by inference_svc: load, unload, predict (numpy in, numpy out)."""
 
     def __init__(self, addr: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(addr or ClientSettings.from_env().inference_addr,
-                                             options=channel_options())
+        settings = ClientSettings.from_env()
+        self.channel = sync_channel(addr or settings.inference_addr, settings.token)
         self.stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def close(self) -> None:

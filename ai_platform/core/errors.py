@@ -64,6 +64,11 @@ class Cancelled(PlatformError):
     http_status, rest_code = 400, "INVALID_REQUEST"
 
 
+class PermissionDenied(PlatformError):
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status, rest_code = 403, "FORBIDDEN"
+
+
 class Unauthenticated(PlatformError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
     http_status, rest_code = 401, "UNAUTHORIZED"

@@ -29,6 +29,7 @@ def _ephemeral_range() -> tuple[int, int]:
 def bindable(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a listener could bind ``host:port`` now."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT does not block them
         try:
             s.bind((host, port))
         except OSError:

@@ -9,6 +9,7 @@ SIGTERM/SIGINT that stops accepting calls and drains the ones in flight.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import logging
 import signal
@@ -19,14 +20,16 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from prometheus_client.exposition import make_wsgi_app
 
-from ai_platform.core.errors import PlatformError
+from ai_platform.core.errors import PlatformError, Unauthenticated
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import ServiceSettings, split_addr
-from ai_platform.core.wire import server_options
+from ai_platform.core.wire import refuse_unknown_fields, server_options
 
 log = logging.getLogger("ai_platform.core.server")
 
@@ -51,8 +54,9 @@ def _status_label(context: grpc.aio.ServicerContext, exc: BaseException | None) 
     return "OK" if exc is None else "UNKNOWN"
 
 
-def instrument(servicer: Any, service: str, method_names: Sequence[str]) -> Any:
-    """Wrap each RPC method of ``servicer``: count and time it, and turn PlatformError into a status.
+def instrument(servicer: Any, service: str, method_names: Sequence[str], token: str = "") -> Any:
+    """Wrap each RPC method of ``servicer``: check the caller's token (when the platform has one) and refuse
+    unknown fields, count and time it, and turn PlatformError into a status.
 
     A servicer may define ``translate_error(exc) -> exc`` to name failures of what it depends on
     (e.g. its storage being unreachable) before they become a status.
@@ -62,8 +66,18 @@ def instrument(servicer: Any, service: str, method_names: Sequence[str]) -> Any:
     """
     translate = getattr(servicer, "translate_error", None)
     for name in method_names:
-        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate))
+        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate, token))
     return servicer
+
+
+def _admit(request: Any, context: grpc.aio.ServicerContext, expected: bytes) -> None:
+    """Refuse a call without the platform's token, and a request with fields this server does not know."""
+    if expected:
+        given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
+        if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
+            raise Unauthenticated("missing or wrong bearer token: send the metadata authorization: Bearer <AIP_TOKEN>")
+    if isinstance(request, Message):
+        refuse_unknown_fields(request)
 
 
 def _wrap(
@@ -71,7 +85,9 @@ def _wrap(
     method: str,
     behavior: Callable[..., Any],
     translate: Callable[[Exception], Exception] | None = None,
+    token: str = "",
 ) -> Callable[..., Any]:
+    expected = f"Bearer {token}".encode() if token else b""
 
     def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         code = "OK" if exc is None else _status_label(context, exc)
@@ -82,6 +98,7 @@ def _wrap(
         async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, error = time.perf_counter(), None
             try:
+                _admit(request, context, expected)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -98,6 +115,7 @@ def _wrap(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, error = time.perf_counter(), None
         try:
+            _admit(request, context, expected)
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             error = exc
@@ -109,6 +127,34 @@ def _wrap(
             record(context, started, error)
 
     return wrapper
+
+
+def _start_metrics_server(host: str, port: int, token: str) -> Any:
+    """Prometheus /metrics over HTTP in a thread; with a token, only scrapes that carry it are answered."""
+    if not token:
+        return start_http_server(port, host)[0]
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    metrics, expected = make_wsgi_app(), f"Bearer {token}"
+
+    def guarded(environ: dict, start_response: Callable) -> Any:
+        if not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", ""), expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"missing or wrong bearer token (AIP_METRICS_TOKEN)\n"]
+        return metrics(environ, start_response)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the signature of the base class
+            return None
+
+    server = make_server(host, port, guarded, Server, QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
 
 
 @dataclass
@@ -130,7 +176,7 @@ async def serve(
     server = grpc.aio.server(options=server_options(settings.max_message_bytes))
     for entry in servicers:
         methods = [m.name for m in entry.descriptor.methods]
-        entry.add_to_server(instrument(entry.implementation, service, methods), server)
+        entry.add_to_server(instrument(entry.implementation, service, methods, settings.token), server)
     service_names = [entry.descriptor.full_name for entry in servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -146,7 +192,7 @@ async def serve(
     metrics_addr = settings.metrics_address()
     metrics_host, metrics_port = split_addr(metrics_addr)
     try:
-        metrics_server, _ = start_http_server(metrics_port, metrics_host)
+        metrics_server = _start_metrics_server(metrics_host, metrics_port, settings.metrics_token)
     except OSError as exc:
         raise SystemExit(f"{service}: cannot bind metrics address {metrics_addr}: {exc}") from exc
 

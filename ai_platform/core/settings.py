@@ -235,6 +235,10 @@ def _addr(service: str, port: int) -> Any:
     return setting(f"127.0.0.1:{port}", f"address of {MODULES[service]}", parse=address)
 
 
+def _token_setting() -> Any:
+    return setting("", "bearer token the gateway requires on every route but /healthz and the web page")
+
+
 @dataclass
 class Addresses(BaseSettings):
     """Where each service listens; a service binds its own and finds its peers by theirs."""
@@ -243,7 +247,7 @@ class Addresses(BaseSettings):
     scheduler_addr: str = _addr("scheduler", 50052)
     inference_addr: str = _addr("inference", 50053)
     gateway_addr: str = _addr("gateway", 8000)
-    token: str = setting("", "bearer token the gateway requires on every route but /healthz and the web page")
+    token: str = _token_setting()
 
     def addr_of(self, service: str) -> str:
         return getattr(self, f"{service}_addr")
@@ -261,6 +265,7 @@ class ServiceSettings(Addresses):
                              parse=non_negative_number)
     log_level: str = setting("info", "JSON logs on stderr at this level",
                              parse=one_of("debug", "info", "warning", "error"))
+    metrics_token: str = setting("", "bearer token the Prometheus /metrics endpoints require (open when unset)")
 
     @property
     def max_message_bytes(self) -> int:
@@ -322,6 +327,8 @@ class SchedulerSettings(ServiceSettings):
     description: ClassVar[str] = "Scheduler service: runs task scripts on local processes or a Ray cluster."
 
     backend: str = setting("local", "where tasks run", parse=one_of("local", "ray"))
+    scheduler_public_addr: str = setting("", "the scheduler's address as task workers reach it (on other nodes)",
+                                         parse=optional_address, shown="its --addr")
     ray_address: str = _ray_address_setting()
     script_roots: list[str] = _script_roots_setting(lambda: [os.getcwd()])
     max_parallel: int = setting(doc="local backend: tasks running at once; the rest queue", parse=positive_integer,
@@ -336,7 +343,8 @@ class SchedulerSettings(ServiceSettings):
     def worker_env(self) -> dict[str, str]:
         """The settings a task's worker needs to reach the platform, wherever it runs (a Ray job inherits nothing)."""
         return ClientSettings(
-            storage_addr=self.storage_addr, scheduler_addr=self.scheduler_addr, inference_addr=self.inference_addr,
+            storage_addr=self.storage_addr, scheduler_addr=self.scheduler_public_addr or self.scheduler_addr,
+            inference_addr=self.inference_addr,
             gateway_addr=self.gateway_addr, token=self.token, home=self.home_uri(),
             storage_options=self.storage_options,
         ).to_env()
@@ -387,8 +395,10 @@ class TaskSettings(BaseSettings):
 
     task_id: str = setting("", "the task's id", flag=False)
     task_spec: str = setting("", "the task as JSON: script, input, output, params", flag=False)
-    report_fd: int = setting(-1, "local backend: the pipe the worker reports on", parse=integer, flag=False)
-    report_path: str = setting("", "Ray backend: the file the worker reports to", flag=False)
+    task_secret: str = setting("", "the task's report secret: ReportTask calls must carry it", flag=False)
+    scheduler_addr: str = _addr("scheduler", 50052)
+    token: str = _token_setting()
+    die_with_parent: str = setting("", "local backend: end the worker when the scheduler dies", flag=False)
 
 
 SERVICE_SETTINGS: dict[str, type[ServiceSettings]] = {

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai_platform.core.wire import TASK_STATUSES
+from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
 
 MODEL_COLUMNS = ["signature", "params", "metrics", "framework"]
@@ -136,19 +136,28 @@ class StatusView(BaseModel):
 
 
 class Resources(BaseModel):
-    num_cpus: float = Field(0, ge=0)
-    num_gpus: float = Field(0, ge=0)
-    memory_mb: int = Field(0, ge=0)
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0, ge=0, allow_inf_nan=False)
+    num_gpus: float = Field(0, ge=0, allow_inf_nan=False)
+    memory_mb: int = Field(0, ge=0, le=INT64_MAX)
+    custom: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Ray custom resources (kinds of node), e.g. {\"pool\": 1}",
+        examples=[{"pool": 1}])
 
 
 class TaskRequest(BaseModel):
+    """A task to run; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(examples=["mnist_clean"])
     script: str = Field(examples=["mnist/mnist_clean.py"])
     input: str = Field("", examples=["download"])
     output: str = Field("", examples=["datasets/mnist_clean"])
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"limit": 1000}])
     resources: Resources | None = None
-    timeout_s: float = Field(0, ge=0)
+    timeout_s: float = Field(0, ge=0, allow_inf_nan=False)
 
 
 class ProgressView(BaseModel):
@@ -196,7 +205,7 @@ class TaskView(BaseModel):
             error_type=task.error.type if failed else None,
             progress=progress,
             resources=Resources(num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus,
-                                memory_mb=task.resources.memory_mb),
+                                memory_mb=task.resources.memory_mb, custom=dict(task.resources.custom)),
             timeout_s=task.timeout_s, resolved_input=task.resolved_input, resolved_output=task.resolved_output,
         )
 

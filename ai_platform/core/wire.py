@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import unknown_fields
 
 from ai_platform.core.errors import (
     AlreadyExists,
@@ -20,6 +21,7 @@ from ai_platform.core.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PlatformError,
     ResourceExhausted,
     Unauthenticated,
@@ -31,6 +33,7 @@ from ai_platform.protos.inference import grpc_service_pb2, model_config_pb2
 T = TypeVar("T")
 
 # -- timeouts and limits -------------------------------------------------------------------------------------------
+INT64_MAX = 2**63 - 1  # the largest integer a protobuf int64 field carries
 CALL_TIMEOUT_S = 10.0  # a service's call to a peer (resolve a name, list the lake)
 HEALTH_TIMEOUT_S = 1.0  # one health probe
 MODEL_LOAD_TIMEOUT_S = 300.0  # loading a model reads and compiles its program
@@ -71,7 +74,7 @@ _ERRORS: dict[grpc.StatusCode, type[PlatformError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 _PEER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -86,18 +89,87 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> PlatformError:
     details = (exc.details() if hasattr(exc, "details") else "") or code.name
     if code in _PEER_DOWN:
         return Unavailable(f"{peer} is unavailable: {details}")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return _ERRORS[code](f"{peer} refused the call: {details}")
     error = _ERRORS.get(code)
     if error is not None:
         return error(details)
     return Internal(f"{peer} failed ({code.name}): {details}", summary=f"{peer.split(' at ')[0]} failed")
 
 
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token`` (none without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+              grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Adds the platform's token to every call on a grpc.aio channel."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = bearer(token)
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self.metadata)
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                          details.wait_for_ready)
+
+    async def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return await continuation(self._with_token(details), requests)
+
+    async def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return await continuation(self._with_token(details), requests)
+
+
+class _SyncBearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """The same for a blocking channel (the Python client, the CLI, the SDK)."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = bearer(token)
+
+    def _with_token(self, details: Any) -> Any:
+        # grpc hands interceptors a namedtuple of the call's details
+        return details._replace(metadata=[*(details.metadata or ()), *self.metadata])
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), requests)
+
+
+def aio_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    """A grpc.aio channel to a platform service that carries the token on every call."""
+    interceptors = [_Bearer(token)] if token else None
+    return grpc.aio.insecure_channel(addr, options=channel_options(max_message_bytes), interceptors=interceptors)
+
+
+def sync_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """A blocking channel to a platform service that carries the token on every call."""
+    channel = grpc.insecure_channel(addr, options=channel_options(max_message_bytes))
+    return grpc.intercept_channel(channel, _SyncBearer(token)) if token else channel
+
+
 class Peer:
     """One grpc.aio channel to another service; a failed call raises a PlatformError that names the service."""
 
-    def __init__(self, module: str, addr: str, max_message_bytes: int, timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(self, module: str, addr: str, max_message_bytes: int, timeout_s: float = CALL_TIMEOUT_S,
+                 token: str = "") -> None:
         self.module, self.addr, self.timeout_s = module, addr, timeout_s
-        self.channel = grpc.aio.insecure_channel(addr, options=channel_options(max_message_bytes))
+        self.channel = aio_channel(addr, token, max_message_bytes)
 
     @property
     def name(self) -> str:
@@ -112,6 +184,21 @@ class Peer:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def refuse_unknown_fields(message: Any, path: str = "") -> None:
+    """INVALID_ARGUMENT naming a field the message carries that this server's contract does not know (a client
+    built from a newer contract, or a typo'd field sent as JSON): unknown fields are refused, never ignored."""
+    path = path or message.DESCRIPTOR.name
+    unknown = unknown_fields.UnknownFieldSet(message)
+    if len(unknown):
+        numbers = sorted({field.field_number for field in unknown})
+        raise InvalidArgument(f"{path} carries field number(s) {numbers} that this server does not know")
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        for item in value if descriptor.is_repeated else [value]:
+            refuse_unknown_fields(item, f"{path}.{descriptor.name}")
 
 
 # -- enum tables -----------------------------------------------------------------------------------------------------

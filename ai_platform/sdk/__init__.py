@@ -24,11 +24,13 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
     """
     from ai_platform.sdk import models
 
-    options.setdefault("storage_options", _lake_storage_options())
+    options.setdefault("storage_options", storage_options())
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
 
 
-def _lake_storage_options() -> dict[str, str] | None:
+def storage_options() -> dict[str, str] | None:
+    """The lake's storage options (endpoint, keys) for a script's own Lance reads and writes, e.g.
+    ``lance.dataset(input_path, storage_options=sdk.storage_options())``; None for a lake on local disk."""
     return ClientSettings.from_env().storage_options or None
 
 
@@ -39,9 +41,7 @@ def deploy_model(name: str, *, version: int | None = None, max_batch_size: int |
     Loading again after a new version was saved swaps it in without failing requests in flight.
     Addresses come from ``AIP_INFERENCE_ADDR`` and ``AIP_GATEWAY_ADDR``, as the platform sets them.
     """
-    import grpc
-
-    from ai_platform.core.wire import CALL_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S, encode_parameters
+    from ai_platform.core.wire import CALL_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S, encode_parameters, sync_channel
     from ai_platform.protos.inference import grpc_service_pb2 as pb
     from ai_platform.protos.inference import grpc_service_pb2_grpc
 
@@ -49,7 +49,7 @@ def deploy_model(name: str, *, version: int | None = None, max_batch_size: int |
     addr = inference_addr or settings.inference_addr
     parameters = encode_parameters({"version": version, "max_batch_size": max_batch_size,
                                     "max_queue_delay_us": max_queue_delay_us})
-    with grpc.insecure_channel(addr) as channel:
+    with sync_channel(addr, settings.token) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
                                  timeout=MODEL_LOAD_TIMEOUT_S)
@@ -65,7 +65,7 @@ def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any
     """A runnable module for a saved model, without the training script's class."""
     from ai_platform.sdk import models
 
-    return models.load_model(uri, version, device, _lake_storage_options())
+    return models.load_model(uri, version, device, storage_options())
 
 
 def report_progress(fraction: float, message: str = "", metrics: dict[str, Any] | None = None) -> None:
@@ -78,5 +78,7 @@ def report_progress(fraction: float, message: str = "", metrics: dict[str, Any] 
         raise ValueError(f"fraction must be a finite number, got {fraction}")
     progress = {"fraction": min(max(fraction, 0.0), 1.0), "message": str(message), "metrics": dict(metrics or {}),
                 "time": time.time()}
-    if not report.send("progress", progress):
+    if report.is_task():
+        report.send("progress", progress)
+    else:
         print(f"[progress {progress['fraction']:.0%}] {message} {metrics or ''}", file=sys.stderr)

@@ -1,40 +1,102 @@
-"""The side channel from a running task to the scheduler: JSON lines, never parsed out of stdout.
+"""The report channel from a running task to the scheduler: ``ReportTask`` calls over gRPC.
 
-Locally it is a pipe (``AIP_REPORT_FD``); on Ray it is a file (``AIP_REPORT_PATH``) that the
-scheduler tails. Kept free of heavy imports: it is on every task's start-up path.
+The same path from every backend and every node, authenticated by the task's own secret (``AIP_TASK_SECRET``), so
+nothing travels through a shared disk. A report the scheduler cannot take right now (it is restarting, the network
+blinked) is retried with backoff: progress for a few seconds, the result and the error for minutes.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 import threading
+import time
 from typing import Any
 
 from ai_platform.core.settings import TaskSettings
 
+PROGRESS_PATIENCE_S = 10.0  # a progress report still undelivered then is dropped; the task goes on
+FINAL_PATIENCE_S = 300.0  # the result or error is retried this long before the worker gives up
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
+CALL_TIMEOUT_S = 10.0
+
 _lock = threading.Lock()
-_stream = None
+_reporter_or_none: Reporter | bool | None = None  # False: not running as a task
 
 
-def _channel():  # noqa: ANN202 - a text file or None
-    global _stream
-    if _stream is None:
-        settings = TaskSettings.from_env()
-        if settings.report_fd >= 0:
-            _stream = os.fdopen(settings.report_fd, "w", buffering=1, closefd=False)
-        elif settings.report_path:
-            _stream = open(settings.report_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the task
-    return _stream
+class Reporter:
+    """One worker's connection to the scheduler (created on the first report)."""
+
+    def __init__(self, settings: TaskSettings) -> None:
+        import grpc
+
+        from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+        self.settings, self.grpc, self.pb = settings, grpc, scheduler_pb2
+        self.channel = grpc.insecure_channel(settings.scheduler_addr)
+        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
+
+    def request(self, kind: str, value: Any) -> Any:
+        """The ReportTaskRequest for one report; TypeError/ValueError when the value is not plain JSON."""
+        from google.protobuf import json_format
+
+        pb = self.pb
+        request = pb.ReportTaskRequest(task_id=self.settings.task_id, secret=self.settings.task_secret)
+        if kind == "started":
+            request.started = float(value)
+        elif kind == "progress":
+            progress = request.progress
+            progress.fraction, progress.message = value["fraction"], value["message"]
+            progress.metrics.update(json.loads(json.dumps(value["metrics"], allow_nan=False)))
+            progress.updated_at.FromNanoseconds(int(value["time"] * 1e9))
+        elif kind == "result":
+            json_format.ParseDict(json.loads(json.dumps(value, allow_nan=False)), request.result)
+        elif kind == "error":
+            request.error.CopyFrom(pb.TaskError(type=value["type"], message=value["message"]))
+        else:
+            raise ValueError(f"unknown report kind {kind!r}")
+        return request
+
+    def deliver(self, kind: str, request: Any) -> bool:
+        patience = FINAL_PATIENCE_S if kind in ("result", "error") else PROGRESS_PATIENCE_S
+        deadline, delay = time.monotonic() + patience, RETRY_FIRST_S
+        retryable = (self.grpc.StatusCode.UNAVAILABLE, self.grpc.StatusCode.DEADLINE_EXCEEDED)
+        while True:
+            try:
+                self.stub.ReportTask(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
+                return True
+            except self.grpc.RpcError as exc:
+                if exc.code() not in retryable or time.monotonic() + delay > deadline:
+                    print(f"[platform] the {kind} report did not reach the scheduler at "
+                          f"{self.settings.scheduler_addr}: {exc.code().name}: {exc.details()}", file=sys.stderr,
+                          flush=True)
+                    return False
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+def _reporter() -> Reporter | None:
+    global _reporter_or_none
+    with _lock:
+        if _reporter_or_none is None:
+            settings = TaskSettings.from_env()
+            _reporter_or_none = Reporter(settings) if settings.task_secret else False
+        return _reporter_or_none or None
 
 
 def send(kind: str, value: Any) -> bool:
-    """Send one ``{kind: value}`` message; False when not running as a platform task."""
-    stream = _channel()
-    if stream is None:
+    """Send one report (``started``, ``progress``, ``result`` or ``error``) to the scheduler.
+
+    Returns False when not running as a platform task, or when the report could not be delivered (said on
+    stderr). Raises TypeError or ValueError when ``value`` is not plain JSON.
+    """
+    reporter = _reporter()
+    if reporter is None:
         return False
-    line = json.dumps({kind: value}, allow_nan=False)
-    with _lock:
-        stream.write(line + "\n")
-        stream.flush()
-    return True
+    return reporter.deliver(kind, reporter.request(kind, value))
+
+
+def is_task() -> bool:
+    """Whether this process runs as a platform task (and so has a scheduler to report to)."""
+    return _reporter() is not None

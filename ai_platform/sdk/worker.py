@@ -1,8 +1,8 @@
 """Task entry point: ``python -m ai_platform.sdk.worker`` runs one user script's ``run`` and reports the outcome.
 
-The same entry point runs under the local backend (a child process) and as a Ray job.
-The task spec comes as JSON in ``AIP_TASK_SPEC``. Only the standard library is imported
-here, so a task starts in tens of milliseconds.
+The same entry point runs under the local backend (a child process) and as a Ray job, on any node.
+The task spec comes as JSON in ``AIP_TASK_SPEC``; reports go to the scheduler over gRPC
+(``ai_platform.sdk.report``). Nothing heavier than gRPC is imported before the script's own imports.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -35,6 +36,39 @@ def _load(script: str) -> Any:
     return module
 
 
+def _adopt_orphans() -> None:
+    """Become a child subreaper: processes the script starts and abandons stay this worker's descendants."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except OSError:
+        pass
+
+
+def _end_descendants() -> None:
+    """SIGKILL every process below this one: a task ends when its run returns, and so does all it started."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    pending, found = [os.getpid()], []
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process if the scheduler that started it dies."""
     try:
@@ -46,12 +80,20 @@ def _die_with_parent() -> None:
 
 
 def main() -> int:
+    _adopt_orphans()
+    try:
+        return _run_task()
+    finally:
+        _end_descendants()
+
+
+def _run_task() -> int:
     settings = TaskSettings.from_env()
     spec = json.loads(settings.task_spec)
-    if settings.report_fd >= 0:
+    if settings.die_with_parent:
         _die_with_parent()
     report.send("started", time.time())
-    script = spec["script"]
+    script = os.path.abspath(spec["script"])  # relative: in the job's working directory (shipped by Ray)
     sys.path.insert(0, os.path.dirname(script))
     sys.argv = [script]
     try:
@@ -73,10 +115,10 @@ def main() -> int:
         traceback.print_exc()
         return _fail(type(exc).__name__, str(exc) or repr(exc))
     try:
-        report.send("result", result)
+        delivered = report.send("result", result)
     except (TypeError, ValueError) as exc:
         return _fail("ResultNotJSON", f"run returned a {type(result).__name__} that is not JSON-serialisable: {exc}")
-    return 0
+    return 0 if delivered else 1
 
 
 if __name__ == "__main__":

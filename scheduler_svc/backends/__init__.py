@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +12,6 @@ from typing import Any, Protocol
 from ai_platform.core.settings import platform_pythonpath
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
-
-log = logging.getLogger("scheduler_svc.backends")
 
 
 @dataclass
@@ -32,21 +29,16 @@ class RunContext:
     has_result: bool = False
     started_at: float | None = None  # when the worker began, by its own clock (a queued Ray job starts late)
 
-    def handle_report(self, line: bytes | str) -> None:
-        """One JSON line from the task's side channel."""
-        try:
-            message = json.loads(line)
-        except ValueError:
-            log.warning("task %s sent a malformed report line", self.task.id)
-            return
-        if "started" in message:
-            self.started_at = float(message["started"])
-        elif "progress" in message:
-            self.on_progress(message["progress"])
-        elif "result" in message:
-            self.result, self.has_result = message["result"], True
-        elif "error" in message:
-            self.error = message["error"]
+    def report(self, kind: str, value: Any) -> None:
+        """One report from the task's worker (ReportTask): ``started``, ``progress``, ``result`` or ``error``."""
+        if kind == "started":
+            self.started_at = float(value)
+        elif kind == "progress":
+            self.on_progress(value)
+        elif kind == "result":
+            self.result, self.has_result = value, True
+        elif kind == "error":
+            self.error = value
 
     def outcome(self, exit_description: str | None) -> Outcome:
         """Completed with a result, else failed with the script's error, else with how the process ended."""
@@ -71,6 +63,7 @@ class Backend(Protocol):
     name: str
     detached: bool  # its work outlives the scheduler: on shutdown stop watching it, after a restart re-attach
     slots: asyncio.Semaphore | None  # bounds how many tasks run at once; None when the cluster queues them
+    custom_resources: bool  # whether tasks may ask for custom resources (kinds of node)
 
     def can_reattach(self, task: Task) -> bool:
         """Whether work left by a previous scheduler can be tracked again."""
@@ -87,12 +80,13 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
-    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the spec, and the
-    platform importable."""
+def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], script: str = "") -> dict[str, str]:
+    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the spec, the
+    secret its reports must carry, and the platform importable. ``script``: the script's path where the worker
+    runs, when that is not the scheduler's (a Ray job's working directory)."""
     spec = {
         "id": task.id,
-        "script": task.script,
+        "script": script or task.script,
         "input": task.resolved_input,
         "output": task.resolved_output,
         "params": task.params,
@@ -101,6 +95,7 @@ def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str]) 
         **platform_env,
         "AIP_TASK_ID": task.id,
         "AIP_TASK_SPEC": json.dumps(spec),
+        "AIP_TASK_SECRET": task.report_secret,
         "PYTHONPATH": platform_pythonpath(),
         "PYTHONUNBUFFERED": "1",
         **extra,

@@ -16,6 +16,7 @@ from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.local")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PUMP_DRAIN_S = 2.0  # after the worker exits, how long its output may still arrive
 
 
 def group_rss_mb(pgid: int) -> float:
@@ -59,6 +60,7 @@ def describe_exit(returncode: int) -> str | None:
 class LocalBackend:
     name = "local"
     detached = False  # a task's processes end with the scheduler
+    custom_resources = False  # one machine, one kind of node
 
     def __init__(self, cwd: Path, grace_s: float, platform_env: dict[str, str], max_parallel: int) -> None:
         self.cwd = cwd
@@ -80,31 +82,18 @@ class LocalBackend:
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
-        report_read, report_write = os.pipe()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *WORKER_COMMAND,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(report_write,),
-                start_new_session=True,
-                cwd=self.cwd,
-                env=child_environment(worker_env(task, self.platform_env, {"AIP_REPORT_FD": str(report_write)})),
-                limit=1 << 20,
-            )
-        finally:
-            os.close(report_write)
-        ctx.on_running(proc.pid, "", None)
-        loop = asyncio.get_running_loop()
-        reports = asyncio.StreamReader(limit=256 << 20)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reports), os.fdopen(report_read, "rb", buffering=0)
+        proc = await asyncio.create_subprocess_exec(
+            *WORKER_COMMAND,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.cwd,
+            env=child_environment(worker_env(task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1"})),
+            limit=1 << 20,
         )
-        pumps = [
-            asyncio.ensure_future(self._pump_log(proc, ctx)),
-            asyncio.ensure_future(self._pump_reports(reports, ctx)),
-        ]
+        ctx.on_running(proc.pid, "", None)
+        pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
         over_memory: list[float] = []
         watchers = [asyncio.ensure_future(self._stop_when_asked(proc, ctx))]
         if task.resources.memory_mb:
@@ -115,8 +104,10 @@ class LocalBackend:
             for watcher in watchers:
                 watcher.cancel()
             kill_group(proc.pid, signal.SIGKILL)  # nothing of the task outlives it
-            await asyncio.gather(*pumps, return_exceptions=True)
-            transport.close()
+            # A process that escaped the group may still hold the output pipe: drain briefly, then let go.
+            _, held = await asyncio.wait(pumps, timeout=PUMP_DRAIN_S)
+            for pump in held:
+                pump.cancel()
             ctx.log.close()
         if over_memory:
             return Outcome(
@@ -131,10 +122,6 @@ class LocalBackend:
         assert proc.stdout is not None
         while data := await proc.stdout.read(1 << 16):
             ctx.log.write(data)
-
-    async def _pump_reports(self, reports: asyncio.StreamReader, ctx: RunContext) -> None:
-        while line := await reports.readline():
-            ctx.handle_report(line)
 
     async def _stop_when_asked(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
         await ctx.stop.wait()

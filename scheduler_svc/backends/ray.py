@@ -1,8 +1,8 @@
 """Levels 2 and 3: each task is a Ray job (Ray Jobs API) running the same worker entry point.
 
-The job's side channel is a JSON-lines file under the scheduler's state directory (shared
-storage on a multi-node cluster); its logs are streamed from Ray's log tail into the task log,
-and checked once against Ray's whole log when the job ends.
+The job reports to the scheduler over gRPC like any task (no shared disk, any node); its logs are
+streamed from Ray's log tail into the task log, and checked once against Ray's whole log when the
+job ends.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
 POLL_S = 0.25
+WORKING_DIR_EXCLUDES = ["__pycache__", ".ai_platform", ".venv", ".git", "*.lance"]
+PENDING_CHECK_S = 2.0  # a job still pending then: say which of its resources no live node offers
+STOP_PENDING_S = 2.0  # a stop that a still-pending job has not taken by then: the job never ran
 LOG_POLL_S = 1.0  # full-log polling, only while Ray's log tail is not streaming
 
 
@@ -42,11 +45,10 @@ class RayBackend:
     name = "ray"
     detached = True  # Ray jobs run on without the scheduler, which re-attaches after a restart
     slots = None  # the cluster queues jobs until their resources are free
+    custom_resources = True  # passed to Ray as entrypoint resources: a task lands on a node that offers them
 
-    def __init__(self, address: str, report_dir: Path, platform_env: dict[str, str]) -> None:
+    def __init__(self, address: str, platform_env: dict[str, str]) -> None:
         self.address = address if "://" in address else f"http://{address}"
-        self.report_dir = report_dir
-        self.report_dir.mkdir(parents=True, exist_ok=True)
         self.platform_env = platform_env
         self._client = None
 
@@ -72,26 +74,27 @@ class RayBackend:
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
         client = await self.client()
-        report_path = self.report_dir / f"{task.id}.jsonl"
         job_id = task.job_id or task.id
         if not attach:
-            report_path.unlink(missing_ok=True)
             resources = task.resources
             await asyncio.to_thread(
                 client.submit_job,
                 entrypoint=shlex.join(WORKER_COMMAND),
                 submission_id=job_id,
-                runtime_env={"env_vars": worker_env(task, self.platform_env, {"AIP_REPORT_PATH": str(report_path)})},
+                runtime_env=self.runtime_env(task),
                 entrypoint_num_cpus=resources.num_cpus or None,
                 entrypoint_num_gpus=resources.num_gpus or None,
                 entrypoint_memory=resources.memory_mb * 2**20 or None,
+                entrypoint_resources=resources.custom or None,
                 metadata={"aip_task": task.name},
             )
             ctx.on_submitted(job_id)
         # The task log mirrors Ray's byte for byte, so after a restart it already holds what was seen.
         cursor = LogCursor(written=ctx.log.end)
         tail = asyncio.ensure_future(self._tail_logs(client, job_id, cursor, ctx))
-        report_offset, stop_sent, running = 0, False, task.status.value == "running"
+        stop_asked = asyncio.ensure_future(ctx.stop.wait())
+        stop_sent, running = 0.0, task.status.value == "running"
+        pending_since, explained = time.monotonic(), False
         next_log_fetch = 0.0
         try:
             while True:
@@ -100,23 +103,29 @@ class RayBackend:
                 if status == "RUNNING" and not running:
                     running = True
                     ctx.on_running(None, job_id, None)
-                report_offset = self._read_reports(report_path, report_offset, ctx)
                 if ctx.started_at is not None and not running:  # it began between two polls
                     running = True
                     ctx.on_running(None, job_id, ctx.started_at)
                 if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                     break
+                if status == "PENDING" and not explained and time.monotonic() - pending_since > PENDING_CHECK_S:
+                    explained = True
+                    if missing := await self._missing_resources(task.resources.custom):
+                        ctx.on_progress({"fraction": 0.0, "message": missing, "metrics": {}, "time": time.time()})
                 if tail.done() and time.monotonic() >= next_log_fetch:  # the stream broke: poll instead
                     await self._mirror_logs(client, job_id, cursor, ctx)
                     next_log_fetch = time.monotonic() + LOG_POLL_S
                 if ctx.stop.is_set() and not stop_sent:
                     await asyncio.to_thread(client.stop_job, job_id)
-                    stop_sent = True
-                try:
-                    await asyncio.wait_for(asyncio.shield(ctx.stop.wait()), POLL_S)
-                except TimeoutError:
-                    pass
+                    stop_sent = time.monotonic()
+                if stop_sent and status == "PENDING" and time.monotonic() - stop_sent > STOP_PENDING_S:
+                    # Ray queues the stop behind a job that no node can start yet: the job never ran, and is
+                    # stopped the moment it would start.
+                    log.info("Ray job %s never started; it is cancelled", job_id)
+                    break
+                await asyncio.wait([stop_asked], timeout=POLL_S)  # a poll interval, cut short by a stop
         finally:
+            stop_asked.cancel()
             tail.cancel()  # Ray's tail lingers a second or two after the end; one fetch below is quicker
         await self._mirror_logs(client, job_id, cursor, ctx)  # whatever the tail did not deliver
         ctx.log.close()
@@ -125,7 +134,7 @@ class RayBackend:
             # Ray's start_time is when the job was submitted, which for a queued job is long before it ran.
             ctx.on_running(None, job_id, ctx.started_at or info.start_time / 1000)
         # Ray stamps the end when the job finishes; polls and log fetches may notice it later.
-        if status == "STOPPED":
+        if status in ("STOPPED", "PENDING"):  # PENDING: stopped before it ever started
             outcome = Outcome(TaskStatus.CANCELLED)
         elif status == "SUCCEEDED":
             outcome = ctx.outcome(None)
@@ -134,17 +143,32 @@ class RayBackend:
         outcome.ended_at = info.end_time / 1000 if info.end_time else None
         return outcome
 
-    def _read_reports(self, path: Path, offset: int, ctx: RunContext) -> int:
+    def runtime_env(self, task: Task) -> dict:
+        """The job's environment: the platform's settings, and the script's directory shipped through Ray (its
+        ``working_dir``), so a node that shares no disk with the scheduler runs it all the same."""
+        script = Path(task.script)
+        return {"env_vars": worker_env(task, self.platform_env, {}, script=script.name),
+                "working_dir": str(script.parent), "excludes": WORKING_DIR_EXCLUDES}
+
+    async def _missing_resources(self, wanted: dict[str, float]) -> str:
+        """Why a pending job cannot start: the custom resources no live node offers in that amount ('' if any)."""
+        if not wanted:
+            return ""
+        from ray.util.state import list_nodes
+
         try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return offset
-        complete = data[: data.rfind(b"\n") + 1]
-        for line in complete.splitlines():
-            ctx.handle_report(line)
-        return offset + len(complete)
+            nodes = await asyncio.to_thread(list_nodes, address=self.address, detail=True, timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the explanation is a courtesy; the job stays pending either way
+            log.warning("cannot list the Ray cluster's nodes: %s", exc)
+            return ""
+        alive = [n.resources_total or {} for n in nodes if n.state == "ALIVE"]
+        lacking = [f"{name}={amount:g}" for name, amount in wanted.items()
+                   if not any(resources.get(name, 0) >= amount for resources in alive)]
+        if not lacking:
+            return ""
+        offered = sorted({name for resources in alive for name in resources if not name.startswith("node:")})
+        return (f"waiting for resources: no live node offers {', '.join(lacking)} "
+                f"(the cluster offers {', '.join(offered)}); cancel the task or add such a node")
 
     async def _tail_logs(self, client, job_id: str, cursor: LogCursor, ctx: RunContext) -> None:  # noqa: ANN001
         """Stream Ray's log as the job writes it; returns when the job ends or the stream breaks."""
@@ -160,7 +184,14 @@ class RayBackend:
             log.warning("log tail of Ray job %s broke (%s); polling its log instead", job_id, exc)
 
     async def _mirror_logs(self, client, job_id: str, cursor: LogCursor, ctx: RunContext) -> None:  # noqa: ANN001
-        """Fetch Ray's whole log and append what the task log lacks (Ray has no ranged read)."""
-        data = (await asyncio.to_thread(client.get_job_logs, job_id)).encode()
+        """Fetch Ray's whole log and append what the task log lacks (Ray has no ranged read).
+
+        The log lives on the node that ran the job: when that node is gone, the task log keeps what it has."""
+        try:
+            data = (await asyncio.to_thread(client.get_job_logs, job_id)).encode()
+        except Exception as exc:  # noqa: BLE001 - best effort: the job's outcome does not depend on its log
+            log.warning("the log of Ray job %s cannot be fetched (its node may be gone): %s", job_id,
+                        str(exc).splitlines()[0][:200])
+            return
         if new := cursor.take(data, 0):
             ctx.log.write(new)

@@ -27,14 +27,23 @@ FAILED: TaskStatus
 CANCELLED: TaskStatus
 
 class Resources(_message.Message):
-    __slots__ = ("num_cpus", "num_gpus", "memory_mb")
+    __slots__ = ("num_cpus", "num_gpus", "memory_mb", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NUM_CPUS_FIELD_NUMBER: _ClassVar[int]
     NUM_GPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
     num_cpus: float
     num_gpus: float
     memory_mb: int
-    def __init__(self, num_cpus: _Optional[float] = ..., num_gpus: _Optional[float] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, num_cpus: _Optional[float] = ..., num_gpus: _Optional[float] = ..., memory_mb: _Optional[int] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("fraction", "message", "metrics", "updated_at")
@@ -169,3 +178,23 @@ class WatchTaskRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ReportTaskRequest(_message.Message):
+    __slots__ = ("task_id", "secret", "started", "progress", "result", "error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    secret: str
+    started: float
+    progress: Progress
+    result: _struct_pb2.Value
+    error: TaskError
+    def __init__(self, task_id: _Optional[str] = ..., secret: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ...) -> None: ...
+
+class ReportTaskResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class SchedulerServiceStub:
                 request_serializer=aiplatform_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.Task.FromString,
                 _registered_method=True)
+        self.ReportTask = channel.unary_unary(
+                '/aiplatform.v1.SchedulerService/ReportTask',
+                request_serializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -110,6 +115,15 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTask(self, request, context):
+        """A running task's worker reports its start, progress, result or error, from whichever node it runs on.
+        Authenticated by the per-task secret the scheduler put in the worker's environment (AIP_TASK_SECRET):
+        NOT_FOUND for an unknown task, PERMISSION_DENIED for a wrong secret, FAILED_PRECONDITION once it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +156,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.WatchTaskRequest.FromString,
                     response_serializer=aiplatform_dot_v1_dot_scheduler__pb2.Task.SerializeToString,
+            ),
+            'ReportTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTask,
+                    request_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +325,33 @@ class SchedulerService:
             '/aiplatform.v1.SchedulerService/WatchTask',
             aiplatform_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
             aiplatform_dot_v1_dot_scheduler__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiplatform.v1.SchedulerService/ReportTask',
+            aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.SerializeToString,
+            aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
