@@ -14,10 +14,11 @@ from fastapi.routing import APIRoute
 from google.protobuf import json_format
 
 from ai_platform.core.errors import PlatformError
-from ai_platform.core.views import ERRORS, PredictView
+from ai_platform.core.views import ERRORS, PROTOCOL_ERRORS, PredictView
 from ai_platform.core.wire import (
     DATATYPES,
     HEALTH_TIMEOUT_S,
+    INT64_MAX,
     MODEL_LOAD_TIMEOUT_S,
     datatype,
     decode_parameters,
@@ -31,9 +32,9 @@ NOT_FOUND = "MODEL_NOT_FOUND"
 METADATA_TTL_S = 5.0
 
 
-async def _json(request: Request) -> dict:
+def _parse_json(raw: bytes) -> dict:
     try:
-        body = orjson.loads(await request.body())  # several times faster than json on 784 floats
+        body = orjson.loads(raw)  # several times faster than json on 784 floats
     except orjson.JSONDecodeError as exc:
         raise invalid(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -41,53 +42,111 @@ async def _json(request: Request) -> dict:
     return body
 
 
-def _tensor_request(model: str, version: str, body: dict) -> pb.ModelInferRequest:
-    """A v2 JSON inference request as a raw-tensor gRPC request."""
+async def _json(request: Request) -> dict:
+    return _parse_json(await request.body())
+
+
+BINARY_HEADER = "inference-header-content-length"  # the binary tensor extension: JSON, then raw tensor bytes
+REQUEST_FIELDS, INPUT_FIELDS, OUTPUT_FIELDS = {"id", "inputs", "outputs", "parameters"}, {
+    "name", "shape", "datatype", "data", "parameters"}, {"name", "parameters"}
+REQUEST_PARAMETERS, INPUT_PARAMETERS, OUTPUT_PARAMETERS = {"binary_data_output"}, {"binary_data_size"}, {
+    "binary_data"}
+
+
+def _known(what: str, given: Any, fields: set[str]) -> dict:
+    """``given`` as a dict of known fields only: anything else is refused, never ignored."""
+    if not isinstance(given, dict):
+        raise invalid(f"{what} must be a JSON object")
+    if unknown := sorted(set(given) - fields):
+        raise invalid(f"{what} has unknown field(s) {unknown}; it takes {sorted(fields)}")
+    return given
+
+
+def _tensor_request(model: str, version: str, body: dict, binary: memoryview) -> pb.ModelInferRequest:
+    """A v2 inference request (JSON, with tensors as JSON data or as raw bytes after it) as a raw-tensor gRPC
+    request."""
+    _known("the request", body, REQUEST_FIELDS)
+    _known("the request's parameters", body.get("parameters") or {}, REQUEST_PARAMETERS)
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise invalid("'inputs' must be a non-empty list of {name, shape, datatype, data}")
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=str(body.get("id", "")))
+    offset = 0
     for item in inputs:
-        if not isinstance(item, dict) or not {"name", "shape", "datatype", "data"} <= set(item):
-            raise invalid("each input needs name, shape, datatype and data")
+        _known("each input", item, INPUT_FIELDS)
+        name = str(item.get("name", ""))
+        parameters = _known(f"input '{name}' parameters", item.get("parameters") or {}, INPUT_PARAMETERS)
+        if not {"name", "shape", "datatype"} <= set(item) or ("data" in item) == ("binary_data_size" in parameters):
+            raise invalid("each input needs name, shape, datatype, and either data or parameters.binary_data_size")
         try:
-            dtype = datatype(item["datatype"], f"input '{item['name']}'").numpy
+            dtype = np.dtype(datatype(item["datatype"], f"input '{name}'").numpy)
         except PlatformError as exc:
             raise from_platform(exc) from None
         shape = item["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise invalid(f"input '{item['name']}': shape must be a list of non-negative integers")
-        try:
-            array = np.asarray(item["data"], dtype=dtype)
-        except (TypeError, ValueError) as exc:
-            raise invalid(f"input '{item['name']}': data is not {item['datatype']}: {exc}") from None
-        if array.size != math.prod(shape):
-            raise invalid(f"input '{item['name']}': {array.size} values for shape {shape}")
-        request.inputs.add(name=str(item["name"]), datatype=item["datatype"], shape=shape)
-        request.raw_input_contents.append(array.reshape(shape).tobytes())
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= INT64_MAX for d in shape):
+            raise invalid(f"input '{name}': shape must be a list of non-negative integers")
+        if "data" in item:
+            try:
+                raw = np.asarray(item["data"], dtype=dtype).tobytes()
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise invalid(f"input '{name}': data is not {item['datatype']}: {exc}") from None
+        else:
+            size = parameters["binary_data_size"]
+            if not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
+                raise invalid(f"input '{name}': binary_data_size {size!r} is more than the {len(binary) - offset} "
+                              f"bytes left after the JSON header")
+            raw, offset = bytes(binary[offset:offset + size]), offset + size
+        if len(raw) != math.prod(shape) * dtype.itemsize:
+            raise invalid(f"input '{name}': {len(raw) // dtype.itemsize} values for shape {shape}")
+        request.inputs.add(name=name, datatype=item["datatype"], shape=shape)
+        request.raw_input_contents.append(raw)
+    if offset != len(binary):
+        raise invalid(f"{len(binary) - offset} bytes after the JSON header belong to no input")
     for output in body.get("outputs") or []:
-        if not isinstance(output, dict) or "name" not in output:
+        _known("each requested output", output, OUTPUT_FIELDS)
+        _known(f"output '{output.get('name')}' parameters", output.get("parameters") or {}, OUTPUT_PARAMETERS)
+        if "name" not in output:
             raise invalid("each requested output needs a name")
         request.outputs.add(name=str(output["name"]))
     return request
 
 
-def _outputs(response: pb.ModelInferResponse) -> list[dict[str, Any]]:
-    outputs = []
+def _answer(body: dict, response: pb.ModelInferResponse) -> Response:
+    """The v2 response: outputs as JSON data, or, where asked (the binary tensor extension), as raw bytes after
+    the JSON with ``parameters.binary_data_size`` and the Inference-Header-Content-Length header."""
+    everything_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
+    binary_named = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", everything_binary))
+                    for o in body.get("outputs") or []}
+    outputs, blobs = [], []
     for index, tensor in enumerate(response.outputs):
-        array = np.frombuffer(response.raw_output_contents[index], DATATYPES[tensor.datatype].numpy)
-        outputs.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
-                        "data": array.tolist()})
-    return outputs
+        raw = response.raw_output_contents[index]
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if binary_named.get(tensor.name, everything_binary):
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = np.frombuffer(raw, DATATYPES[tensor.datatype].numpy).tolist()
+        outputs.append(entry)
+    header = orjson.dumps({"model_name": response.model_name, "model_version": response.model_version,
+                           "id": response.id, "outputs": outputs})
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-async def _infer(request: Request, model: str, version: str) -> dict:
+async def _infer(request: Request, model: str, version: str) -> Response:
+    raw = await request.body()
+    length = request.headers.get(BINARY_HEADER)
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > len(raw)):
+        raise invalid(f"{BINARY_HEADER} {length!r} is not a length within the body's {len(raw)} bytes")
+    split = int(length) if length is not None else len(raw)
+    body = _parse_json(raw[:split])
     upstreams = request.app.state.upstreams
-    grpc_request = _tensor_request(model, version, await _json(request))
+    grpc_request = _tensor_request(model, version, body, memoryview(raw)[split:])
     response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,
                                                                               timeout=upstreams.timeout_s), NOT_FOUND)
-    return {"model_name": response.model_name, "model_version": response.model_version, "id": response.id,
-            "outputs": _outputs(response)}
+    return _answer(body, response)
 
 
 async def _metadata(request: Request, model: str, version: str) -> dict:
@@ -132,12 +191,12 @@ async def server_metadata(request: Request) -> dict:
     return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
 
 
-@router.get("/v2/models/{model}", tags=["inference"], responses=ERRORS, summary="Model metadata")
+@router.get("/v2/models/{model}", tags=["inference"], responses=PROTOCOL_ERRORS, summary="Model metadata")
 async def model_metadata(request: Request, model: str) -> dict:
     return await _metadata(request, model, "")
 
 
-@router.get("/v2/models/{model}/versions/{version}", tags=["inference"], responses=ERRORS,
+@router.get("/v2/models/{model}/versions/{version}", tags=["inference"], responses=PROTOCOL_ERRORS,
             summary="Model metadata, one version")
 async def model_version_metadata(request: Request, model: str, version: str) -> dict:
     return await _metadata(request, model, version)
@@ -156,52 +215,36 @@ async def _ready(request: Request, model: str, version: str) -> dict:
     return {"name": model, "ready": True}
 
 
-@router.get("/v2/models/{model}/ready", tags=["inference"], responses=ERRORS, summary="Model readiness")
+@router.get("/v2/models/{model}/ready", tags=["inference"], responses=PROTOCOL_ERRORS, summary="Model readiness")
 async def model_ready(request: Request, model: str) -> dict:
     return await _ready(request, model, "")
 
 
-@router.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"], responses=ERRORS)
+@router.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"], responses=PROTOCOL_ERRORS)
 async def model_version_ready(request: Request, model: str, version: str) -> dict:
     return await _ready(request, model, version)
 
 
-async def _statistics(request: Request, model: str, version: str) -> dict:
+@router.get("/v2/models/{model}/stats", tags=["inference"], responses=PROTOCOL_ERRORS,
+            summary="Statistics of a loaded model (the protocol's statistics extension)")
+@router.get("/v2/models/{model}/versions/{version}/stats", tags=["inference"], responses=PROTOCOL_ERRORS,
+            summary="Statistics of one loaded version")
+async def model_statistics(request: Request, model: str, version: str = "") -> dict:
     upstreams = request.app.state.upstreams
     stats = await upstreams.call("inference", upstreams.inference.ModelStatistics(
         pb.ModelStatisticsRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
     return json_format.MessageToDict(stats, preserving_proto_field_name=True)
 
 
-async def _config(request: Request, model: str, version: str) -> dict:
+@router.get("/v2/models/{model}/config", tags=["inference"], responses=PROTOCOL_ERRORS,
+            summary="A model's configuration (Triton's model config)")
+@router.get("/v2/models/{model}/versions/{version}/config", tags=["inference"], responses=PROTOCOL_ERRORS,
+            summary="One version's configuration")
+async def model_config(request: Request, model: str, version: str = "") -> dict:
     upstreams = request.app.state.upstreams
     answer = await upstreams.call("inference", upstreams.inference.ModelConfig(
         pb.ModelConfigRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
     return json_format.MessageToDict(answer.config, preserving_proto_field_name=True)
-
-
-@router.get("/v2/models/{model}/stats", tags=["inference"], responses=ERRORS,
-            summary="Statistics of a loaded model (the protocol's statistics extension)")
-async def model_statistics(request: Request, model: str) -> dict:
-    return await _statistics(request, model, "")
-
-
-@router.get("/v2/models/{model}/versions/{version}/stats", tags=["inference"], responses=ERRORS,
-            summary="Statistics of one loaded version")
-async def model_version_statistics(request: Request, model: str, version: str) -> dict:
-    return await _statistics(request, model, version)
-
-
-@router.get("/v2/models/{model}/config", tags=["inference"], responses=ERRORS,
-            summary="A model's configuration (Triton's model config)")
-async def model_config(request: Request, model: str) -> dict:
-    return await _config(request, model, "")
-
-
-@router.get("/v2/models/{model}/versions/{version}/config", tags=["inference"], responses=ERRORS,
-            summary="One version's configuration")
-async def model_version_config(request: Request, model: str, version: str) -> dict:
-    return await _config(request, model, version)
 
 
 INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -215,19 +258,19 @@ INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": 
         "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}}}
 
 
-@router.post("/v2/models/{model}/infer", tags=["inference"], responses=ERRORS, openapi_extra=INFER_BODY,
+@router.post("/v2/models/{model}/infer", tags=["inference"], responses=PROTOCOL_ERRORS, openapi_extra=INFER_BODY,
              summary="Inference (Open Inference Protocol JSON)")
-async def infer(request: Request, model: str) -> dict:
+async def infer(request: Request, model: str) -> Response:
     return await _infer(request, model, "")
 
 
-@router.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=ERRORS,
+@router.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=PROTOCOL_ERRORS,
              openapi_extra=INFER_BODY, summary="Inference on one version")
-async def infer_version(request: Request, model: str, version: str) -> dict:
+async def infer_version(request: Request, model: str, version: str) -> Response:
     return await _infer(request, model, version)
 
 
-@router.api_route("/v2/repository/index", methods=["GET", "POST"], tags=["inference"], responses=ERRORS,
+@router.api_route("/v2/repository/index", methods=["GET", "POST"], tags=["inference"], responses=PROTOCOL_ERRORS,
                   summary="Models in the lake and whether they are loaded")
 async def repository_index(request: Request) -> list[dict]:
     upstreams = request.app.state.upstreams
@@ -236,7 +279,7 @@ async def repository_index(request: Request) -> list[dict]:
     return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in response.models]
 
 
-@router.post("/v2/repository/models/{model}/load", tags=["inference"], responses=ERRORS,
+@router.post("/v2/repository/models/{model}/load", tags=["inference"], responses=PROTOCOL_ERRORS,
              summary="Load (or reload, swapping in the newest version) a model; optional JSON parameters")
 async def load_model(request: Request, model: str) -> dict:
     upstreams = request.app.state.upstreams
@@ -251,7 +294,8 @@ async def load_model(request: Request, model: str) -> dict:
     return {"name": model, "state": "READY"}
 
 
-@router.post("/v2/repository/models/{model}/unload", tags=["inference"], responses=ERRORS, summary="Unload a model")
+@router.post("/v2/repository/models/{model}/unload", tags=["inference"], responses=PROTOCOL_ERRORS,
+             summary="Unload a model")
 async def unload_model(request: Request, model: str) -> dict:
     upstreams = request.app.state.upstreams
     await upstreams.call("inference", upstreams.inference.RepositoryModelUnload(
@@ -324,12 +368,7 @@ DIRECT_ROUTES = [PREDICT_ROUTE]
 
 async def classify(state: Any, id: str, raw: bytes) -> bytes:
     """The prediction for one sample, as JSON bytes."""
-    try:
-        body = orjson.loads(raw)  # several times faster than json on 784 floats
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise invalid("the body must be a JSON object")
+    body = _parse_json(raw)
     sample = body.get("image", body.get("inputs"))
     if sample is None:
         raise invalid("send {'image': [784 floats]} or {'inputs': [...]}")

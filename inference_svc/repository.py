@@ -43,7 +43,7 @@ class ModelStatus:
 def parse_version(version: str) -> int | None:
     if not version:
         return None
-    if not version.isdigit() or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
     return int(version)
 

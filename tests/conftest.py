@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,7 +35,9 @@ class ServiceProcess:
     metrics_addr: str = ""
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    isolated: bool = False  # in a mount namespace of its own, with a private /tmp: it sees no other service's files
+    # Run in a mount namespace of its own, with a private, empty tmpfs over each of these directories (the tests'
+    # files: other services' homes, state and logs), so that it sees none of them. The code stays visible.
+    private_dirs: list[Path] = field(default_factory=list)
 
     def start(self, timeout: float = 30) -> ServiceProcess:
         self.addr = self.addr or f"127.0.0.1:{free_port()}"
@@ -51,9 +54,10 @@ class ServiceProcess:
             self.metrics_addr,
             *self.extra_args,
         ]
-        if self.isolated:
-            args = ["unshare", "--mount", "--propagation", "private", "bash", "-c",
-                    'mount -t tmpfs tmpfs /tmp && exec "$@"', "--", *args]
+        if self.private_dirs:
+            mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(str(d))}" for d in self.private_dirs)
+            args = ["unshare", "--mount", "--propagation", "private", "bash", "-c", f'{mounts} && exec "$@"', "--",
+                    *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, env=env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         self.wait_healthy(timeout)

@@ -4,7 +4,10 @@ tasks whose background children held their slot, and inputs the seed passes thro
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,7 +23,7 @@ from ai_platform.client import SchedulerClient, StorageClient, status_name, task
 from ai_platform.core.ports import bindable
 from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
-from tests.conftest import start_platform
+from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts
 
 INT64_OVERFLOW = str(2**63)
@@ -264,3 +267,44 @@ def test_storage_filter_and_names_hold_for_any_input():
 
     names()
     filters()
+
+
+TRITON_HTTP = """
+import json, sys, numpy as np, tritonclient.http as th
+client = th.InferenceServerClient(sys.argv[1].removeprefix("http://"))
+x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+out = {"extensions": client.get_server_metadata()["extensions"]}
+for binary in (True, False):
+    item = th.InferInput("input", list(x.shape), "FP32")
+    item.set_data_from_numpy(x, binary_data=binary)
+    result = client.infer("cnn", [item], outputs=[th.InferRequestedOutput("output", binary_data=binary)])
+    out[f"binary={binary}"] = result.as_numpy("output").tolist()
+default = th.InferInput("input", list(x.shape), "FP32")
+default.set_data_from_numpy(x)
+out["default"] = client.infer("cnn", [default]).as_numpy("output").tolist()
+try:
+    client.infer("nope", [default])
+except th.InferenceServerException as exc:
+    out["missing"] = exc.message()
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_http_with_binary_tensors_and_the_protocol_errors(platform, http):
+    done = subprocess.run([sys.executable, "-c", TRITON_HTTP, platform.url], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert "binary_tensor_data" in out["extensions"]
+    np.testing.assert_allclose(out["binary=True"], out["binary=False"], atol=1e-5)
+    np.testing.assert_allclose(out["default"], out["binary=True"], atol=1e-5)
+    assert "does not exist" in out["missing"]
+    odd = http.post("/v2/models/cnn/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28],
+                                                              "datatype": "FP32", "data": [0.0] * 784}],
+                                                  "priority": 1})
+    assert odd.status_code == 400 and "priority" in odd.json()["error"], "unknown fields are refused"
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 3136}}]}).encode()
+    short = http.post("/v2/models/cnn/infer", content=header + b"\x00" * 100,
+                      headers={"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400 and "binary_data_size" in short.json()["error"], short.text

@@ -1,6 +1,6 @@
-"""Level 3's deployment shape on one machine: each of the four services in its own mount namespace (a private /tmp
-for its state), sharing nothing but the network and an S3-compatible lake, with AIP_TOKEN set; the MNIST demo runs
-through the CLI and the model is used through the gateway."""
+"""Level 3's deployment shape on one machine: each of the four services in its own mount namespace (a private tmpfs
+over all the tests' files, its own state inside it), sharing nothing but the network and an S3-compatible lake, with
+AIP_TOKEN set; the MNIST demo runs through the CLI and the model is used through the gateway."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def platform(tmp_path_factory):
     work = tmp_path_factory.mktemp("isolated")
     server, s3 = start_s3_server(work / "s3.log")
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
+    hidden = tmp_path_factory.getbasetemp()  # every file the tests make, this module's included
     env = {"AIP_HOME": HOME, "AIP_STORAGE_OPTIONS": json.dumps(s3.options()), "AIP_TOKEN": TOKEN,
-           "AIP_STATE_DIR": "/tmp/state", "AIP_SCRIPT_ROOTS": str(ROOT / "mnist"),
+           "AIP_SCRIPT_ROOTS": str(ROOT / "mnist"),
            **{f"AIP_{n.upper()}_ADDR": a for n, a in addrs.items()}}
     started: list[ServiceProcess] = []
     try:
@@ -36,9 +37,10 @@ def platform(tmp_path_factory):
                     patch.delenv(name)
             for module, name in (("storage_svc", "storage"), ("scheduler_svc", "scheduler"),
                                  ("inference_svc", "inference"), ("gateway", "gateway")):
-                service = ServiceProcess(module, work / name, env=env, cwd=ROOT, addr=addrs[name], isolated=True)
+                service = ServiceProcess(module, work / name, env={**env, "AIP_STATE_DIR": str(work / name)},
+                                         cwd=ROOT, addr=addrs[name], private_dirs=[hidden])
                 started.append(service.start(timeout=60))
-        yield {"env": env, "s3": s3, "work": work, **dict(zip(addrs, started, strict=True))}
+        yield {"env": env, "s3": s3, "work": work, "hidden": hidden, **dict(zip(addrs, started, strict=True))}
     finally:
         for service in reversed(started):
             service.stop()
@@ -49,9 +51,9 @@ def test_each_service_sees_only_its_own_files(platform):
     for name in ("storage", "scheduler", "inference", "gateway"):
         pid = platform[name].proc.pid
         mounts = open(f"/proc/{pid}/mountinfo").read()
-        assert " /tmp " in mounts and "tmpfs" in mounts, f"{name} has a private /tmp"
+        assert f" {platform['hidden']} " in mounts, f"{name} has a private tmpfs over the tests' files"
         assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"), f"{name} has its own mounts"
-    assert not (platform["work"] / "scheduler").exists(), "the scheduler's state stays inside its namespace"
+    assert not (platform["work"] / "scheduler" / "scheduler.db").exists(), "its state stays inside its namespace"
 
 
 def test_the_mnist_demo_runs_through_the_cli_and_serves_through_the_gateway(platform):

@@ -1,9 +1,9 @@
 """Level 3 on one machine: a two-node Ray cluster whose second node shares no disk with the scheduler, a lake on an
 S3-compatible server, and training pinned to the second node by a custom resource.
 
-The second node runs in its own mount namespace with a private /tmp, so it sees neither the project (its scripts),
-the scheduler's state directory nor the head's Ray files: scripts reach it through Ray (the job's working_dir), data
-through the bucket, and reports through the scheduler's gRPC port.
+The second node runs in its own mount and PID namespaces, with a private tmpfs over every file the tests make, so it
+sees neither the project (its scripts), the scheduler's state directory nor the head's Ray files: scripts reach it
+through Ray (the job's working_dir), data through the bucket, and reports through the scheduler's gRPC port.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -59,17 +60,18 @@ class WorkerNode:
         self.proc.wait(30)
 
 
-def start_worker_node(gcs_address: str, dashboard_url: str, resources: dict[str, float],
-                      log_path: Path) -> WorkerNode:
+def start_worker_node(gcs_address: str, dashboard_url: str, resources: dict[str, float], log_path: Path,
+                      hidden: Path, temp_dir: Path) -> WorkerNode:
     ray, agent_port = Path(sys.executable).with_name("ray"), free_port()
     # 127.0.0.2: loopback too, but an address Ray keeps as given (it swaps 127.0.0.1 for the machine's own).
     start = (f"{ray} start --address={gcs_address} --node-ip-address=127.0.0.2 --num-cpus=1 "
-             f"--resources='{json.dumps(resources)}' --temp-dir=/tmp/ray-node --disable-usage-stats "
+             f"--resources='{json.dumps(resources)}' --temp-dir={temp_dir} --disable-usage-stats "
              f"--dashboard-agent-listen-port={agent_port} --metrics-export-port={free_port()} --block")
     with open(log_path, "wb") as log:
         # Its own PID namespace too: Ray finds "the local raylet" by listing processes, as on a host of its own.
         proc = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-                                 "bash", "-c", f"mount -t tmpfs tmpfs /tmp && exec {start}"],
+                                 "bash", "-c", f"mount -t tmpfs tmpfs {hidden} && mount -t tmpfs tmpfs {temp_dir} "
+                                               f"&& exec {start}"],
                                 start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     node = WorkerNode(proc, log_path)
     from ray.util.state import list_nodes
@@ -103,13 +105,17 @@ def cluster(tmp_path_factory):
     # A short temp dir: Ray's Unix socket paths under it must stay within 107 characters.
     head = start_local_head(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")), resources={"head": 1})
     try:
-        node = start_worker_node(head.gcs_address, head.dashboard_url, {"pool": 1}, work / "worker-node.log")
+        # Its Ray files: a short path (Unix socket paths stay under 108 characters), private to it.
+        node_temp = Path(tempfile.mkdtemp(prefix="aipn"))
+        node = start_worker_node(head.gcs_address, head.dashboard_url, {"pool": 1}, work / "worker-node.log",
+                                 tmp_path_factory.getbasetemp(), node_temp)
     except BaseException:
         head.stop()
         raise
     yield head, node
     node.kill()
     head.stop()
+    shutil.rmtree(node_temp, ignore_errors=True)
     assert head.pids() == [] and node.pids() == []
 
 

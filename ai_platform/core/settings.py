@@ -71,7 +71,7 @@ def positive_number(value: str) -> float:
 
 def address(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"must be HOST:PORT with a port in 1-65535, got {value!r}")
     return value
 

@@ -228,4 +228,11 @@ def as_dict(view: BaseModel) -> dict[str, Any]:
     return view.model_dump(by_alias=True)
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 409, 413, 503)}
+class ProtocolErrorBody(BaseModel):
+    """The Open Inference Protocol's error body, on the /v2 routes."""
+
+    error: str = Field(examples=["model 'mnist_cnn' does not exist"])
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503)}
+PROTOCOL_ERRORS = {status: {"model": ProtocolErrorBody} for status in (400, 401, 404, 409, 413, 503)}
