@@ -178,6 +178,18 @@ def test_unknown_fields_are_refused_over_grpc_and_rest(platform):
         code, details = code_of(lambda: submit(known + b"\xa0\x06\x01", metadata=[("authorization",
                                                                                   f"Bearer {TOKEN}")]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "field number(s) [100]" in details
+    nested = scheduler_pb2.SubmitTaskRequest(name="x", script="scripts/trivial.py")
+    nested.resources.ParseFromString(scheduler_pb2.Resources(num_cpus=1).SerializeToString() + b"\xa0\x06\x01")
+    with grpc.insecure_channel(platform["scheduler"].addr) as channel:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        code, details = code_of(lambda: stub.SubmitTask(nested, metadata=[("authorization", f"Bearer {TOKEN}")]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "SubmitTaskRequest.resources carries" in details
+    infer = inference_pb.ModelInferRequest(model_name="cnn").SerializeToString() + b"\xa0\x06\x01"
+    with grpc.insecure_channel(platform["inference"].addr) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda raw: raw,
+                                   response_deserializer=inference_pb.ModelInferResponse.FromString)
+        code, details = code_of(lambda: call(infer, metadata=[("authorization", f"Bearer {TOKEN}")]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ModelInferRequest carries" in details
     with httpx.Client(base_url=f"http://{platform['gateway'].addr}", timeout=30,
                       headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         for body, words in (

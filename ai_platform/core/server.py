@@ -29,7 +29,7 @@ from prometheus_client.exposition import make_wsgi_app
 from ai_platform.core.errors import PlatformError, Unauthenticated
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import ServiceSettings, split_addr
-from ai_platform.core.wire import refuse_unknown_fields, server_options
+from ai_platform.core.wire import HOT_RPCS, refuse_unknown_fields, server_options
 
 log = logging.getLogger("ai_platform.core.server")
 
@@ -70,14 +70,14 @@ def instrument(servicer: Any, service: str, method_names: Sequence[str], token: 
     return servicer
 
 
-def _admit(request: Any, context: grpc.aio.ServicerContext, expected: bytes) -> None:
+def _admit(request: Any, context: grpc.aio.ServicerContext, expected: bytes, deep: bool) -> None:
     """Refuse a call without the platform's token, and a request with fields this server does not know."""
     if expected:
         given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
         if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
             raise Unauthenticated("missing or wrong bearer token: send the metadata authorization: Bearer <AIP_TOKEN>")
     if isinstance(request, Message):
-        refuse_unknown_fields(request)
+        refuse_unknown_fields(request, deep=deep)
 
 
 def _wrap(
@@ -88,6 +88,7 @@ def _wrap(
     token: str = "",
 ) -> Callable[..., Any]:
     expected = f"Bearer {token}".encode() if token else b""
+    deep = method not in HOT_RPCS
 
     def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         code = "OK" if exc is None else _status_label(context, exc)
@@ -98,7 +99,7 @@ def _wrap(
         async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, error = time.perf_counter(), None
             try:
-                _admit(request, context, expected)
+                _admit(request, context, expected, deep)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -115,7 +116,7 @@ def _wrap(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, error = time.perf_counter(), None
         try:
-            _admit(request, context, expected)
+            _admit(request, context, expected, deep)
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             error = exc

@@ -186,14 +186,22 @@ class Peer:
         await self.channel.close()
 
 
-def refuse_unknown_fields(message: Any, path: str = "") -> None:
+# Checked for unknown fields at the top level only: walking their nested tensors costs about a fifth of REST
+# predict's throughput at 32 clients, and the protocol layer checks every tensor's name, datatype and shape itself.
+HOT_RPCS = frozenset({"ModelInfer"})
+
+
+def refuse_unknown_fields(message: Any, path: str = "", deep: bool = True) -> None:
     """INVALID_ARGUMENT naming a field the message carries that this server's contract does not know (a client
-    built from a newer contract, or a typo'd field sent as JSON): unknown fields are refused, never ignored."""
+    built from a newer contract, or a typo'd field sent as JSON): unknown fields are refused, never ignored.
+    ``deep``: in nested messages too."""
     path = path or message.DESCRIPTOR.name
     unknown = unknown_fields.UnknownFieldSet(message)
     if len(unknown):
         numbers = sorted({field.field_number for field in unknown})
         raise InvalidArgument(f"{path} carries field number(s) {numbers} that this server does not know")
+    if not deep:
+        return
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
             continue
