@@ -236,7 +236,8 @@ def _addr(service: str, port: int) -> Any:
 
 
 def _token_setting() -> Any:
-    return setting("", "bearer token the gateway requires on every route but /healthz and the web page")
+    return setting("", "bearer token every call must carry: each gRPC method (not health or reflection) and each "
+                       "gateway route (not /healthz, /metrics or the web page); services pass it on")
 
 
 @dataclass
@@ -328,7 +329,7 @@ class SchedulerSettings(ServiceSettings):
 
     backend: str = setting("local", "where tasks run", parse=one_of("local", "ray"))
     scheduler_public_addr: str = setting("", "the scheduler's address as task workers reach it (on other nodes)",
-                                         parse=optional_address, shown="its --addr")
+                                         parse=optional_address, shown="its own address")
     ray_address: str = _ray_address_setting()
     script_roots: list[str] = _script_roots_setting(lambda: [os.getcwd()])
     max_parallel: int = setting(doc="local backend: tasks running at once; the rest queue", parse=positive_integer,
@@ -448,8 +449,8 @@ def markdown_table() -> str:
         readers = "every service" if all(m in row["readers"] for m in MODULES.values()) else ", ".join(row["readers"])
         if "aip and clients" in row["readers"] and readers == "every service":
             readers = "every service, aip and clients"
-        default = f"`{row['default']}`" if row["default"] and not row["default"].startswith(("the ", "gRPC", "CPU",
-                                                                                            "localhost")) \
+        default = f"`{row['default']}`" if row["default"] and not row["default"].startswith(("the ", "its ", "gRPC",
+                                                                                            "CPU", "localhost")) \
             else row["default"]
         flag = f"`{row['flag']}`" if row["flag"] else ""
         lines.append(f"| `{env}` | {flag} | {default} | {readers} | {row['doc']} |")
