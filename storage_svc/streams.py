@@ -117,13 +117,24 @@ async def write_stream(
             except queue.Full:
                 continue
 
-    def write() -> TableInfo:
+    loop = asyncio.get_running_loop()
+    writer: asyncio.Future = loop.create_future()
+
+    def settle(result: TableInfo | None, error: BaseException | None) -> None:
+        if not writer.done():
+            writer.set_exception(error) if error is not None else writer.set_result(result)
+
+    def write() -> None:
         try:
-            return catalog.write(kind, name, mode, schema, source(), metadata)
+            loop.call_soon_threadsafe(settle, catalog.write(kind, name, mode, schema, source(), metadata), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
         finally:
             writer_done.set()
 
-    writer = asyncio.ensure_future(asyncio.to_thread(write))
+    # NOTE: a thread of its own, not the event loop's shared executor: each write blocks its thread until its
+    # stream ends, and with more writes than executor threads the chunks' hand-offs would wait for a free one.
+    threading.Thread(target=write, name=f"write-{name}", daemon=True).start()
     try:
         committed, number = False, 1
         async for message in messages:
