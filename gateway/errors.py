@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ai_platform.core.errors import Internal, PlatformError
+from ai_platform.core.names import NAME_PATTERN, NAME_RULE
 
 log = logging.getLogger("gateway")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+# A dataset, model or task-free name in a path, as the OpenAPI document states it (the '..' rule is checked upstream).
+TableName = Annotated[str, Path(pattern=f"^{NAME_PATTERN.pattern}$", max_length=128, description=NAME_RULE)]
 
 _HTTP_CODES = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
                409: "CONFLICT", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 503: "SERVICE_UNAVAILABLE"}
@@ -71,7 +75,13 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
             position = error.get("loc", ("body", "?"))[-1]
             problems.append(f"the body is not valid JSON (error at character {position})")
             continue
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        loc = error.get("loc", ())
+        if loc and loc[0] == "path" and error.get("type") in ("string_pattern_mismatch", "string_too_long"):
+            shown = str(error.get("input", ""))
+            shown = repr(shown) if len(shown) <= 64 else repr(shown[:64]) + f"... ({len(shown)} chars)"
+            problems.append(f"invalid {loc[-1]} {shown}: must be {NAME_RULE}")
+            continue
+        where = ".".join(str(p) for p in loc if p != "body") or "body"
         problems.append(f"{where}: {error.get('msg', 'invalid')}")
     return JSONResponse(error_body("INVALID_REQUEST", "; ".join(problems), request.url.path), status_code=400)
 

@@ -25,7 +25,7 @@ from ai_platform.core.wire import (
     encode_parameters,
 )
 from ai_platform.protos.inference import grpc_service_pb2 as pb
-from gateway.errors import ApiError, Receive, Scope, Send, from_platform, invalid, send_error
+from gateway.errors import ApiError, Receive, Scope, Send, TableName, from_platform, invalid, send_error
 
 router = APIRouter()
 NOT_FOUND = "MODEL_NOT_FOUND"
@@ -135,7 +135,7 @@ def _answer(body: dict, response: pb.ModelInferResponse) -> Response:
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-async def _infer(request: Request, model: str, version: str) -> Response:
+async def _infer(request: Request, model: TableName, version: str) -> Response:
     raw = await request.body()
     length = request.headers.get(BINARY_HEADER)
     if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > len(raw)):
@@ -149,7 +149,7 @@ async def _infer(request: Request, model: str, version: str) -> Response:
     return _answer(body, response)
 
 
-async def _metadata(request: Request, model: str, version: str) -> dict:
+async def _metadata(request: Request, model: TableName, version: str) -> dict:
     upstreams = request.app.state.upstreams
     meta = await upstreams.call("inference", upstreams.inference.ModelMetadata(
         pb.ModelMetadataRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
@@ -192,17 +192,17 @@ async def server_metadata(request: Request) -> dict:
 
 
 @router.get("/v2/models/{model}", tags=["inference"], responses=PROTOCOL_ERRORS, summary="Model metadata")
-async def model_metadata(request: Request, model: str) -> dict:
+async def model_metadata(request: Request, model: TableName) -> dict:
     return await _metadata(request, model, "")
 
 
 @router.get("/v2/models/{model}/versions/{version}", tags=["inference"], responses=PROTOCOL_ERRORS,
             summary="Model metadata, one version")
-async def model_version_metadata(request: Request, model: str, version: str) -> dict:
+async def model_version_metadata(request: Request, model: TableName, version: str) -> dict:
     return await _metadata(request, model, version)
 
 
-async def _ready(request: Request, model: str, version: str) -> dict:
+async def _ready(request: Request, model: TableName, version: str) -> dict:
     upstreams = request.app.state.upstreams
     response = await upstreams.call("inference", upstreams.inference.ModelReady(
         pb.ModelReadyRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
@@ -216,12 +216,12 @@ async def _ready(request: Request, model: str, version: str) -> dict:
 
 
 @router.get("/v2/models/{model}/ready", tags=["inference"], responses=PROTOCOL_ERRORS, summary="Model readiness")
-async def model_ready(request: Request, model: str) -> dict:
+async def model_ready(request: Request, model: TableName) -> dict:
     return await _ready(request, model, "")
 
 
 @router.get("/v2/models/{model}/versions/{version}/ready", tags=["inference"], responses=PROTOCOL_ERRORS)
-async def model_version_ready(request: Request, model: str, version: str) -> dict:
+async def model_version_ready(request: Request, model: TableName, version: str) -> dict:
     return await _ready(request, model, version)
 
 
@@ -229,7 +229,7 @@ async def model_version_ready(request: Request, model: str, version: str) -> dic
             summary="Statistics of a loaded model (the protocol's statistics extension)")
 @router.get("/v2/models/{model}/versions/{version}/stats", tags=["inference"], responses=PROTOCOL_ERRORS,
             summary="Statistics of one loaded version")
-async def model_statistics(request: Request, model: str, version: str = "") -> dict:
+async def model_statistics(request: Request, model: TableName, version: str = "") -> dict:
     upstreams = request.app.state.upstreams
     stats = await upstreams.call("inference", upstreams.inference.ModelStatistics(
         pb.ModelStatisticsRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
@@ -240,7 +240,7 @@ async def model_statistics(request: Request, model: str, version: str = "") -> d
             summary="A model's configuration (Triton's model config)")
 @router.get("/v2/models/{model}/versions/{version}/config", tags=["inference"], responses=PROTOCOL_ERRORS,
             summary="One version's configuration")
-async def model_config(request: Request, model: str, version: str = "") -> dict:
+async def model_config(request: Request, model: TableName, version: str = "") -> dict:
     upstreams = request.app.state.upstreams
     answer = await upstreams.call("inference", upstreams.inference.ModelConfig(
         pb.ModelConfigRequest(name=model, version=version), timeout=upstreams.timeout_s), NOT_FOUND)
@@ -260,13 +260,13 @@ INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 
 @router.post("/v2/models/{model}/infer", tags=["inference"], responses=PROTOCOL_ERRORS, openapi_extra=INFER_BODY,
              summary="Inference (Open Inference Protocol JSON)")
-async def infer(request: Request, model: str) -> Response:
+async def infer(request: Request, model: TableName) -> Response:
     return await _infer(request, model, "")
 
 
 @router.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=PROTOCOL_ERRORS,
              openapi_extra=INFER_BODY, summary="Inference on one version")
-async def infer_version(request: Request, model: str, version: str) -> Response:
+async def infer_version(request: Request, model: TableName, version: str) -> Response:
     return await _infer(request, model, version)
 
 
@@ -281,7 +281,7 @@ async def repository_index(request: Request) -> list[dict]:
 
 @router.post("/v2/repository/models/{model}/load", tags=["inference"], responses=PROTOCOL_ERRORS,
              summary="Load (or reload, swapping in the newest version) a model; optional JSON parameters")
-async def load_model(request: Request, model: str) -> dict:
+async def load_model(request: Request, model: TableName) -> dict:
     upstreams = request.app.state.upstreams
     raw = await request.body()
     body = await _json(request) if raw.strip() else {}
@@ -296,7 +296,7 @@ async def load_model(request: Request, model: str) -> dict:
 
 @router.post("/v2/repository/models/{model}/unload", tags=["inference"], responses=PROTOCOL_ERRORS,
              summary="Unload a model")
-async def unload_model(request: Request, model: str) -> dict:
+async def unload_model(request: Request, model: TableName) -> dict:
     upstreams = request.app.state.upstreams
     await upstreams.call("inference", upstreams.inference.RepositoryModelUnload(
         pb.RepositoryModelUnloadRequest(model_name=model), timeout=upstreams.timeout_s), NOT_FOUND)
@@ -352,7 +352,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json"
                    "inputs": {"type": "array", "items": {}}}}}}}}
 
 
-async def predict(request: Request, id: str) -> Response:
+async def predict(request: Request, id: TableName) -> Response:
     """Classify one sample: the seed's ``{"image": [784 floats]}`` or ``{"inputs": [...]}``.
 
     The same ``classify`` as :meth:`DirectRoute.serve`, for a request that reaches FastAPI's router."""

@@ -15,10 +15,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ai_platform.core import arrow_ipc
-from ai_platform.core.views import ERRORS, ModelView, RowsView, StatusView, TableView, VersionView
+from ai_platform.core.views import (
+    ERRORS,
+    GarbageRequest,
+    GarbageView,
+    ModelView,
+    RowsView,
+    StatusView,
+    TableView,
+    VersionView,
+)
 from ai_platform.core.wire import INT64_MAX, TABLE_KINDS, UPLOAD_TIMEOUT_S, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
-from gateway.errors import ApiError, invalid
+from gateway.errors import ApiError, TableName, invalid
 
 router = APIRouter()
 UPLOAD_FORMATS = {"application/vnd.apache.arrow.stream": "arrow", "application/vnd.apache.arrow.file": "arrow",
@@ -55,7 +64,7 @@ def _register(collection: str, view_model: type) -> None:
 
     @router.get(f"/api/v1/{collection}/{{id}}", response_model=view_model, response_model_by_alias=True,
                 tags=[collection], summary=f"Describe a {singular}", responses=ERRORS)
-    async def get_table(request: Request, id: str, version: int = Query(0, ge=0, le=INT64_MAX)) -> TableView:
+    async def get_table(request: Request, id: TableName, version: int = Query(0, ge=0, le=INT64_MAX)) -> TableView:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.GetTable(
             pb.GetTableRequest(kind=kind, name=id, version=version), timeout=upstreams.timeout_s), not_found)
@@ -63,7 +72,7 @@ def _register(collection: str, view_model: type) -> None:
 
     @router.delete(f"/api/v1/{collection}/{{id}}", response_model=StatusView, tags=[collection],
                    summary=f"Delete a {singular} and all its versions", responses=ERRORS)
-    async def delete_table(request: Request, id: str) -> dict:
+    async def delete_table(request: Request, id: TableName) -> dict:
         upstreams = request.app.state.upstreams
         await upstreams.call("storage", upstreams.storage.DeleteTable(
             pb.DeleteTableRequest(kind=kind, name=id), timeout=upstreams.timeout_s), not_found)
@@ -71,15 +80,27 @@ def _register(collection: str, view_model: type) -> None:
 
     @router.get(f"/api/v1/{collection}/{{id}}/versions", response_model=list[VersionView], tags=[collection],
                 summary=f"Every committed version of a {singular}", responses=ERRORS)
-    async def list_versions(request: Request, id: str) -> list[VersionView]:
+    async def list_versions(request: Request, id: TableName) -> list[VersionView]:
         upstreams = request.app.state.upstreams
         response = await upstreams.call("storage", upstreams.storage.ListVersions(
             pb.ListVersionsRequest(kind=kind, name=id), timeout=upstreams.timeout_s), not_found)
         return [VersionView.from_pb(v) for v in response.versions]
 
+    @router.post(f"/api/v1/{collection}/{{id}}/gc", response_model=GarbageView, tags=[collection],
+                 summary=f"Free a {singular}'s storage: unreferenced files, old versions on request", responses=ERRORS)
+    async def collect_garbage(request: Request, id: TableName, body: GarbageRequest | None = None) -> GarbageView:
+        """Removes data files no version references (left by an interrupted write) once older than ``min_age_s``,
+        and with ``keep_versions`` every version but the newest N (Lance's cleanup; tagged versions stay)."""
+        body = body or GarbageRequest()
+        upstreams = request.app.state.upstreams
+        response = await upstreams.call("storage", upstreams.storage.CollectGarbage(pb.CollectGarbageRequest(
+            kind=kind, name=id, keep_versions=body.keep_versions, min_age_s=body.min_age_s, dry_run=body.dry_run),
+            timeout=upstreams.timeout_s), not_found)
+        return GarbageView.from_pb(response)
+
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)
-    async def preview_rows(request: Request, id: str, limit: int = Query(10, ge=1, le=1000),
+    async def preview_rows(request: Request, id: TableName, limit: int = Query(10, ge=1, le=1000),
                            offset: int = Query(0, ge=0, le=INT64_MAX), version: int = Query(0, ge=0, le=INT64_MAX),
                            columns: str = Query("", description="comma-separated; empty = all")) -> dict:
         upstreams = request.app.state.upstreams
@@ -121,7 +142,8 @@ def _open_batches(path: str, fmt: str) -> tuple[pa.Schema, Iterator[pa.RecordBat
              tags=["datasets"], summary="Upload a dataset (Arrow IPC stream, Parquet or CSV body)", responses=ERRORS,
              openapi_extra={"requestBody": {"required": True, "content": {
                  t: {"schema": {"type": "string", "format": "binary"}} for t in UPLOAD_FORMATS}}})
-async def upload_dataset(request: Request, id: str, mode: str = Query("create", pattern="^(create|append|overwrite)$"),
+async def upload_dataset(request: Request, id: TableName,
+                         mode: str = Query("create", pattern="^(create|append|overwrite)$"),
                          format: str = Query("", pattern="^(|arrow|parquet|csv)$",
                                              description="overrides the Content-Type")) -> TableView:
     """The body is spooled to a temporary file (never held in memory), then streamed to storage batch by batch;
@@ -204,7 +226,7 @@ def _writer(fmt: str, sink: _Drain, schema: pa.Schema) -> Any:
     **ERRORS, 200: {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in EXPORT_TYPES.values()},
                     "description": "the table, streamed"}},
     summary="Export a dataset as Arrow IPC, Parquet or CSV, streamed batch by batch")
-async def export_dataset(request: Request, id: str, format: str = Query("arrow", pattern="^(arrow|parquet|csv)$"),
+async def export_dataset(request: Request, id: TableName, format: str = Query("arrow", pattern="^(arrow|parquet|csv)$"),
                          version: int = Query(0, ge=0, le=INT64_MAX), columns: str = "", filter: str = "",
                          limit: int = Query(0, ge=0, le=INT64_MAX)) -> StreamingResponse:
     upstreams = request.app.state.upstreams

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,6 +26,9 @@ from storage_svc.filters import check_filter
 log = logging.getLogger("storage_svc.catalog")
 
 MAX_PREVIEW_ROWS = 1000
+GC_MIN_AGE_S = 3600  # an unreferenced file younger than this may belong to a write still in progress
+LANCE_UNVERIFIED_AGE_S = 7 * 24 * 3600  # Lance's cleanup removes unreferenced files older than this itself
+GC_FOLDERS = ("data", "_deletions")  # where a table's row data lives; manifests are Lance's own business
 MAX_MESSAGE_CHARS = 300  # an error may quote Lance, never a whole filter: gRPC metadata has a size limit
 TARGET_BATCH_BYTES = 1024 * 1024  # small messages keep read, encode and send overlapping
 _RUST_LOCATION = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
@@ -59,6 +63,15 @@ class TableInfo:
     created_at: dt.datetime
     updated_at: dt.datetime
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GarbageReport:
+    removed_versions: list[int]
+    removed_files: int
+    removed_bytes: int
+    kept_unreferenced_files: int
+    dry_run: bool
 
 
 @dataclass
@@ -98,6 +111,18 @@ def _json_value(value: object) -> object:
     if isinstance(value, list):
         return [_json_value(v) for v in value]
     return value
+
+
+def _referenced_files(ds: lance.LanceDataset) -> dict[str, int | None]:
+    """Files one version's rows live in, relative to the table directory, with their sizes where Lance knows them."""
+    files: dict[str, int | None] = {}
+    for fragment in ds.get_fragments():
+        meta = fragment.metadata
+        for data_file in meta.files:
+            files[f"data/{data_file.path}"] = data_file.file_size_bytes
+        if meta.deletion_file is not None:
+            files[meta.deletion_file.path(fragment.fragment_id)] = None
+    return files
 
 
 def rows_for_batch_bytes(schema: pa.Schema, target_bytes: int = TARGET_BATCH_BYTES) -> int:
@@ -214,7 +239,7 @@ class LakeCatalog:
             uri=self.uri(kind, name),
             schema=_describe_schema(ds.schema),
             num_rows=ds.count_rows(),
-            size_bytes=self._size_bytes(kind, name),
+            size_bytes=self._size_bytes(kind, name, ds),
             version=ds.version,
             latest_version=ds.latest_version,
             num_versions=len(versions),
@@ -223,9 +248,70 @@ class LakeCatalog:
             metadata=_schema_metadata(ds.schema),
         )
 
-    def _size_bytes(self, kind: TableKind, name: str) -> int:
-        selector = pafs.FileSelector(self._path(kind, name), recursive=True, allow_not_found=True)
-        return sum(e.size or 0 for e in self.fs.get_file_info(selector) if e.type == pafs.FileType.File)
+    def _size_bytes(self, kind: TableKind, name: str, ds: lance.LanceDataset) -> int:
+        """Bytes of the files this version references: not files left by an interrupted write, nor old versions'."""
+        files = _referenced_files(ds)
+        unknown = [f"{self._path(kind, name)}/{path}" for path, size in files.items() if size is None]
+        stat = sum(e.size or 0 for e in self.fs.get_file_info(unknown)) if unknown else 0
+        return stat + sum(size for size in files.values() if size is not None)
+
+    def _table_files(self, kind: TableKind, name: str) -> dict[str, pafs.FileInfo]:
+        """The row-data files under a table, by path relative to the table directory."""
+        root = self._path(kind, name)
+        found: dict[str, pafs.FileInfo] = {}
+        for folder in GC_FOLDERS:
+            selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
+            for entry in self.fs.get_file_info(selector):
+                if entry.type == pafs.FileType.File:
+                    found[entry.path[len(root) + 1:]] = entry
+        return found
+
+    def collect_garbage(
+        self, kind: TableKind, name: str, keep_versions: int = 0, min_age_s: int = GC_MIN_AGE_S,
+        dry_run: bool = False,
+    ) -> GarbageReport:
+        """Remove unreferenced files older than ``min_age_s`` and, if ``keep_versions``, all but the newest N versions.
+
+        Old versions go through Lance's own cleanup (tagged versions stay). Files no version
+        references are swept here, because Lance keeps those for seven days or removes them
+        regardless of age; a safe age in between is what a lake with live writers needs.
+        """
+        if keep_versions < 0 or min_age_s < 0:
+            raise InvalidArgument(f"keep_versions and min_age_s must be >= 0, got {keep_versions} and {min_age_s}")
+        ds = self.open(kind, name)
+        versions = [v["version"] for v in ds.versions()]
+        tagged = {tag["version"] for tag in ds.tags.list().values()}
+        doomed = [v for v in versions[:-keep_versions] if v not in tagged] if keep_versions else []
+        uri, options = self.uri(kind, name), self.storage_options or None
+        referenced: set[str] = set()
+        for version in versions:
+            if version not in doomed:
+                referenced.update(_referenced_files(lance.dataset(uri, version=version, storage_options=options)))
+        oldest = time.time() - min(min_age_s, LANCE_UNVERIFIED_AGE_S if doomed else min_age_s)
+        before = self._table_files(kind, name)
+        unreferenced = {path: entry for path, entry in before.items() if path not in referenced}
+        doomed_refs: set[str] = set()
+        for version in doomed:
+            doomed_refs.update(_referenced_files(lance.dataset(uri, version=version, storage_options=options)))
+        plan = {path: entry for path, entry in unreferenced.items()
+                if path in doomed_refs or entry.mtime is None or entry.mtime.timestamp() <= oldest}
+        if dry_run:
+            return GarbageReport(doomed, len(plan), sum(e.size or 0 for e in plan.values()),
+                                 len(unreferenced) - len(plan), True)
+        if doomed:
+            ds.cleanup_old_versions(versions=doomed, error_if_tagged_old_versions=False)
+        root = self._path(kind, name)
+        for path in plan:
+            try:
+                self.fs.delete_file(f"{root}/{path}")
+            except FileNotFoundError:
+                pass  # Lance's cleanup took it
+        after = self._table_files(kind, name)
+        gone = [entry for path, entry in before.items() if path not in after]
+        kept = sum(1 for path in after if path not in referenced)
+        log.info("gc %s/%s: %d versions, %d files, %d bytes removed", kind.folder, name, len(doomed), len(gone),
+                 sum(e.size or 0 for e in gone))
+        return GarbageReport(doomed, len(gone), sum(e.size or 0 for e in gone), kept, False)
 
     def versions(self, kind: TableKind, name: str) -> list[VersionInfo]:
         ds = self.open(kind, name)

@@ -13,7 +13,7 @@ from ai_platform.core.errors import Cancelled, InvalidArgument, Unavailable
 from ai_platform.core.wire import TABLE_KINDS, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
-from storage_svc.catalog import LakeCatalog, TableInfo, TableKind, WriteMode
+from storage_svc.catalog import GC_MIN_AGE_S, LakeCatalog, TableInfo, TableKind, WriteMode
 from storage_svc.streams import COMMIT, Commit, Scan, read_payloads, write_stream
 
 
@@ -108,6 +108,17 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return pb.ResolveUriResponse(
             uri=uri, exists=exists, version=version, storage_options=self.catalog.storage_options
         )
+
+    async def CollectGarbage(
+        self, request: pb.CollectGarbageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CollectGarbageResponse:
+        min_age_s = request.min_age_s if request.HasField("min_age_s") else GC_MIN_AGE_S
+        report = await asyncio.to_thread(self.catalog.collect_garbage, _kind(request.kind), request.name,
+                                         request.keep_versions, min_age_s, request.dry_run)
+        return pb.CollectGarbageResponse(
+            removed_versions=report.removed_versions, removed_files=report.removed_files,
+            removed_bytes=report.removed_bytes, kept_unreferenced_files=report.kept_unreferenced_files,
+            dry_run=report.dry_run)
 
     async def ReadTable(
         self, request: pb.ReadTableRequest, context: grpc.aio.ServicerContext

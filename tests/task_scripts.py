@@ -24,12 +24,14 @@ import os, subprocess, sys, time
 
 def run(input_path, output_path, params):
     child = subprocess.Popen(["sleep", "1000"])
+    escaped = subprocess.Popen(["sleep", "1001"], env={}, start_new_session=True)  # left the group, no task env
     if params.get("pidfile"):
         with open(params["pidfile"], "w") as f:
-            f.write(f"{os.getpid()} {child.pid}")
+            f.write(f"{os.getpid()} {child.pid} {escaped.pid}")
     print("sleeping", flush=True)
     time.sleep(params.get("seconds", 1000))
     child.kill()
+    escaped.kill()
     return {"slept": params.get("seconds")}
 ''',
     "stubborn.py": '''

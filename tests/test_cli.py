@@ -84,6 +84,10 @@ def test_lake_and_task_commands(running):
     shown = json.loads(aip("datasets", "show", "mnist_clean", "--json", env=env).stdout)
     assert shown["schema"]["image"] == "fixed_size_list<item: uint8>[784]"
     assert json.loads(aip("models", "versions", "mnist_cnn", "--json", env=env).stdout)[0]["version"] == 1
+    gc = aip("datasets", "gc", "mnist_clean", "--keep-versions", "1", "--dry-run", env=env).stdout
+    assert "mnist_clean: would remove 0 files (0 bytes) and versions: none" in gc
+    refused = aip("datasets", "gc", "mnist_clean", "--min-age", "-1", env=env, check=False)
+    assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr and "min_age_s" in refused.stderr
     plain = aip("tasks", "ls", env=env).stdout.splitlines()
     assert plain[0].split("\t") == ["id", "name", "status", "progress", "created_at", "error"], "plain when piped"
     submitted = aip("tasks", "submit", "--name", "echo", "--script", "mnist/mnist_serve.py", "--input",

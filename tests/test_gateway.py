@@ -133,6 +133,22 @@ def test_delete_is_seed_compatible(http):
     error_of(http.delete("/api/v1/datasets/doomed"), 404, "DATASET_NOT_FOUND")
 
 
+def test_gc_over_rest_reports_then_removes_old_versions(http):
+    for mode in ("create", "overwrite", "overwrite"):
+        http.post(f"/api/v1/datasets/tidy?mode={mode}", content=parquet_bytes(table(5)), headers=PARQUET)
+    planned = http.post("/api/v1/datasets/tidy/gc", json={"keep_versions": 1, "dry_run": True})
+    assert planned.status_code == 200, planned.text
+    assert planned.json()["removed_versions"] == [1, 2] and planned.json()["dry_run"] is True
+    assert http.get("/api/v1/datasets/tidy").json()["num_versions"] == 3
+    done = http.post("/api/v1/datasets/tidy/gc", json={"keep_versions": 1}).json()
+    assert done["removed_versions"] == [1, 2] and done["removed_files"] == planned.json()["removed_files"] > 0
+    assert http.get("/api/v1/datasets/tidy").json()["num_versions"] == 1
+    assert http.post("/api/v1/datasets/tidy/gc").json()["removed_files"] == 0, "no body: the safe defaults"
+    error_of(http.post("/api/v1/datasets/tidy/gc", json={"keep": 1}), 400, "INVALID_REQUEST")
+    error_of(http.post("/api/v1/datasets/tidy/gc", json={"min_age_s": -1}), 400, "INVALID_REQUEST")
+    error_of(http.post("/api/v1/datasets/absent/gc", json={}), 404, "DATASET_NOT_FOUND")
+
+
 def test_corrupt_or_mismatched_uploads_change_nothing(http):
     http.post("/api/v1/datasets/guarded", content=parquet_bytes(table(10)), headers=PARQUET)
     good = parquet_bytes(table(30))
@@ -291,6 +307,18 @@ def test_malformed_requests_get_precise_400s(http):
     for path in ("/api/v1/datasets/..%2F..%2Fetc", "/api/v1/models/..%2Fx", "/api/v1/datasets/a%2Fb/rows"):
         assert "never paths" in error_of(http.get(path), 400, "INVALID_REQUEST")
     error_of(http.get("/api/v1/datasets/bad..name"), 400, "INVALID_REQUEST")
+    assert "invalid id '-dash': must be 1-128 characters" in error_of(http.get("/api/v1/datasets/-dash"), 400,
+                                                                      "INVALID_REQUEST")
+    assert "invalid id 'xxxx" in error_of(http.get("/api/v1/models/" + "x" * 129), 400, "INVALID_REQUEST")
+    odd_model = http.get("/v2/models/-dash/ready")
+    assert odd_model.status_code == 400 and odd_model.json() == {
+        "error": "invalid model '-dash': must be 1-128 characters of letters, digits, '_', '.', '-', "
+                 "starting with a letter or digit"}
+    document = http.get("/openapi.json").json()
+    for path in ("/api/v1/datasets/{id}", "/api/v1/models/{id}/predict", "/v2/models/{model}/infer"):
+        operation = next(iter(document["paths"][path].values()))
+        schema = next(p["schema"] for p in operation["parameters"] if p["in"] == "path")
+        assert (schema["pattern"], schema["maxLength"]) == ("^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", 128), path
     error_of(http.get("/api/v1/nothing-here"), 404, "NOT_FOUND")
 
 

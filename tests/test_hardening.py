@@ -290,6 +290,43 @@ print(json.dumps(out))
 """
 
 
+def test_open_inference_openapi_client_reads_metadata_and_infers(platform, http):
+    """The protocol's own generated OpenAPI client (open-inference-openapi), as a user would call it."""
+    from open_inference.openapi.client import ApiError as OipApiError
+    from open_inference.openapi.client import (
+        InferenceRequest,
+        NotFoundError,
+        OpenInferenceClient,
+    )
+
+    client = OpenInferenceClient(base_url=platform.url)
+    client.check_server_liveness()
+    client.check_server_readiness()
+    server = client.read_server_metadata()
+    assert server.name and "binary_tensor_data" in server.extensions
+    http.post("/v2/repository/models/cnn/load").raise_for_status()
+    client.check_model_readiness("cnn")
+    client.check_model_version_readiness("cnn", "1")
+    metadata = client.read_model_metadata("cnn")
+    assert (metadata.name, metadata.inputs[0].datatype, metadata.inputs[0].shape) == ("cnn", "FP32", [-1, 1, 28, 28])
+    assert client.read_model_version_metadata("cnn", "1").versions == ["1"]
+    image = np.linspace(0, 1, 784, dtype=np.float32)
+    request = InferenceRequest(inputs=[{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                        "data": image.tolist()}])
+    answer = client.model_infer("cnn", request=request)
+    same = client.model_version_infer("cnn", "1", request=request)
+    scores = answer.outputs[0].data.__root__
+    assert answer.model_name == "cnn" and len(scores) == 10
+    np.testing.assert_allclose(scores, same.outputs[0].data.__root__, atol=1e-6)
+    with pytest.raises(NotFoundError):
+        client.check_model_readiness("absent")
+    with pytest.raises(OipApiError) as refused:
+        client.model_infer("cnn", request=InferenceRequest(inputs=[{
+            "name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 10}]))
+    assert refused.value.status_code == 400
+    assert refused.value.body == {"error": "input 'input': 10 values for shape [1, 1, 28, 28]"}, "the protocol's shape"
+
+
 def test_tritonclient_http_with_binary_tensors_and_the_protocol_errors(platform, http):
     done = subprocess.run([sys.executable, "-c", TRITON_HTTP, platform.url], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

@@ -126,12 +126,13 @@ def test_cancel_stops_the_ray_job_and_its_processes(tasks, tmp_path):
     deadline = time.time() + 60
     while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
         time.sleep(0.2)
-    worker, child = map(int, pidfile.read_text().split())
+    worker, child, escaped = map(int, pidfile.read_text().split())
     assert status_name(tasks.cancel(task.id)) == "cancelled"
     deadline = time.time() + 30
-    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in (worker, child)):
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in (worker, child, escaped)):
         time.sleep(0.2)
     assert not Path(f"/proc/{worker}").exists(), "the job's worker process is gone"
+    assert not Path(f"/proc/{escaped}").exists(), "so is a child that left its process group"
 
 
 def test_daft_inside_a_ray_job_with_native_and_ray_runners(tasks, services):

@@ -438,6 +438,44 @@ def test_sigkill_in_the_middle_of_a_large_write_keeps_the_last_version(tmp_path)
         info = again.get("survivor")
         assert (info.version, info.num_versions, info.num_rows) == (1, 1, 500)
         assert again.read("survivor").equals(original)
+        on_disk = sum(f.stat().st_size for f in (home / "datasets/survivor.lance/data").iterdir())
+        orphan_bytes = on_disk - info.size_bytes
+        assert orphan_bytes > 1_000_000, "size_bytes counts what version 1 references, not the killed write's file"
+        young = again.collect_garbage("survivor")
+        assert (young.removed_files, young.kept_unreferenced_files) == (0, 1), "a fresh file may be a live write's"
+        planned = again.collect_garbage("survivor", min_age_s=0, dry_run=True)
+        assert (planned.dry_run, planned.removed_files, planned.removed_bytes) == (True, 1, orphan_bytes)
+        assert sum(f.stat().st_size for f in (home / "datasets/survivor.lance/data").iterdir()) == on_disk
+        done = again.collect_garbage("survivor", min_age_s=0)
+        assert (done.dry_run, done.removed_files, done.removed_bytes, done.removed_versions) == (
+            False, 1, orphan_bytes, [])
+        assert sum(f.stat().st_size for f in (home / "datasets/survivor.lance/data").iterdir()) == info.size_bytes
+        assert again.read("survivor").equals(original)
         again.close()
     finally:
         restarted.stop()
+
+
+def test_gc_removes_old_versions_on_request_and_keeps_the_newest(client, stub):
+    tables = [mnist_like(300, seed=s) for s in (21, 22, 23)]
+    client.write("pruned", tables[0])
+    for table in tables[1:]:
+        client.write("pruned", table, mode="overwrite")
+    untouched = client.collect_garbage("pruned", min_age_s=0)
+    assert (untouched.removed_versions, untouched.removed_files) == ([], 0), "without keep_versions versions stay"
+    planned = client.collect_garbage("pruned", keep_versions=1, dry_run=True)
+    assert (list(planned.removed_versions), planned.removed_files) == ([1, 2], 2)
+    assert [v.version for v in client.versions("pruned")] == [1, 2, 3]
+    done = client.collect_garbage("pruned", keep_versions=1)
+    assert (list(done.removed_versions), done.removed_files, done.removed_bytes) == (
+        [1, 2], 2, planned.removed_bytes)
+    assert [v.version for v in client.versions("pruned")] == [3]
+    assert client.read("pruned").equals(tables[2])
+    code, details = code_of(lambda: client.read("pruned", version=1))
+    assert code == grpc.StatusCode.NOT_FOUND
+    for bad in ({"keep_versions": -1}, {"min_age_s": -5}):
+        code, details = code_of(lambda bad=bad: stub.CollectGarbage(pb.CollectGarbageRequest(
+            kind=pb.DATASET, name="pruned", **bad)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and ">= 0" in details
+    code, details = code_of(lambda: client.collect_garbage("never_written"))
+    assert code == grpc.StatusCode.NOT_FOUND and "never_written" in details

@@ -166,6 +166,17 @@ def cmd_tables(args: argparse.Namespace) -> int:
     elif args.action == "rm":
         (client.delete_dataset if kind == "datasets" else client.delete_model)(args.name)
         print(f"deleted {kind[:-1]} {args.name}")
+    elif args.action == "gc":
+        report = client.collect_garbage(args.name, kind[:-1], keep_versions=args.keep_versions,
+                                        min_age_s=args.min_age, dry_run=args.dry_run)
+        if args.json:
+            _print_one(report, True)
+        else:
+            verb = "would remove" if report["dry_run"] else "removed"
+            versions = ", ".join(map(str, report["removed_versions"])) or "none"
+            print(f"{kind[:-1]} {args.name}: {verb} {report['removed_files']} files "
+                  f"({report['removed_bytes']:,} bytes) and versions: {versions}; "
+                  f"kept {report['kept_unreferenced_files']} unreferenced files younger than the safe age")
     return 0
 
 
@@ -293,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
             a = actions.add_parser(action)
             a.add_argument("name")
             a.add_argument("--json", action="store_true")
+        gc = actions.add_parser("gc", help="free storage: files no version references, old versions on request")
+        gc.add_argument("name")
+        gc.add_argument("--keep-versions", type=int, default=0, metavar="N",
+                        help="also remove every version but the newest N (default 0: keep all versions)")
+        gc.add_argument("--min-age", type=int, default=None, metavar="SECONDS",
+                        help="keep unreferenced files younger than this; a write in progress made them "
+                             "(default 3600)")
+        gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+        gc.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_tables, kind=kind)
 
     tasks = sub.add_parser("tasks", help="submit and follow tasks")

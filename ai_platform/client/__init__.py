@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.settings import ClientSettings
-from ai_platform.core.views import ModelView, TableView, TaskView, VersionView, as_dict
+from ai_platform.core.views import GarbageView, ModelView, TableView, TaskView, VersionView, as_dict
 from ai_platform.core.wire import (
     CLIENT_MAX_MESSAGE_BYTES,
     DATATYPE_OF_NUMPY,
@@ -55,6 +55,12 @@ class StorageClient:
 
     def delete(self, name: str, kind: str = "dataset") -> None:
         self.stub.DeleteTable(storage_pb.DeleteTableRequest(kind=TABLE_KINDS.number(kind), name=name))
+
+    def collect_garbage(self, name: str, kind: str = "dataset", *, keep_versions: int = 0,
+                        min_age_s: int | None = None, dry_run: bool = False) -> storage_pb.CollectGarbageResponse:
+        return self.stub.CollectGarbage(storage_pb.CollectGarbageRequest(
+            kind=TABLE_KINDS.number(kind), name=name, keep_versions=keep_versions, min_age_s=min_age_s,
+            dry_run=dry_run))
 
     def read_batches(
         self,
@@ -340,6 +346,13 @@ class Client:
 
     def delete_model(self, name: str) -> None:
         self.storage.delete(name, "model")
+
+    def collect_garbage(self, name: str, kind: str = "dataset", *, keep_versions: int = 0,
+                        min_age_s: int | None = None, dry_run: bool = False) -> dict:
+        """Free a table's storage: unreferenced files older than ``min_age_s`` (default one hour) and, with
+        ``keep_versions=N``, every version but the newest N. ``dry_run`` reports without removing."""
+        return as_dict(GarbageView.from_pb(self.storage.collect_garbage(
+            name, kind, keep_versions=keep_versions, min_age_s=min_age_s, dry_run=dry_run)))
 
     # -- tasks ----------------------------------------------------------------------
     def submit(self, name: str, script: str, input: str = "", output: str = "", params: dict | None = None,

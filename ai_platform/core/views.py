@@ -131,6 +131,32 @@ class RowsView(BaseModel):
     limit: int
 
 
+class GarbageRequest(BaseModel):
+    """What a cleanup of one table may remove."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_versions: int = Field(0, ge=0, le=INT64_MAX, description="keep the newest N versions; 0 keeps them all")
+    min_age_s: int = Field(3600, ge=0, le=INT64_MAX, description=(
+        "unreferenced files younger than this are kept (a write in progress made them); 0 removes them all, "
+        "safe only while nothing writes to the table"))
+    dry_run: bool = Field(False, description="say what would be removed, remove nothing")
+
+
+class GarbageView(BaseModel):
+    removed_versions: list[int]
+    removed_files: int
+    removed_bytes: int
+    kept_unreferenced_files: int
+    dry_run: bool
+
+    @classmethod
+    def from_pb(cls, response: storage_pb2.CollectGarbageResponse) -> GarbageView:
+        return cls(removed_versions=list(response.removed_versions), removed_files=response.removed_files,
+                   removed_bytes=response.removed_bytes, kept_unreferenced_files=response.kept_unreferenced_files,
+                   dry_run=response.dry_run)
+
+
 class StatusView(BaseModel):
     status: str = Field(examples=["deleted"])
 

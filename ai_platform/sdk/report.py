@@ -18,7 +18,7 @@ from ai_platform.core.settings import TaskSettings
 PROGRESS_PATIENCE_S = 10.0  # a progress report still undelivered then is dropped; the task goes on
 FINAL_PATIENCE_S = 300.0  # the result or error is retried this long before the worker gives up
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
-CALL_TIMEOUT_S = 10.0
+REPORT_TIMEOUT_S = 10.0  # one ReportTask call (not core.wire's: importing it would load grpc eagerly)
 
 _lock = threading.Lock()
 _reporter_or_none: Reporter | bool | None = None  # False: not running as a task
@@ -64,7 +64,7 @@ class Reporter:
         retryable = (self.grpc.StatusCode.UNAVAILABLE, self.grpc.StatusCode.DEADLINE_EXCEEDED)
         while True:
             try:
-                self.stub.ReportTask(request, timeout=CALL_TIMEOUT_S, metadata=self.metadata)
+                self.stub.ReportTask(request, timeout=REPORT_TIMEOUT_S, metadata=self.metadata)
                 return True
             except self.grpc.RpcError as exc:
                 if exc.code() not in retryable or time.monotonic() + delay > deadline:

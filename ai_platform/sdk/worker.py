@@ -70,17 +70,25 @@ def _end_descendants() -> None:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process if the scheduler that started it dies."""
+    """Ask Linux to SIGTERM this process if the scheduler that started it dies (then ``_on_sigterm`` runs)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Stopped (cancel, timeout, Ray's job stop, the scheduler's death): end everything the script started too,
+    including children that left the process group and cleared their environment, which nobody else can find."""
+    _end_descendants()
+    os._exit(128 + signum)
+
+
 def main() -> int:
     _adopt_orphans()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run_task()
     finally:

@@ -251,3 +251,31 @@ class ResolveUriResponse(_message.Message):
     version: int
     storage_options: _containers.ScalarMap[str, str]
     def __init__(self, uri: _Optional[str] = ..., exists: _Optional[bool] = ..., version: _Optional[int] = ..., storage_options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("kind", "name", "keep_versions", "min_age_s", "dry_run")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEEP_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    kind: TableKind
+    name: str
+    keep_versions: int
+    min_age_s: int
+    dry_run: bool
+    def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., keep_versions: _Optional[int] = ..., min_age_s: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class CollectGarbageResponse(_message.Message):
+    __slots__ = ("removed_versions", "removed_files", "removed_bytes", "kept_unreferenced_files", "dry_run")
+    REMOVED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FILES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEPT_UNREFERENCED_FILES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    removed_versions: _containers.RepeatedScalarFieldContainer[int]
+    removed_files: int
+    removed_bytes: int
+    kept_unreferenced_files: int
+    dry_run: bool
+    def __init__(self, removed_versions: _Optional[_Iterable[int]] = ..., removed_files: _Optional[int] = ..., removed_bytes: _Optional[int] = ..., kept_unreferenced_files: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...

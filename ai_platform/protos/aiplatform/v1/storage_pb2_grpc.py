@@ -74,6 +74,11 @@ class StorageServiceStub:
                 request_serializer=aiplatform_dot_v1_dot_storage__pb2.ResolveUriRequest.SerializeToString,
                 response_deserializer=aiplatform_dot_v1_dot_storage__pb2.ResolveUriResponse.FromString,
                 _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/aiplatform.v1.StorageService/CollectGarbage',
+                request_serializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -138,6 +143,15 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectGarbage(self, request, context):
+        """Frees storage: data files no version references (left by an interrupted write) once they are
+        older than a safe age, and, on request, old versions with the files only they reference
+        (Lance's own cleanup). With dry_run, says what would go and removes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +194,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ResolveUri,
                     request_deserializer=aiplatform_dot_v1_dot_storage__pb2.ResolveUriRequest.FromString,
                     response_serializer=aiplatform_dot_v1_dot_storage__pb2.ResolveUriResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +417,33 @@ class StorageService:
             '/aiplatform.v1.StorageService/ResolveUri',
             aiplatform_dot_v1_dot_storage__pb2.ResolveUriRequest.SerializeToString,
             aiplatform_dot_v1_dot_storage__pb2.ResolveUriResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiplatform.v1.StorageService/CollectGarbage',
+            aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.SerializeToString,
+            aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.FromString,
             options,
             channel_credentials,
             insecure,
