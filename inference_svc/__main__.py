@@ -9,7 +9,7 @@ from ai_platform.core.server import Servicer, serve
 from ai_platform.core.settings import InferenceSettings
 from ai_platform.protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from inference_svc.dataplane import DataPlane
-from inference_svc.model import BatchingConfig
+from inference_svc.model import BatchingConfig, LocalServing
 from inference_svc.repository import ModelRepository
 from inference_svc.server import InferenceServicer
 
@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     batching = BatchingConfig(settings.max_batch_size, settings.max_queue_delay_us / 1e6)
 
     async def run() -> None:
-        repository = ModelRepository(settings, device, batching)
+        if settings.serving == "ray":
+            from inference_svc.serving_ray import RayServing
+
+            serving = RayServing(settings)
+        else:
+            serving = LocalServing()
+        repository = ModelRepository(settings, device, batching, serving)
         servicer = Servicer(
             InferenceServicer(DataPlane(repository)),
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,

@@ -1,13 +1,14 @@
-"""A loaded model: its program on a device, its signature, its batcher and its statistics."""
+"""A loaded model: its signature, validation and statistics (``ServedModel``), and where it computes (a ``Runner``)."""
 
 from __future__ import annotations
 
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -62,28 +63,48 @@ class BatchingConfig:
     max_queue_delay_s: float = 0.0
 
 
-class ServedModel:
-    def __init__(self, name: str, record: ModelRecord, device: str, batching: BatchingConfig) -> None:
+# Load parameters only Ray Serve takes (a local backend refuses them, naming the backend that would take them).
+REPLICA_PARAMETERS = frozenset({"replicas", "min_replicas", "max_replicas", "target_ongoing_requests", "num_cpus",
+                                "num_gpus"})
+
+
+@dataclass
+class LoadOptions:
+    """How one model version is served: batching and device everywhere; replicas and their resources on Ray Serve
+    (fixed ``replicas``, or autoscaling between ``min_replicas`` and ``max_replicas``)."""
+
+    batching: BatchingConfig
+    device: str
+    replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max_replicas is not None
+
+    @property
+    def most_replicas(self) -> int:
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
+
+class Program:
+    """A model version's program on a device, ready for forward passes of any batch size.
+
+    The one forward pass of both serving backends: in inference_svc (local) and in each Ray Serve replica.
+    """
+
+    def __init__(self, record: ModelRecord, device: str) -> None:
         import torch
 
-        self.name = name
-        self.version = record.version
-        self.record = record
-        self.signature = record.signature
-        self.device = device
-        self.batching = batching
         self._torch = torch
+        self.device = device
+        self.inputs = record.signature["inputs"]
         self.program = load_program(record, device)
         self.batched_program = self._optimise_for_batches(self.program)
-        self.inputs = record.signature["inputs"]
-        self.outputs = record.signature["outputs"]
-        self.stats = ModelStats()
-        self._stats_lock = threading.Lock()
-        self._torch = torch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self.batcher = AdaptiveBatcher(
-            self._forward, self._executor, batching.max_batch_size, batching.max_queue_delay_s, self._record_batch
-        )
         self._warm_up()
 
     def _optimise_for_batches(self, program: Any) -> Any:
@@ -103,14 +124,15 @@ class ServedModel:
             return program
 
     def _warm_up(self) -> None:
-        """One forward pass at load time, so the first request does not pay for lazy initialisation."""
+        """Forward passes at load time, so the first request does not pay for lazy initialisation."""
         examples = [
             np.zeros([1, *[max(d, 1) for d in spec["shape"][1:]]], DATATYPES[spec["datatype"]].numpy)
             for spec in self.inputs
         ]
-        self._forward(examples)
+        self.forward(examples)
 
-    def _forward(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], int, int, int]:
+    def forward(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], int, int, int]:
+        """Outputs, and the nanoseconds spent on input, inference and output."""
         torch = self._torch
         t0 = time.perf_counter_ns()
         tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
@@ -122,6 +144,82 @@ class ServedModel:
         results = result if isinstance(result, (tuple, list)) else (result,)
         outputs = [r.detach().to("cpu").numpy() for r in results]
         return outputs, t1 - t0, t2 - t1, time.perf_counter_ns() - t2
+
+
+class Runner(Protocol):
+    """Where a served model's forward passes happen: this process (``LocalRunner``) or Ray Serve replicas."""
+
+    device: str
+    on_batch: Callable[[BatchTiming], None]
+
+    async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def retire(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class LocalRunner:
+    """The program in this process, behind the adaptive batcher, on a thread of its own."""
+
+    def __init__(self, name: str, record: ModelRecord, device: str, batching: BatchingConfig) -> None:
+        self.program = Program(record, device)
+        self.device = device
+        self.on_batch: Callable[[BatchTiming], None] = lambda timing: None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self.batcher = AdaptiveBatcher(self.program.forward, self._executor, batching.max_batch_size,
+                                       batching.max_queue_delay_s, lambda timing: self.on_batch(timing))
+
+    async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return await self.batcher.submit(arrays)
+
+    def retire(self) -> None:
+        self.batcher.retire()
+
+    def describe(self) -> dict[str, Any]:
+        return {"serving": "local"}
+
+
+class LocalServing:
+    """Level 1 serving: every model version computes in this process."""
+
+    name = "local"
+    parameters: frozenset[str] = frozenset()
+
+    def default_options(self, batching: BatchingConfig, device: str) -> LoadOptions:
+        return LoadOptions(batching, device)
+
+    def build(self, name: str, record: ModelRecord, storage_options: dict[str, str],
+              options: LoadOptions) -> ServedModel:
+        return ServedModel(name, record, options.batching, LocalRunner(name, record, options.device, options.batching))
+
+    def state(self, model: ServedModel) -> tuple[bool, str]:
+        return True, ""
+
+    def close(self) -> None:
+        return None
+
+
+class ServedModel:
+    """A loaded model version as the data plane sees it: signature, request validation and statistics. Its
+    ``runner`` computes; both serving backends share everything here."""
+
+    def __init__(self, name: str, record: ModelRecord, batching: BatchingConfig, runner: Runner) -> None:
+        self.name = name
+        self.version = record.version
+        self.record = record
+        self.signature = record.signature
+        self.batching = batching
+        self.inputs = record.signature["inputs"]
+        self.outputs = record.signature["outputs"]
+        self.stats = ModelStats()
+        self._stats_lock = threading.Lock()
+        self.runner = runner
+        runner.on_batch = self._record_batch
+
+    @property
+    def device(self) -> str:
+        return self.runner.device
 
     def _record_batch(self, timing: BatchTiming) -> None:
         with self._stats_lock:
@@ -186,7 +284,7 @@ class ServedModel:
         try:
             arrays = self.validate(inputs)
             rows = int(arrays[0].shape[0])
-            outputs = await self.batcher.submit(arrays)
+            outputs = await self.runner.run(arrays)
         except BaseException:
             self.record_request(False, time.perf_counter_ns() - started, rows)
             raise
@@ -203,7 +301,7 @@ class ServedModel:
         return result
 
     def retire(self) -> None:
-        self.batcher.retire()
+        self.runner.retire()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -213,4 +311,5 @@ class ServedModel:
             "max_batch_size": self.batching.max_batch_size,
             "max_queue_delay_us": int(self.batching.max_queue_delay_s * 1e6),
             "device": self.device,
+            **self.runner.describe(),
         }

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from ai_platform.core.errors import FailedPrecondition, InvalidArgument, PlatformError
 from ai_platform.core.names import validate_name
@@ -18,8 +19,8 @@ from ai_platform.core.settings import ServiceSettings
 from ai_platform.core.wire import Peer
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
-from ai_platform.sdk.models import read_model
-from inference_svc.model import BatchingConfig, ServedModel
+from ai_platform.sdk.models import ModelRecord, read_model
+from inference_svc.model import BatchingConfig, LoadOptions, LocalServing, ServedModel
 
 log = logging.getLogger("inference_svc.repository")
 
@@ -48,10 +49,28 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
+class Serving(Protocol):
+    """Where loaded models compute: ``LocalServing`` (this process) or ``RayServing`` (Ray Serve replicas)."""
+
+    name: str
+    parameters: frozenset[str]  # load parameters it takes beyond the common ones
+
+    def default_options(self, batching: BatchingConfig, device: str) -> LoadOptions: ...
+
+    def build(self, name: str, record: ModelRecord, storage_options: dict[str, str],
+              options: LoadOptions) -> ServedModel: ...
+
+    def state(self, model: ServedModel) -> tuple[bool, str]: ...
+
+    def close(self) -> None: ...
+
+
 class ModelRepository:
-    def __init__(self, settings: ServiceSettings, device: str, batching: BatchingConfig) -> None:
+    def __init__(self, settings: ServiceSettings, device: str, batching: BatchingConfig,
+                 serving: Serving | None = None) -> None:
         self.device = device
         self.default_batching = batching
+        self.serving: Serving = serving or LocalServing()
         self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token)
         self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}
@@ -60,6 +79,7 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.serving.close)
         await self._peer.close()
 
     async def _resolve(self, name: str, version: int | None) -> tuple[str, int, dict[str, str]]:
@@ -83,26 +103,18 @@ class ModelRepository:
         served = self._loaded.get(name, {})
         return served.get(self._newest.get(name, -1) if wanted is None else wanted)
 
-    async def load(
-        self, name: str, version: int | None = None, batching: BatchingConfig | None = None, device: str | None = None
-    ) -> ServedModel:
+    async def load(self, name: str, version: int | None = None, options: LoadOptions | None = None) -> ServedModel:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            if version is not None and version in self._loaded.get(name, {}) and batching is None:
+            if version is not None and version in self._loaded.get(name, {}) and options is None:
                 return self._loaded[name][version]
             uri, resolved, storage_options = await self._resolve(name, version)
             previous = self._states.get(name)
             self._states[name] = ModelStatus(name, str(resolved), ModelState.LOADING)
             try:
                 model = await asyncio.to_thread(
-                    self._build,
-                    name,
-                    uri,
-                    resolved,
-                    storage_options,
-                    batching or self.default_batching,
-                    device or self.device,
-                )
+                    self._build, name, uri, resolved, storage_options,
+                    options or self.serving.default_options(self.default_batching, self.device))
             except PlatformError as exc:
                 self._states[name] = ModelStatus(name, str(resolved), ModelState.UNAVAILABLE, exc.message)
                 if previous and previous.state is ModelState.READY and name in self._newest:
@@ -123,11 +135,11 @@ class ModelRepository:
             return model
 
     def _build(
-        self, name: str, uri: str, version: int, storage_options: dict[str, str], batching: BatchingConfig, device: str
+        self, name: str, uri: str, version: int, storage_options: dict[str, str], options: LoadOptions
     ) -> ServedModel:
         record = read_model(uri, version, storage_options)
         try:
-            return ServedModel(name, record, device, batching)
+            return self.serving.build(name, record, storage_options, options)
         except PlatformError:
             raise
         except Exception as exc:  # noqa: BLE001 - a model that cannot run is unavailable, the server is fine
@@ -154,6 +166,12 @@ class ModelRepository:
         states = {t.name: ModelStatus(t.name, str(t.latest_version), ModelState.UNAVAILABLE, "not loaded")
                   for t in tables}
         states.update(self._states)
+        for name, status in states.items():
+            model = self.loaded(name) if status.state is ModelState.READY else None
+            if model is not None:
+                serving, reason = self.serving.state(model)
+                states[name] = ModelStatus(name, status.version, ModelState.READY if serving else
+                                           ModelState.UNAVAILABLE, reason)
         return [states[n] for n in sorted(states)]
 
     def all_loaded(self) -> list[ServedModel]:

@@ -84,6 +84,10 @@ def test_lake_and_task_commands(running):
     shown = json.loads(aip("datasets", "show", "mnist_clean", "--json", env=env).stdout)
     assert shown["schema"]["image"] == "fixed_size_list<item: uint8>[784]"
     assert json.loads(aip("models", "versions", "mnist_cnn", "--json", env=env).stdout)[0]["version"] == 1
+    deployed = aip("models", "deploy", "mnist_cnn", "--max-batch-size", "8", env=env).stdout
+    assert deployed.startswith("model mnist_cnn version 1: READY"), deployed
+    refused = aip("models", "deploy", "mnist_cnn", "--replicas", "2", env=env, check=False)
+    assert refused.returncode == 1 and "need Ray Serve (--serving ray)" in refused.stderr
     gc = aip("datasets", "gc", "mnist_clean", "--keep-versions", "1", "--dry-run", env=env).stdout
     assert "mnist_clean: would remove 0 files (0 bytes) and versions: none" in gc
     refused = aip("datasets", "gc", "mnist_clean", "--min-age", "-1", env=env, check=False)

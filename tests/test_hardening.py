@@ -327,6 +327,14 @@ def test_open_inference_openapi_client_reads_metadata_and_infers(platform, http)
     assert refused.value.body == {"error": "input 'input': 10 values for shape [1, 1, 28, 28]"}, "the protocol's shape"
 
 
+def test_load_over_rest_refuses_unknown_parameters(http):
+    refused = http.post("/v2/repository/models/cnn/load", json={"parameters": {"replicas": 2}})
+    assert refused.status_code == 400 and "need Ray Serve" in refused.json()["error"], refused.text
+    odd = http.post("/v2/repository/models/cnn/load", json={"parameters": {"speed": "max"}})
+    assert odd.status_code == 400 and "unknown load parameter(s) ['speed']" in odd.json()["error"], odd.text
+    assert http.post("/v2/repository/models/cnn/load", json={"parameters": {"max_batch_size": 8}}).status_code == 200
+
+
 def test_tritonclient_http_with_binary_tensors_and_the_protocol_errors(platform, http):
     done = subprocess.run([sys.executable, "-c", TRITON_HTTP, platform.url], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

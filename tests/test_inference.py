@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from ai_platform.sdk.models import load_model, save_model
@@ -298,6 +299,32 @@ def test_unknown_and_unloadable_models(stub):
     assert stub.ModelInfer(raw_request("cnn", images(1))).model_name == "cnn", "other models keep serving"
     error = rpc_error(lambda: stub.ModelInfer(raw_request("../etc", images(1))))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_load_parameters_are_checked_and_unknown_ones_refused(stub):
+    def load(**parameters):  # noqa: ANN003, ANN202
+        return lambda: stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(
+            model_name="cnn", parameters=encode_parameters(parameters)))
+
+    replicas = rpc_error(load(replicas=2))
+    assert replicas.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "['replicas'] need Ray Serve (--serving ray)" in replicas.details(), replicas.details()
+    unknown = rpc_error(load(warp_speed=9))
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown load parameter(s) ['warp_speed']" in (
+        unknown.details())
+    for bad, words in (({"max_batch_size": 0}, "max_batch_size must be a finite number >= 1"),
+                       ({"max_batch_size": "lots"}, "max_batch_size must be an integer"),
+                       ({"batch_wait_timeout_s": -1.0}, "batch_wait_timeout_s must be a finite number >= 0"),
+                       ({"max_queue_delay_us": 5, "batch_wait_timeout_s": 0.1}, "not both"),
+                       ({"version": "x"}, "version must be an integer"),
+                       ({"device": "tpu"}, "device must be cpu, cuda or cuda:N"),
+                       ({"config": "{oops"}, "config is not JSON")):
+        error = rpc_error(load(**bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details(), (bad, error.details())
+    stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="cnn", parameters=encode_parameters(
+        {"batch_wait_timeout_s": 0.001, "max_batch_size": 8})))
+    config = stub.ModelConfig(pb.ModelConfigRequest(name="cnn")).config
+    assert config.max_batch_size == 8 and config.dynamic_batching.max_queue_delay_microseconds == 1000
 
 
 def test_bad_tensors_are_invalid_argument_saying_expected_vs_got(stub):

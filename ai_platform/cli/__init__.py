@@ -147,6 +147,18 @@ def _client():  # noqa: ANN202 - ai_platform.client.Client
     return Client()
 
 
+DEPLOY_OPTIONS: dict[str, tuple[type, str]] = {
+    "version": (int, "the version to serve (default: the newest)"),
+    "max_batch_size": (int, "most requests merged into one forward pass"),
+    "replicas": (int, "Ray Serve: a fixed number of replicas"),
+    "min_replicas": (int, "Ray Serve: autoscale from this many replicas ..."),
+    "max_replicas": (int, "... up to this many"),
+    "target_ongoing_requests": (float, "Ray Serve: requests per replica that autoscaling aims for"),
+    "num_cpus": (float, "Ray Serve: CPUs each replica holds"),
+    "num_gpus": (float, "Ray Serve: GPUs each replica holds"),
+}
+
+
 def cmd_tables(args: argparse.Namespace) -> int:
     client = _client()
     kind = args.kind
@@ -166,6 +178,15 @@ def cmd_tables(args: argparse.Namespace) -> int:
     elif args.action == "rm":
         (client.delete_dataset if kind == "datasets" else client.delete_model)(args.name)
         print(f"deleted {kind[:-1]} {args.name}")
+    elif args.action == "deploy":
+        options = {key: getattr(args, key) for key in DEPLOY_OPTIONS if getattr(args, key) is not None}
+        client.deploy(args.name, **options)
+        served = next((m for m in client.inference.index() if m["name"] == args.name), {})
+        if args.json:
+            _print_one(served, True)
+        else:
+            print(f"model {args.name} version {served.get('version', '?')}: {served.get('state', '?')} "
+                  f"{served.get('reason', '')}".rstrip())
     elif args.action == "gc":
         report = client.collect_garbage(args.name, kind[:-1], keep_versions=args.keep_versions,
                                         min_age_s=args.min_age, dry_run=args.dry_run)
@@ -272,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the whole platform on this machine")
-    up.add_argument("--level", type=int, choices=[1, 2], default=1, help="1: local processes; 2: Ray")
+    up.add_argument("--level", type=int, choices=[1, 2], default=1,
+                    help="1: local processes; 2: tasks as Ray Jobs, models on Ray Serve")
     settings = ClientSettings.from_env()
     up.add_argument("--home", help=f"lake and state directory (AIP_HOME, default {ClientSettings().home}); an s3:// "
                     "lake keeps the state in AIP_STATE_DIR")
@@ -304,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
             a = actions.add_parser(action)
             a.add_argument("name")
             a.add_argument("--json", action="store_true")
+        if kind == "models":
+            deploy = actions.add_parser("deploy", help="load (or hot-swap to) a model version in inference_svc")
+            deploy.add_argument("name")
+            for option, (kind_of, text) in DEPLOY_OPTIONS.items():
+                deploy.add_argument(f"--{option.replace('_', '-')}", type=kind_of, help=text)
+            deploy.add_argument("--json", action="store_true")
         gc = actions.add_parser("gc", help="free storage: files no version references, old versions on request")
         gc.add_argument("name")
         gc.add_argument("--keep-versions", type=int, default=0, metavar="N",

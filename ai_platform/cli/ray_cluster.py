@@ -66,7 +66,11 @@ def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90,
         f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
         *([f"--resources={json.dumps(resources)}"] if resources else []),
     ]
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A loopback head: token authentication stays off unless asked for (RAY_AUTH_MODE=token), also when a token
+    # from another cluster sits in ~/.ray, which Ray would otherwise turn on by itself.
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     head = RayHead(proc.pid, f"{node_ip}:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
     output, _ = proc.communicate(timeout=timeout)
     if proc.returncode != 0:

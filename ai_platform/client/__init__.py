@@ -239,10 +239,11 @@ class InferenceClient:
     def close(self) -> None:
         self.channel.close()
 
-    def load(self, name: str, version: int | None = None, max_batch_size: int | None = None,
-             max_queue_delay_us: int | None = None) -> None:
-        parameters = encode_parameters({"version": version, "max_batch_size": max_batch_size,
-                                        "max_queue_delay_us": max_queue_delay_us})
+    def load(self, name: str, version: int | None = None, **parameters: int | float | str | None) -> None:
+        """Load (or hot-swap) a model. ``parameters``: ``max_batch_size``, ``max_queue_delay_us`` or
+        ``batch_wait_timeout_s``, ``device``; with Ray Serve also ``replicas`` or ``min_replicas``/``max_replicas``/
+        ``target_ongoing_requests``, and ``num_cpus``/``num_gpus`` per replica. Unknown ones are refused."""
+        parameters = encode_parameters({"version": version, **parameters})
         self.stub.RepositoryModelLoad(inference_pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
                                       timeout=MODEL_LOAD_TIMEOUT_S)
 

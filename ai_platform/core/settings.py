@@ -361,6 +361,15 @@ class InferenceSettings(ServiceSettings):
     max_queue_delay_us: int = setting(0, "default extra wait for a batch to fill, in microseconds",
                                       parse=non_negative_integer)
     torch_threads: int = setting(1, "intra-op threads per forward pass", parse=positive_integer)
+    serving: str = setting("local", "where models compute: local (this process) or ray (Ray Serve replicas); "
+                                    "`aip up --level 2` uses ray", parse=one_of("local", "ray"))
+    serve_address: str = setting("", "serving=ray: the Ray cluster's GCS address (host:port); `aip up --level 2` "
+                                      "sets it")
+    replicas: int = setting(1, "serving=ray: default replicas per model version", parse=positive_integer)
+    replica_num_cpus: float = setting(1.0, "serving=ray: default CPUs each replica holds",
+                                      parse=non_negative_number)
+    replica_num_gpus: float = setting(0.0, "serving=ray: default GPUs each replica holds",
+                                      parse=non_negative_number)
 
 
 @dataclass

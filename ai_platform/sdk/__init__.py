@@ -34,11 +34,13 @@ def storage_options() -> dict[str, str] | None:
     return ClientSettings.from_env().storage_options or None
 
 
-def deploy_model(name: str, *, version: int | None = None, max_batch_size: int | None = None,
-                 max_queue_delay_us: int | None = None, inference_addr: str | None = None) -> dict[str, Any]:
+def deploy_model(name: str, *, version: int | None = None, inference_addr: str | None = None,
+                 **parameters: int | float | str | None) -> dict[str, Any]:
     """Load the model table ``name`` into inference_svc (the newest version unless one is given).
 
-    Loading again after a new version was saved swaps it in without failing requests in flight.
+    Loading again after a new version was saved swaps it in without failing requests in flight. ``parameters``
+    are the load parameters (``max_batch_size``; on Ray Serve ``replicas=2``, ``num_cpus``, ...), as in
+    ``Client.deploy``.
     Addresses come from ``AIP_INFERENCE_ADDR`` and ``AIP_GATEWAY_ADDR``, as the platform sets them.
     """
     from ai_platform.core.wire import CALL_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S, encode_parameters, sync_channel
@@ -47,11 +49,10 @@ def deploy_model(name: str, *, version: int | None = None, max_batch_size: int |
 
     settings = ClientSettings.from_env()
     addr = inference_addr or settings.inference_addr
-    parameters = encode_parameters({"version": version, "max_batch_size": max_batch_size,
-                                    "max_queue_delay_us": max_queue_delay_us})
+    encoded = encode_parameters({"version": version, **parameters})
     with sync_channel(addr, settings.token) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=parameters),
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=encoded),
                                  timeout=MODEL_LOAD_TIMEOUT_S)
         meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=str(version or "")),
                                   timeout=CALL_TIMEOUT_S)
