@@ -10,8 +10,9 @@ as recent batches held. The forward pass runs on the model's own thread, off the
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -40,19 +41,25 @@ class BatchTiming:
 ADAPTIVE_WAIT_S = 0.001
 
 RunBatch = Callable[[list[np.ndarray]], tuple[list[np.ndarray], int, int, int]]
+AsyncRunBatch = Callable[[list[np.ndarray]], Awaitable[tuple[list[np.ndarray], int, int, int]]]
 
 
 class AdaptiveBatcher:
     def __init__(
         self,
-        run_batch: RunBatch,
-        executor: Executor,
+        run_batch: RunBatch | AsyncRunBatch,
+        executor: Executor | None,
         max_batch_size: int,
         max_queue_delay_s: float,
         on_batch: Callable[[BatchTiming], None],
+        max_in_flight: int = 1,
     ) -> None:
+        """``run_batch`` runs on ``executor`` or, as a coroutine function, on the loop; ``max_in_flight`` batches
+        may run at once (1 for a program on one thread; more when batches travel to replicas elsewhere)."""
         self.run_batch = run_batch
         self.executor = executor
+        self._coroutine = inspect.iscoroutinefunction(run_batch)
+        self._slots = asyncio.Semaphore(max(1, max_in_flight))
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
         self.on_batch = on_batch
@@ -112,25 +119,35 @@ class AdaptiveBatcher:
         return batch
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while not (self._retired and self._queue.empty() and self._carry is None):
             self._idle = True
-            batch = await self._next_batch()
-            started = time.perf_counter_ns()
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: list[Pending]) -> None:
+        started = time.perf_counter_ns()
+        try:
             inputs = (
                 batch[0].inputs
                 if len(batch) == 1
                 else [np.concatenate([p.inputs[i] for p in batch]) for i in range(len(batch[0].inputs))]
             )
             try:
-                outputs, input_ns, infer_ns, output_ns = await loop.run_in_executor(
-                    self.executor, self.run_batch, inputs
-                )
+                if self._coroutine:
+                    outputs, input_ns, infer_ns, output_ns = await self.run_batch(inputs)
+                else:
+                    outputs, input_ns, infer_ns, output_ns = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.run_batch, inputs)
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
-                continue
+                return
             offset = 0
             for p in batch:
                 if not p.future.done():
@@ -139,3 +156,5 @@ class AdaptiveBatcher:
             self.on_batch(
                 BatchTiming(len(batch), [started - p.enqueued_ns for p in batch], input_ns, infer_ns, output_ns)
             )
+        finally:
+            self._slots.release()

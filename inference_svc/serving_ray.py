@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ai_platform.core.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from ai_platform.core.settings import InferenceSettings
 from ai_platform.sdk.models import ModelRecord, read_model
-from inference_svc.batching import BatchTiming
+from inference_svc.batching import AdaptiveBatcher, BatchTiming
 from inference_svc.model import REPLICA_PARAMETERS, BatchingConfig, LoadOptions, Program, ServedModel
 
 log = logging.getLogger("inference_svc.serving_ray")
@@ -36,6 +37,7 @@ RETIRE_GRACE_S = 2.0  # an old version's application outlives the swap this long
 DEPLOY_TIMEOUT_S = 240.0  # under MODEL_LOAD_TIMEOUT_S: a load that cannot place its replicas fails before its caller
 RETRIES = 4  # a request whose replica died is sent again (inference has no side effects)
 RETRY_PAUSE_S = 0.05
+CALLS_PER_REPLICA = 2  # merged calls in flight per replica: one computing, the next on its way
 STATUS_TTL_S = 0.5
 CONNECT_TIMEOUT_S = 3.0
 REPLICA_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -60,27 +62,25 @@ class ModelReplica:
         return os.getpid()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def forward(self, requests: list[tuple[list[np.ndarray], int]]) -> list[tuple[list[np.ndarray], int, Any]]:
-        """Each request's outputs, the version that computed them, and (on the batch's first answer) its timing.
-
-        A request is ``(arrays, sent)``: its input arrays and when inference_svc sent it (for the queue time)."""
-        started = time.time_ns()
-        sizes = [arrays[0].shape[0] for arrays, _ in requests]
-        if len(requests) == 1:
-            merged = requests[0][0]
-        else:
-            merged = [np.concatenate(parts) for parts in zip(*(arrays for arrays, _ in requests), strict=True)]
+    async def forward(self, requests: list[list[np.ndarray]]) -> list[tuple[list[np.ndarray], int, tuple]]:
+        """Each call's outputs, the version that computed them, and the forward pass's timing (input, infer, output
+        nanoseconds). A call is a batch inference_svc already merged; concurrent calls merge again here."""
+        sizes = [arrays[0].shape[0] for arrays in requests]
+        merged = requests[0] if len(requests) == 1 else [np.concatenate(parts) for parts in zip(*requests, strict=True)]
         outputs, input_ns, infer_ns, output_ns = self.program.forward(merged)
-        timing = (len(requests), [max(0, started - sent) for _, sent in requests], input_ns, infer_ns, output_ns)
         answers, row = [], 0
-        for i, size in enumerate(sizes):
-            answers.append(([out[row:row + size] for out in outputs], self.version, timing if i == 0 else None))
+        for size in sizes:
+            answers.append(([out[row:row + size] for out in outputs], self.version, (input_ns, infer_ns, output_ns)))
             row += size
         return answers
 
 
 class ServeRunner:
-    """A served model's forward passes on its Ray Serve application, through a DeploymentHandle."""
+    """A served model's forward passes on its Ray Serve application, through a DeploymentHandle.
+
+    A call through Ray costs milliseconds whatever it carries, so concurrent requests are merged here first (the
+    same adaptive batcher as local serving), with a few merged calls in flight per replica.
+    """
 
     def __init__(self, serving: RayServing, app: str, handle: Any, options: LoadOptions) -> None:
         self.serving = serving
@@ -88,13 +88,19 @@ class ServeRunner:
         self.handle = handle.options(method_name="forward")
         self.options = options
         self.device = options.device
-        self.on_batch = lambda timing: None
+        self.on_batch: Callable[[BatchTiming], None] = lambda timing: None
+        self.batcher = AdaptiveBatcher(self._call, None, options.batching.max_batch_size,
+                                       options.batching.max_queue_delay_s, lambda timing: self.on_batch(timing),
+                                       max_in_flight=CALLS_PER_REPLICA * options.most_replicas)
 
     async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return await self.batcher.submit(arrays)
+
+    async def _call(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int, int, int]:
         for attempt in range(RETRIES + 1):
             try:
-                outputs, _, timing = await self.handle.remote((arrays, time.time_ns()))
-                break
+                outputs, _, timing = await self.handle.remote(arrays)
+                return (outputs, *timing)
             except REPLICA_ERRORS as exc:
                 if attempt == RETRIES:
                     raise Unavailable(f"model application {self.app}: its replicas are gone ({exc})") from None
@@ -103,12 +109,10 @@ class ServeRunner:
             except RayTaskError as exc:
                 raise FailedPrecondition(f"model application {self.app} failed in its replica: "
                                          f"{_first_line(exc.cause or exc)}") from None
-        if timing is not None:
-            size, queue_ns, input_ns, infer_ns, output_ns = timing
-            self.on_batch(BatchTiming(size, queue_ns, input_ns, infer_ns, output_ns))
-        return outputs
+        raise AssertionError("unreachable")
 
     def retire(self) -> None:
+        self.batcher.retire()
         self.serving.delete_later(self.app)
 
     def describe(self) -> dict[str, Any]:

@@ -156,7 +156,7 @@ def test_a_model_served_by_two_replicas_answers_like_the_local_program(stub, ray
     assert stats.inference_stats.success.count == len(hammer.versions) + 1
     assert stats.execution_count >= 1 and sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == (
         len(hammer.versions) + 1), "every request was computed in exactly one batch"
-    assert max(b.batch_size for b in stats.batch_stats) > 1, "Ray Serve's batching merged concurrent requests"
+    assert max(b.batch_size for b in stats.batch_stats) > 1, "concurrent requests were merged into batches"
 
 
 
