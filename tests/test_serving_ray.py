@@ -21,24 +21,10 @@ from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from ai_platform.sdk.models import save_model
-from mnist.model import MnistCNN
 from tests.conftest import ServiceProcess, free_port
+from tests.test_inference import cnn, expected, images
 
 CLIENTS = 16
-
-
-def cnn(seed: int) -> MnistCNN:
-    torch.manual_seed(seed)
-    return MnistCNN().eval()
-
-
-def expected(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
 
 
 def infer_request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:
