@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ai_platform.core.errors import PlatformError
-from ai_platform.core.views import ERRORS, StatusView, TaskRequest, TaskView
+from ai_platform.core.views import ERRORS, MetricsView, StatusView, TaskRequest, TaskView
 from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from gateway.errors import from_platform, invalid
@@ -132,6 +132,41 @@ async def task_logs(request: Request, id: str, follow: bool = False,
             call.cancel()
         if pending:
             yield f"data: {pending}\n\n"
+        task = await upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s)
+        yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/api/v1/tasks/{id}/metrics",
+    response_model=MetricsView,
+    responses={
+        **ERRORS,
+        200: {"content": {"application/json": {}, "text/event-stream": {}},
+              "description": "the series; with follow=true, server-sent events of new points until the task ends"},
+    },
+    summary="A task's metric series (sdk.log_metrics); follow=true streams new points as server-sent events",
+)
+async def task_metrics(request: Request, id: str, follow: bool = False) -> Any:
+    upstreams = request.app.state.upstreams
+    await upstreams.call(
+        "scheduler", upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND
+    )
+    call = upstreams.scheduler.StreamMetrics(pb.StreamMetricsRequest(id=id, follow=follow))
+    if not follow:
+        return MetricsView.from_pb([message async for message in call])
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for message in call:
+                points = [[p.key, p.step, p.value, p.time] for p in message.points]
+                yield f"data: {json.dumps({'points': points, 'dropped': message.dropped})}\n\n"
+        except grpc.aio.AioRpcError as exc:
+            yield f"event: error\ndata: {json.dumps({'code': exc.code().name, 'message': exc.details()})}\n\n"
+            return
+        finally:
+            call.cancel()
         task = await upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s)
         yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
 

@@ -4,11 +4,13 @@ Task: ``run(input_path, output_path, params)``.
 - input: the dataset written by mnist_clean.py (``image``, ``label``, ``split``).
 - output: the model table's Lance URI (e.g. ``models/mnist_cnn``); each run adds a version.
 - params: ``epochs`` (3), ``learning_rate`` (2e-3), ``batch_size`` (64), ``device`` ("auto": cuda when
-  available), ``seed`` (0), ``limit`` (training images, 0 = all), ``augment`` (true), ``labels``.
+  available), ``seed`` (0), ``limit`` (training images, 0 = all), ``augment`` (true), ``labels``,
+  ``log_every`` (50 batches).
 
 Images go from Lance to tensors without per-row Python and stay uint8 until each batch is
 normalised. Random affine shifts, rotations and scaling (torchvision) make hand-drawn digits
-recognisable. Progress (loss, accuracy) is reported every epoch.
+recognisable. Progress (loss, accuracy) is reported every epoch; metric curves are logged per epoch (train_loss,
+test_loss, accuracy) and every ``log_every`` batches (batch_loss).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model import MnistCNN, Normalized  # noqa: E402
 
-from ai_platform.sdk import report_progress, save_model, storage_options  # noqa: E402
+from ai_platform.sdk import log_metrics, report_progress, save_model, storage_options  # noqa: E402
 
 AUGMENT_GROUP = 4  # images that share one random transform: per-image variety at a fraction of the cost
 
@@ -85,6 +87,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         if params.get("augment", True) else None
     history = []
     train_seconds = 0.0
+    log_every = int(params.get("log_every", 50))  # batches between points of the batch_loss curve
+    batches = 0
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
@@ -101,7 +105,11 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(index)
+            batch_loss = loss.item()
+            loss_sum += batch_loss * len(index)
+            batches += 1
+            if log_every and batches % log_every == 0:
+                log_metrics({"batch_loss": batch_loss}, step=batches)
         epoch_seconds = time.perf_counter() - epoch_started
         train_seconds += epoch_seconds
         accuracy, test_loss = evaluate(model, test_x, test_y, device)
@@ -109,6 +117,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
                    "test_loss": test_loss, "epoch_seconds": round(epoch_seconds, 2),
                    "images_per_s": round(len(train_x) / epoch_seconds)}
         history.append(metrics)
+        log_metrics({"train_loss": metrics["train_loss"], "test_loss": test_loss, "accuracy": accuracy},
+                    step=epoch + 1)
         print(f"epoch {epoch + 1}/{epochs}: {metrics}", flush=True)
         report_progress((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: accuracy {accuracy:.4f}", metrics)
 

@@ -23,10 +23,11 @@ from scheduler_svc.backends import Backend, RunContext
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.refs import Resolver
 from scheduler_svc.store import TaskStore
-from scheduler_svc.tasks import Outcome, Resources, Task, TaskStatus
+from scheduler_svc.tasks import MetricPoint, Outcome, Resources, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc")
 PROGRESS_SAVE_INTERVAL_S = 0.5
+METRICS_POLL_S = 0.25  # a followed metric stream looks for new points this often
 ADMIT_WAIT_S = 5.0  # how long a submit waits to answer "running" (or "pending" for a queued task)
 NOT_SCRIPT_DIRS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
 
@@ -212,7 +213,26 @@ class Scheduler:
             raise PermissionDenied(f"wrong report secret for task '{task_id}'")
         if run is None or run.context is None or task.status.finished:
             raise FailedPrecondition(f"task '{task_id}' is {task.status.value}: it takes reports only while it runs")
+        if kind == "metrics":
+            dropped = self.store.add_metrics(task_id, value)
+            if dropped:
+                task.metrics_dropped += dropped
+                self.store.save(task)
+            return
         run.context.report(kind, value)
+
+    async def metrics(self, task_id: str, follow: bool) -> AsyncIterator[tuple[list[MetricPoint], int]]:
+        """The task's metric points and how many were dropped; with follow, new ones until the task ends."""
+        self.get(task_id)  # NOT_FOUND for an unknown task
+        after = 0
+        while True:
+            finished = self.get(task_id).status.finished and task_id not in self._runs
+            points, after = self.store.metrics(task_id, after)
+            if points or not follow:
+                yield points, self.get(task_id).metrics_dropped
+            if not follow or finished:
+                return
+            await asyncio.sleep(METRICS_POLL_S)
 
     # -- streams -----------------------------------------------------------------
     async def watch(self, task_id: str) -> AsyncIterator[Task]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,14 +13,16 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.views import struct_value
 from ai_platform.core.wire import TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
 from scheduler_svc.scheduler import Scheduler, TaskRequest
-from scheduler_svc.tasks import Resources, Task, TaskStatus
+from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 MAX_PAGE = 1000
+METRICS_PER_MESSAGE = 10_000
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -137,12 +140,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         async for task in self.scheduler.watch(request.id):
             yield task_to_pb(task)
 
+    async def StreamMetrics(
+        self, request: pb.StreamMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MetricPoints]:
+        async for points, dropped in self.scheduler.metrics(request.id, request.follow):
+            for start in range(0, max(len(points), 1), METRICS_PER_MESSAGE):
+                yield pb.MetricPoints(dropped=dropped, points=[
+                    pb.MetricPoint(key=p.key, step=p.step, value=p.value, time=p.time)
+                    for p in points[start:start + METRICS_PER_MESSAGE]])
+
     async def ReportTask(
         self, request: pb.ReportTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportTaskResponse:
         kind = request.WhichOneof("report")
         if kind is None:
-            raise InvalidArgument("a report needs one of started, progress, result or error")
+            raise InvalidArgument("a report needs one of started, progress, result, error or metrics")
         if kind == "started":
             value: Any = request.started
         elif kind == "progress":
@@ -151,7 +163,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                      "time": p.updated_at.ToNanoseconds() / 1e9 if p.HasField("updated_at") else time.time()}
         elif kind == "result":
             value = struct_value(request.result)
+        elif kind == "metrics":
+            value = [metric_point(p) for p in request.metrics.points]
         else:
             value = {"type": request.error.type, "message": request.error.message}
         self.scheduler.report(request.task_id, request.secret, kind, value)
         return pb.ReportTaskResponse()
+
+
+def metric_point(point: pb.MetricPoint) -> MetricPoint:
+    """A reported point, checked: a series name, a step >= 0, a finite value."""
+    if not METRIC_KEY.fullmatch(point.key):
+        raise InvalidArgument(f"metric name {point.key[:64]!r} must be 1-128 letters, digits, '_', '.', '-', '/'")
+    if point.step < 0:
+        raise InvalidArgument(f"metric {point.key!r}: step must be >= 0, got {point.step}")
+    if not math.isfinite(point.value):
+        raise InvalidArgument(f"metric {point.key!r} at step {point.step}: value must be finite, got {point.value}")
+    return MetricPoint(point.key, point.step, point.value, point.time)

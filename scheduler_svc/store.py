@@ -7,10 +7,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-from scheduler_svc.tasks import Resources, Task, TaskStatus
+from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 _COLUMNS = [f.name for f in dataclasses.fields(Task)]
 _JSON = {"params", "resources", "result", "progress"}
+MAX_METRIC_POINTS = 100_000  # per task: the first ones are kept, later ones counted in metrics_dropped
+MAX_METRIC_SERIES = 100  # per task: points of a further series are dropped
 
 
 class TaskStore:
@@ -23,12 +25,16 @@ class TaskStore:
             "CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, name TEXT, script TEXT, input TEXT, output TEXT,"
             " resolved_input TEXT, resolved_output TEXT, params TEXT, resources TEXT, timeout_s REAL, backend TEXT,"
             " status TEXT, created_at REAL, started_at REAL, completed_at REAL, result TEXT, error_type TEXT,"
-            " error_message TEXT, progress TEXT, pid INTEGER, job_id TEXT, log_dropped INTEGER, report_secret TEXT)"
+            " error_message TEXT, progress TEXT, pid INTEGER, job_id TEXT, log_dropped INTEGER, report_secret TEXT,"
+            " metrics_dropped INTEGER)"
         )
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
-        for column in ("report_secret",):  # records written before the column existed
-            if column not in present:
-                self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT DEFAULT ''")
+        for column, kind in (("report_secret", "TEXT DEFAULT ''"), ("metrics_dropped", "INTEGER DEFAULT 0")):
+            if column not in present:  # records written before the column existed
+                self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+        self.db.execute("CREATE TABLE IF NOT EXISTS metrics (seq INTEGER PRIMARY KEY, task_id TEXT, key TEXT,"
+                        " step INTEGER, value REAL, time REAL)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS metrics_task ON metrics (task_id, seq)")
         self.db.execute("CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC)")
 
     def save(self, task: Task) -> None:
@@ -72,6 +78,29 @@ class TaskStore:
 
     def unfinished(self) -> list[Task]:
         return self.list([TaskStatus.PENDING, TaskStatus.RUNNING], limit=1_000_000)[::-1]
+
+    def add_metrics(self, task_id: str, points: list[MetricPoint]) -> int:
+        """Keep what fits under the task's caps; returns how many points were dropped."""
+        count, = self.db.execute("SELECT COUNT(*) FROM metrics WHERE task_id = ?", (task_id,)).fetchone()
+        keys = {k for k, in self.db.execute("SELECT DISTINCT key FROM metrics WHERE task_id = ?", (task_id,))}
+        kept = []
+        for point in points:
+            if count + len(kept) >= MAX_METRIC_POINTS:
+                break
+            if point.key not in keys:
+                if len(keys) >= MAX_METRIC_SERIES:
+                    continue
+                keys.add(point.key)
+            kept.append(point)
+        self.db.executemany("INSERT INTO metrics (task_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)",
+                            [(task_id, p.key, p.step, p.value, p.time) for p in kept])
+        return len(points) - len(kept)
+
+    def metrics(self, task_id: str, after: int = 0) -> tuple[list[MetricPoint], int]:
+        """Points stored after sequence number ``after`` (oldest first), and the last sequence number."""
+        rows = self.db.execute("SELECT seq, key, step, value, time FROM metrics WHERE task_id = ? AND seq > ?"
+                               " ORDER BY seq", (task_id, after)).fetchall()
+        return [MetricPoint(k, s, v, t) for _, k, s, v, t in rows], (rows[-1][0] if rows else after)
 
     def close(self) -> None:
         self.db.close()

@@ -53,6 +53,15 @@ class Task:
     job_id: str = ""  # Ray job of a ray task
     log_dropped: int = 0  # bytes of log dropped from the front to keep the cap
     report_secret: str = ""  # what the task's worker proves itself with when it reports; never shown
+    metrics_dropped: int = 0  # metric points refused because the task was over its cap
+
+
+@dataclass
+class MetricPoint:
+    key: str
+    step: int
+    value: float
+    time: float
 
 
 @dataclass

@@ -6,6 +6,22 @@ def run(input_path, output_path, params):
     return {"input": input_path, "output": output_path, "params": params,
             "types": {k: type(v).__name__ for k, v in params.items()}}
 ''',
+    "metrics.py": '''
+import time
+from ai_platform.sdk import log_metrics
+
+def run(input_path, output_path, params):
+    for step in range(params.get("points", 100)):
+        log_metrics({"loss": 1.0 / (step + 1), "accuracy": step / 1000})
+    log_metrics({"late": 3.0}, step=7)
+    log_metrics({"late": 1.0}, step=2)   # out of order: kept, sorted when read
+    log_metrics({"loss": float("nan"), "accuracy": "high"})  # refused, said on stderr; the task goes on
+    log_metrics({"bad key!": 1.0})
+    for _ in range(params.get("live", 0)):  # points that arrive while the task runs
+        log_metrics({"live": time.time()})
+        time.sleep(0.2)
+    return {"logged": True}
+''',
     "progress.py": '''
 import time
 from ai_platform.sdk import report_progress

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from ai_platform.cli import launcher
+from ai_platform.client import Client
 from tests.conftest import ROOT, free_port
 
 AIP = str(Path(sys.executable).with_name("aip"))
@@ -100,6 +101,18 @@ def test_lake_and_task_commands(running):
     assert task["status"] == "completed" and task["result"]["model"] == "mnist_cnn"
     logs = aip("tasks", "logs", task["id"], env=env).stdout
     assert isinstance(logs, str)
+    trained = next(t for t in json.loads(aip("tasks", "ls", "--json", env=env).stdout) if t["name"] == "mnist_cnn")
+    table = aip("tasks", "metrics", trained["id"], env=env).stdout.splitlines()
+    assert table[0].split("\t") == ["metric", "points", "last step", "last", "min", "max"]
+    assert {row.split("\t")[0] for row in table[1:]} == {"accuracy", "test_loss", "train_loss"}, (
+        "1,500 images make 24 batches: fewer than log_every (50), so no batch_loss point")
+    curves = json.loads(aip("tasks", "metrics", trained["id"], "--json", env=env).stdout)["series"]
+    assert [point[0] for point in curves["accuracy"]] == [1], "one epoch: one point at step 1"
+    addrs = running["state"].addrs
+    with Client(addrs["storage"], addrs["scheduler"], addrs["inference"]) as client:
+        frame = client.metrics(trained["id"])
+    assert list(frame.columns) == ["key", "step", "value", "time"]
+    assert frame[frame.key == "accuracy"].value.iloc[0] == curves["accuracy"][0][1]
     missing = aip("tasks", "show", "nope", env=env, check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "task 'nope' does not exist" in missing.stderr
     bad = aip("tasks", "submit", "--name", "x", "--script", "mnist/mnist_serve.py", "--params", "{oops", env=env,

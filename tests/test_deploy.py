@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.33.0"
 SERVICES = {"storage": 50051, "scheduler": 50052, "inference": 50053, "gateway": 8000}
-RAY_VERSION = re.search(r'"ray\[default\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text())[1]
+RAY_VERSION = re.search(r'"ray\[[a-z,]+\]==([\d.]+)"', (ROOT / "pyproject.toml").read_text())[1]
 
 
 def documents(path: Path) -> list[dict]:

@@ -273,6 +273,23 @@ def test_logs_plain_and_followed_as_server_sent_events(http):
     assert progress["fraction"] == 1.0 and progress["metrics"]["epoch"] == 3
 
 
+def test_metric_series_as_json_and_followed_as_server_sent_events(http):
+    task = http.post("/api/v1/tasks", json={"name": "curves", "script": "scripts/metrics.py",
+                                            "params": {"points": 5, "live": 4}}).json()
+    events = []
+    with http.stream("GET", f"/api/v1/tasks/{task['id']}/metrics?follow=true") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in stream.iter_lines() if line]
+    points = [p for line in events if line.startswith("data: {\"points\"") for p in json.loads(line[6:])["points"]]
+    assert sum(1 for p in points if p[0] == "live") == 4 and events[-2] == "event: end"
+    series = http.get(f"/api/v1/tasks/{task['id']}/metrics").json()
+    assert series["dropped"] == 0 and set(series["series"]) == {"loss", "accuracy", "late", "live"}
+    assert [p[:2] for p in series["series"]["late"]] == [[2, 1.0], [7, 3.0]]
+    assert [p[0] for p in series["series"]["loss"]] == [0, 1, 2, 3, 4]
+    error_of(http.get("/api/v1/tasks/nope/metrics"), 404, "TASK_NOT_FOUND")
+    error_of(http.get(f"/api/v1/tasks/{task['id']}/metrics?follow=maybe"), 400, "INVALID_REQUEST")
+
+
 def test_cancel_and_task_errors(http):
     task = http.post("/api/v1/tasks", json={"name": "sleepy", "script": "scripts/nap.py",
                                             "params": {"seconds": 30}}).json()

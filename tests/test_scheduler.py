@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from ai_platform.client import SchedulerClient, StorageClient, status_name, task_result
+from ai_platform.core.views import MetricsView
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from tests.conftest import ServiceProcess, free_port
 from tests.task_scripts import write_scripts
@@ -148,6 +149,48 @@ def test_reports_travel_over_grpc_and_need_the_task_own_secret(tasks, project, s
     final = tasks.wait(running.id, 30)
     assert status_name(final) == "completed" and task_result(final)["id"] == running.id  # the forgery changed nothing
     assert not (project / ".ai_platform" / "reports").exists()
+
+
+def test_metrics_are_buffered_sent_in_batches_and_read_sorted(tasks, tmp_path):
+    task = tasks.submit("curves", "scripts/metrics.py", params={"points": 12_000})
+    done = tasks.wait(task.id, 60)
+    assert status_name(done) == "completed", done.error
+    view = MetricsView.from_pb(list(tasks.metrics(task.id)))
+    assert set(view.series) == {"loss", "accuracy", "late"} and view.dropped == 0
+    assert [step for step, _, _ in view.series["loss"]] == list(range(12_000)), "steps default to last + 1"
+    assert view.series["loss"][3][1] == 0.25 and view.series["accuracy"][-1][1] == 11.999
+    assert [(step, value) for step, value, _ in view.series["late"]] == [(2, 1.0), (7, 3.0)]
+    log = b"".join(tasks.logs(task.id)).decode()
+    assert "log_metrics: loss = nan is not a finite number; not logged" in log
+    assert "log_metrics: accuracy = 'high' is not a finite number" in log
+    assert "log_metrics: 'bad key!' is not a metric name" in log
+    live = tasks.submit("live-curve", "scripts/metrics.py", params={"points": 1, "live": 10})
+    arrivals = []
+    for message in tasks.metrics(live.id, follow=True):
+        arrivals.append((time.monotonic(), [p.key for p in message.points]))
+    assert status_name(tasks.get(live.id)) == "completed"
+    live_points = [t for t, keys in arrivals if "live" in keys]
+    assert sum(keys.count("live") for _, keys in arrivals) == 10
+    assert live_points[-1] - live_points[0] > 1.0, "points arrived while the task ran, not all at its end"
+    missing = rpc_error(lambda: list(tasks.metrics("nope")))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metric_caps_and_records_survive_reopening(tmp_path):
+    from scheduler_svc import store as store_module
+    from scheduler_svc.store import TaskStore
+    from scheduler_svc.tasks import MetricPoint
+
+    path = tmp_path / "tasks.db"
+    store = TaskStore(path)
+    series = [MetricPoint(f"s{i}", 0, float(i), 0.0) for i in range(store_module.MAX_METRIC_SERIES + 5)]
+    assert store.add_metrics("t1", series) == 5, "a series past the cap is dropped"
+    store.close()
+    again = TaskStore(path)
+    points, last = again.metrics("t1")
+    assert len(points) == store_module.MAX_METRIC_SERIES and last > 0
+    assert again.metrics("t1", last) == ([], last)
+    again.close()
 
 
 def test_progress_is_watched_and_logs_follow_while_running(tasks):

@@ -245,6 +245,18 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         for text in client.logs(args.id, follow=args.follow):
             sys.stdout.write(text)
             sys.stdout.flush()
+    elif args.action == "metrics":
+        frame = client.metrics(args.id)
+        if args.json:
+            series: dict[str, list] = {}
+            for key, step, value, at in frame.itertuples(index=False):
+                series.setdefault(key, []).append([step, value, at])
+            _print_one({"series": series}, True)
+        else:
+            rows = [{"metric": key, "points": len(group), "last step": int(group["step"].iloc[-1]),
+                     "last": f"{group['value'].iloc[-1]:.6g}", "min": f"{group['value'].min():.6g}",
+                     "max": f"{group['value'].max():.6g}"} for key, group in frame.groupby("key", sort=True)]
+            _print_rows(rows, ["metric", "points", "last step", "last", "min", "max"], False, f"{args.id} metrics")
     elif args.action == "cancel":
         print(client.cancel(args.id)["status"])
     elif args.action == "watch":
@@ -364,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--name", default="")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
-    for action in ("show", "logs", "cancel", "watch"):
+    for action in ("show", "logs", "metrics", "cancel", "watch"):
         a = actions.add_parser(action)
         a.add_argument("id")
         a.add_argument("--json", action="store_true")

@@ -68,7 +68,7 @@ def start_local_head(num_cpus: int, temp_dir: str, timeout: float = 90,
     ]
     # A loopback head: token authentication stays off unless asked for (RAY_AUTH_MODE=token), also when a token
     # from another cluster sits in ~/.ray, which Ray would otherwise turn on by itself.
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    env = {"RAY_AUTH_MODE": "disabled", **os.environ}
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
     head = RayHead(proc.pid, f"{node_ip}:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)

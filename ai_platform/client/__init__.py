@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.settings import ClientSettings
-from ai_platform.core.views import GarbageView, ModelView, TableView, TaskView, VersionView, as_dict
+from ai_platform.core.views import GarbageView, MetricsView, ModelView, TableView, TaskView, VersionView, as_dict
 from ai_platform.core.wire import (
     CLIENT_MAX_MESSAGE_BYTES,
     DATATYPE_OF_NUMPY,
@@ -192,6 +192,9 @@ class SchedulerClient:
     def watch(self, task_id: str) -> Iterator[scheduler_pb.Task]:
         yield from self.stub.WatchTask(scheduler_pb.WatchTaskRequest(id=task_id))
 
+    def metrics(self, task_id: str, follow: bool = False) -> Iterator[scheduler_pb.MetricPoints]:
+        yield from self.stub.StreamMetrics(scheduler_pb.StreamMetricsRequest(id=task_id, follow=follow))
+
     def wait(self, task_id: str, timeout: float | None = None) -> scheduler_pb.Task:
         """Block until the task has finished; returns its final record."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -368,6 +371,16 @@ class Client:
 
     def cancel(self, task_id: str) -> dict:
         return as_dict(TaskView.from_pb(self.scheduler.cancel(task_id)))
+
+    def metrics(self, task_id: str) -> Any:
+        """The task's metric points as a pandas frame: ``key``, ``step``, ``value``, ``time``, sorted by key and
+        step (``frame.pivot(index="step", columns="key", values="value")`` gives one column per series)."""
+        import pandas as pd
+
+        view = MetricsView.from_pb(list(self.scheduler.metrics(task_id)))
+        rows = [(key, step, value, at) for key, points in view.series.items() for step, value, at in points]
+        frame = pd.DataFrame(rows, columns=["key", "step", "value", "time"])
+        return frame.sort_values(["key", "step"], kind="stable", ignore_index=True)
 
     def logs(self, task_id: str, follow: bool = False) -> Iterator[str]:
         for data in self.scheduler.logs(task_id, follow):

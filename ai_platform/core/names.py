@@ -11,6 +11,7 @@ from ai_platform.core.errors import InvalidArgument
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit"
+METRIC_KEY = re.compile(r"[A-Za-z0-9_./-]{1,128}")  # a metric series: names like "train/loss" too
 
 
 def validate_name(name: str, what: str = "name") -> str:

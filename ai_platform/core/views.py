@@ -192,6 +192,24 @@ class ProgressView(BaseModel):
     metrics: dict[str, Any] = {}
 
 
+class MetricsView(BaseModel):
+    """A task's metric series, each ``[[step, value, time], ...]`` sorted by step (points may arrive in any order)."""
+
+    series: dict[str, list[tuple[int, float, float]]] = Field(examples=[{"loss": [[0, 2.3, 1764300000.0]]}])
+    dropped: int = Field(0, description="points refused because the task was over its cap (100,000 points, "
+                                        "100 series)")
+
+    @classmethod
+    def from_pb(cls, messages: list[scheduler_pb2.MetricPoints]) -> MetricsView:
+        series: dict[str, list[tuple[int, float, float]]] = {}
+        for message in messages:
+            for p in message.points:
+                series.setdefault(p.key, []).append((p.step, p.value, p.time))
+        for points in series.values():
+            points.sort(key=lambda point: point[0])
+        return cls(series=series, dropped=messages[-1].dropped if messages else 0)
+
+
 class TaskView(BaseModel):
     id: str
     name: str

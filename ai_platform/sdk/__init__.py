@@ -69,6 +69,20 @@ def load_model(uri: str, version: int | None = None, device: str = "cpu") -> Any
     return models.load_model(uri, version, device, storage_options())
 
 
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Record one point of each series in ``metrics`` (e.g. ``{"loss": 0.3, "accuracy": 0.9}``) at ``step``.
+
+    Clients see the series as curves while the task runs (``GET /api/v1/tasks/{id}/metrics``). Cheap enough to
+    call per batch: points are buffered and sent in batches. ``step`` defaults to one more than the series' last.
+    A value that is not a finite number is not logged and said on stderr; the task goes on. Outside a platform
+    task the points are printed to stderr.
+    """
+    if report.is_task():
+        report.metrics.add(metrics, step)
+    else:
+        print(f"[metrics{'' if step is None else f' step {step}'}] {metrics}", file=sys.stderr)
+
+
 def report_progress(fraction: float, message: str = "", metrics: dict[str, Any] | None = None) -> None:
     """Tell the platform how far the task is (``fraction`` in 0..1), with optional metrics.
 

@@ -8,6 +8,7 @@ blinked) is retried with backoff: progress for a few seconds, the result and the
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -18,6 +19,8 @@ from ai_platform.core.settings import TaskSettings
 PROGRESS_PATIENCE_S = 10.0  # a progress report still undelivered then is dropped; the task goes on
 FINAL_PATIENCE_S = 300.0  # the result or error is retried this long before the worker gives up
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
+METRICS_FLUSH_S = 1.0  # buffered metric points are sent this often
+METRICS_BATCH = 5000  # points per report; a fuller buffer is sent at once
 REPORT_TIMEOUT_S = 10.0  # one ReportTask call (not core.wire's: importing it would load grpc eagerly)
 
 _lock = threading.Lock()
@@ -54,6 +57,8 @@ class Reporter:
             json_format.ParseDict(json.loads(json.dumps(value, allow_nan=False)), request.result)
         elif kind == "error":
             request.error.CopyFrom(pb.TaskError(type=value["type"], message=value["message"]))
+        elif kind == "metrics":
+            request.metrics.points.extend(pb.MetricPoint(key=k, step=st, value=v, time=t) for k, st, v, t in value)
         else:
             raise ValueError(f"unknown report kind {kind!r}")
         return request
@@ -95,6 +100,66 @@ def send(kind: str, value: Any) -> bool:
     if reporter is None:
         return False
     return reporter.deliver(kind, reporter.request(kind, value))
+
+
+class MetricBuffer:
+    """Metric points on their way to the scheduler: kept here, sent in batches by a thread of their own every
+    ``METRICS_FLUSH_S`` (or sooner when many wait), and at the end of the task, so a call costs microseconds."""
+
+    def __init__(self) -> None:
+        self._points: list[tuple[str, int, float, float]] = []
+        self._next_step: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._sending = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, metrics: dict[str, Any], step: int | None) -> None:
+        from ai_platform.core.names import METRIC_KEY
+
+        now = time.time()
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            _warn(f"log_metrics: step must be an integer >= 0, got {step!r}; the points were not logged")
+            return
+        with self._lock:
+            for key, value in metrics.items():
+                if not isinstance(key, str) or not METRIC_KEY.fullmatch(key):
+                    _warn(f"log_metrics: {key!r} is not a metric name (1-128 letters, digits, '_', '.', '-', '/'); "
+                          f"not logged")
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    _warn(f"log_metrics: {key} = {value!r} is not a finite number; not logged")
+                    continue
+                at = self._next_step.get(key, 0) if step is None else step
+                self._next_step[key] = max(self._next_step.get(key, 0), at + 1)
+                self._points.append((key, at, float(value), now))
+            many = len(self._points) >= METRICS_BATCH
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="aip-metrics", daemon=True)
+            self._thread.start()
+        if many:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(METRICS_FLUSH_S)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is buffered now (the worker calls this before it reports the task's end)."""
+        with self._sending:
+            with self._lock:
+                points, self._points = self._points, []
+            for start in range(0, len(points), METRICS_BATCH):
+                send("metrics", points[start:start + METRICS_BATCH])
+
+
+def _warn(message: str) -> None:
+    print(f"[platform] {message}", file=sys.stderr, flush=True)
+
+
+metrics = MetricBuffer()
 
 
 def is_task() -> bool:

@@ -21,6 +21,7 @@ from ai_platform.sdk import report
 
 
 def _fail(kind: str, message: str) -> int:
+    report.metrics.flush()  # the points logged before the failure are part of the record
     report.send("error", {"type": kind, "message": message})
     print(f"task failed: {kind}: {message}", file=sys.stderr, flush=True)
     return 1
@@ -122,6 +123,7 @@ def _run_task() -> int:
     except BaseException as exc:  # noqa: BLE001 - the task fails with the exception's type and message
         traceback.print_exc()
         return _fail(type(exc).__name__, str(exc) or repr(exc))
+    report.metrics.flush()
     try:
         delivered = report.send("result", result)
     except (TypeError, ValueError) as exc:

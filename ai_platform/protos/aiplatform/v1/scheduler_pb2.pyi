@@ -180,20 +180,50 @@ class WatchTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ReportTaskRequest(_message.Message):
-    __slots__ = ("task_id", "secret", "started", "progress", "result", "error")
+    __slots__ = ("task_id", "secret", "started", "progress", "result", "error", "metrics")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     secret: str
     started: float
     progress: Progress
     result: _struct_pb2.Value
     error: TaskError
-    def __init__(self, task_id: _Optional[str] = ..., secret: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ...) -> None: ...
+    metrics: MetricPoints
+    def __init__(self, task_id: _Optional[str] = ..., secret: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., metrics: _Optional[_Union[MetricPoints, _Mapping]] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("key", "step", "value", "time")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    step: int
+    value: float
+    time: float
+    def __init__(self, key: _Optional[str] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., time: _Optional[float] = ...) -> None: ...
+
+class MetricPoints(_message.Message):
+    __slots__ = ("points", "dropped")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    dropped: int
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class StreamMetricsRequest(_message.Message):
+    __slots__ = ("id", "follow")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    follow: bool
+    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class ReportTaskResponse(_message.Message):
     __slots__ = ()

@@ -69,6 +69,11 @@ class SchedulerServiceStub:
                 request_serializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.SerializeToString,
                 response_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.FromString,
                 _registered_method=True)
+        self.StreamMetrics = channel.unary_stream(
+                '/aiplatform.v1.SchedulerService/StreamMetrics',
+                request_serializer=aiplatform_dot_v1_dot_scheduler__pb2.StreamMetricsRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.MetricPoints.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -124,6 +129,14 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamMetrics(self, request, context):
+        """The metric points a task logged (sdk.log_metrics), oldest first; with follow, then the new ones as they
+        arrive, until the task ends. Kept with the task record: the first 100,000 points of at most 100 series.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +174,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ReportTask,
                     request_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.FromString,
                     response_serializer=aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.SerializeToString,
+            ),
+            'StreamMetrics': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMetrics,
+                    request_deserializer=aiplatform_dot_v1_dot_scheduler__pb2.StreamMetricsRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_scheduler__pb2.MetricPoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +370,33 @@ class SchedulerService:
             '/aiplatform.v1.SchedulerService/ReportTask',
             aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskRequest.SerializeToString,
             aiplatform_dot_v1_dot_scheduler__pb2.ReportTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aiplatform.v1.SchedulerService/StreamMetrics',
+            aiplatform_dot_v1_dot_scheduler__pb2.StreamMetricsRequest.SerializeToString,
+            aiplatform_dot_v1_dot_scheduler__pb2.MetricPoints.FromString,
             options,
             channel_credentials,
             insecure,
