@@ -19,7 +19,18 @@ $(STAMP): $(PY) pyproject.toml
 	@command -v apt-get >/dev/null || { echo "install Chromium at /usr/bin/chromium for the browser tests"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-install: $(STAMP)
+# uPlot (MIT), the dashboard's charts: the npm package's built files and licence, copied at build time and served
+# from web/vendor/ (not committed), so the page works offline.
+UPLOT_VERSION := 1.6.32
+web/vendor/uPlot.iife.min.js:
+	@command -v npm >/dev/null || { echo "npm is needed once to fetch uPlot for the dashboard's charts (apt install npm)"; exit 1; }
+	rm -rf .web-build && mkdir -p .web-build web/vendor
+	cd .web-build && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp .web-build/package/dist/uPlot.iife.min.js .web-build/package/dist/uPlot.min.css web/vendor/
+	cp .web-build/package/LICENSE web/vendor/uPlot.LICENSE
+	rm -rf .web-build
+
+install: $(STAMP) web/vendor/uPlot.iife.min.js
 
 test: install /usr/bin/chromium
 	$(PY) -m ruff check .

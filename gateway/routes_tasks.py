@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ai_platform.core.errors import PlatformError
-from ai_platform.core.views import ERRORS, MetricsView, StatusView, TaskRequest, TaskView
+from ai_platform.core.views import ERRORS, MetricsView, RunView, StatusView, TaskRequest, TaskView, run_matches
 from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from gateway.errors import from_platform, invalid
@@ -171,3 +172,36 @@ async def task_metrics(request: Request, id: str, follow: bool = False) -> Any:
         yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/v1/runs", response_model=list[RunView], responses=ERRORS,
+            summary="Runs side by side: params, final metrics and metric series of several tasks")
+async def compare_runs(
+    request: Request,
+    ids: str = Query("", description="comma-separated task ids; or choose by name_prefix and/or script"),
+    name_prefix: str = "",
+    script: str = "",
+    limit: int = Query(20, ge=1, le=100, description="most runs when choosing by name or script (newest first)"),
+) -> list[RunView]:
+    upstreams = request.app.state.upstreams
+    wanted = [i for i in ids.split(",") if i]
+    if wanted:
+        if len(wanted) > 100:
+            raise invalid(f"at most 100 ids, got {len(wanted)}")
+        tasks = await asyncio.gather(*(upstreams.call("scheduler", upstreams.scheduler.GetTask(
+            pb.GetTaskRequest(id=i), timeout=upstreams.timeout_s), NOT_FOUND) for i in wanted))
+    else:
+        listing = await upstreams.call("scheduler", upstreams.scheduler.ListTasks(
+            pb.ListTasksRequest(page_size=1000), timeout=upstreams.timeout_s))
+        tasks = [t for t in listing.tasks if run_matches(t, name_prefix, script)][:limit]
+
+    async def series(task: pb.Task) -> list[pb.MetricPoints]:
+        call = upstreams.scheduler.StreamMetrics(pb.StreamMetricsRequest(id=task.id), timeout=upstreams.timeout_s)
+        return await upstreams.call("scheduler", _collect(call), NOT_FOUND)
+
+    metrics = await asyncio.gather(*(series(t) for t in tasks))
+    return [RunView.from_pb(t, m) for t, m in zip(tasks, metrics, strict=True)]
+
+
+async def _collect(call: Any) -> list[pb.MetricPoints]:
+    return [message async for message in call]

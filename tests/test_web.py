@@ -110,3 +110,68 @@ def test_dashboard_shows_datasets_models_and_a_task_log(platform, browser):
     expect(page.locator("#dataset-rows")).to_contain_text("train")
     time.sleep(0.3)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_task_curves_grow_while_it_runs_and_runs_compare(platform, browser):
+    with httpx.Client(base_url=platform.url, timeout=30) as http:
+        done = [http.post("/api/v1/tasks", json={"name": f"sweep-{i}", "script": "scripts/metrics.py",
+                                                   "params": {"points": 20 * (i + 1)}}).json() for i in range(2)]
+        for task in done:
+            deadline = time.time() + 30
+            while http.get(f"/api/v1/tasks/{task['id']}").json()["status"] != "completed" and time.time() < deadline:
+                time.sleep(0.2)
+        live = http.post("/api/v1/tasks", json={"name": "live-curve", "script": "scripts/metrics.py",
+                                                "params": {"points": 5, "live": 25}}).json()
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    page.goto(platform.url + "/dashboard.html")
+    page.locator(f"#tasks tr[data-task-id='{live['id']}']").click()
+    chart = page.locator("[data-testid=chart-live]")
+    expect(chart).to_have_count(1, timeout=15000)
+    expect(chart.locator("canvas")).to_have_count(1)
+    first = int(chart.get_attribute("data-points"))
+    time.sleep(1.5)
+    grown = int(chart.get_attribute("data-points"))
+    assert grown > first, f"the curve grew while the task ran ({first} -> {grown} points)"
+    page.screenshot(path=str(ARTIFACTS / "task-curves.png"), full_page=True)
+    expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]", timeout=30000)
+    expect(chart).to_have_attribute("data-points", "25")
+    expect(page.locator("#task-info")).to_contain_text("logged true")
+    for task in done:
+        page.locator(f"#tasks tr[data-task-id='{task['id']}'] input[type=checkbox]").check()
+    page.locator("#compare-button").click()
+    loss = page.locator("[data-testid=compare-charts] [data-testid=chart-loss]")
+    expect(loss).to_have_attribute("data-points", "40")
+    table = page.locator("[data-testid=compare-table]")
+    expect(table.locator("tr")).to_have_count(3)
+    expect(table).to_contain_text("points")
+    best = table.locator("td.best")
+    expect(best.first).to_be_visible()
+    header = [h.strip() for h in table.locator("th").all_inner_texts()]
+    loss_column = header.index("loss (final)")
+    winner = table.locator("tr").nth(2).locator("td").nth(loss_column)
+    expect(winner).to_have_class("best"), "the longer run ends with the lower loss"
+    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+
+
+def test_image_columns_preview_as_thumbnails(platform, browser):
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+
+    pixels = np.zeros((3, 784), np.uint8)
+    pixels[:, 300:500] = 255
+    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 784),
+                      "label": [7, 1, 4]})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with httpx.Client(base_url=platform.url, timeout=30) as http:
+        assert http.post("/api/v1/datasets/pictures", content=sink.getvalue(),
+                         headers={"content-type": "application/vnd.apache.arrow.stream"}).status_code == 201
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(platform.url + "/dashboard.html")
+    page.locator("#datasets tbody tr", has_text="pictures").click()
+    expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(3)
+    expect(page.locator("#dataset-rows")).to_contain_text("7")
+    page.screenshot(path=str(ARTIFACTS / "dataset-thumbnails.png"), full_page=True)

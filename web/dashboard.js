@@ -1,10 +1,14 @@
-// The dashboard: datasets, models and tasks, refreshing on their own; a task's log follows live.
+// The dashboard: datasets, models and tasks, refreshing on their own; a task's log and metric curves follow live;
+// runs compare side by side. Charts are uPlot's (web/vendor, fetched by `make install`).
 import { api, explain, follow } from "./api.js";
 
 const REFRESH_MS = 2000;
+const CHART = { width: 320, height: 180 };
+const COLOURS = ["#2f6fed", "#e0663a", "#1f8a4c", "#9b51e0", "#c0362c", "#0f9bb0", "#b58900", "#6c71c4"];
 let selectedTask = null;
 let selectedDataset = null;
-let logAbort = null;
+let taskAbort = null;
+const picked = new Set();  // tasks ticked for comparison
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,6 +23,69 @@ function cell(row, content) {
   if (content instanceof Node) td.appendChild(content); else td.textContent = content ?? "";
   row.appendChild(td);
   return td;
+}
+
+// Numbers as people read them: integers whole (3, not 3.0000), others to four significant digits.
+function fmt(value) {
+  if (typeof value === "number") return Number.isInteger(value) ? value.toLocaleString() : String(Number(value.toPrecision(4)));
+  if (typeof value === "string") return value;
+  return JSON.stringify(value, (k, v) => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v));
+}
+
+function facts(container, entries) {
+  container.innerHTML = "";
+  for (const [key, value] of entries) {
+    const name = document.createElement("div");
+    name.className = "muted";
+    name.textContent = key;
+    const shown = document.createElement("div");
+    shown.textContent = value === null || value === undefined ? "—" : typeof value === "object" && !Array.isArray(value)
+      ? Object.entries(value).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") || "—" : fmt(value);
+    container.append(name, shown);
+  }
+}
+
+// One line chart; `names` are its series. Returns the box and the uPlot (or a stand-in that says what is missing).
+function lineChart(container, title, names) {
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.dataset.testid = `chart-${title}`;
+  const heading = document.createElement("h4");
+  heading.textContent = title;
+  box.appendChild(heading);
+  container.appendChild(box);
+  if (typeof uPlot === "undefined") {
+    box.append("charts need web/vendor/ (run make install)");
+    return { box, plot: { setData() {} } };
+  }
+  const series = [{ label: "step" }, ...names.map((name, i) => ({
+    label: name, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, points: { show: false } }))];
+  const plot = new uPlot({ ...CHART, scales: { x: { time: false } }, legend: { show: names.length > 1 }, series,
+                          axes: [{ label: "step" }, {}] }, [[], ...names.map(() => [])], box);
+  return { box, plot };
+}
+
+// A task's metric series, drawn as they arrive (points may come out of order: kept sorted by step).
+class Curves {
+  constructor(container) { this.container = container; this.series = new Map(); this.charts = new Map(); this.queued = false; }
+
+  add(points) {
+    for (const [key, step, value] of points) {
+      if (!this.series.has(key)) this.series.set(key, new Map());
+      this.series.get(key).set(step, value);
+    }
+    if (!this.queued) { this.queued = true; requestAnimationFrame(() => { this.queued = false; this.draw(); }); }
+  }
+
+  draw() {
+    for (const [key, points] of [...this.series].sort()) {
+      if (!this.charts.has(key)) this.charts.set(key, lineChart(this.container, key, [key]));
+      const chart = this.charts.get(key);
+      const steps = [...points.keys()].sort((a, b) => a - b);
+      chart.plot.setData([steps, steps.map((step) => points.get(step))]);
+      chart.box.dataset.points = String(steps.length);
+    }
+  }
 }
 
 function bytes(n) {
@@ -44,6 +111,16 @@ async function refreshTasks() {
     const row = document.createElement("tr");
     row.className = "selectable" + (t.id === selectedTask ? " selected" : "");
     row.dataset.taskId = t.id;
+    const tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.checked = picked.has(t.id);
+    tick.title = "compare this run";
+    tick.addEventListener("click", (event) => event.stopPropagation());
+    tick.addEventListener("change", () => {
+      if (tick.checked) picked.add(t.id); else picked.delete(t.id);
+      $("compare-button").disabled = picked.size < 2;
+    });
+    cell(row, tick);
     cell(row, t.name);
     const status = cell(row, t.status);
     status.className = `status ${t.status}`;
@@ -53,7 +130,8 @@ async function refreshTasks() {
     const progress = cell(row, bar);
     if (t.progress?.message) progress.append(" ", t.progress.message);
     cell(row, new Date(t.created_at).toLocaleTimeString());
-    cell(row, t.error || (t.result !== null ? JSON.stringify(t.result).slice(0, 80) : ""));
+    const outcome = t.error || (t.result !== null ? fmt(t.result) : "");
+    cell(row, outcome).title = outcome;
     const actions = cell(row, "");
     if (t.status === "pending" || t.status === "running") {
       actions.appendChild(button("Cancel", async (b) => {
@@ -67,22 +145,111 @@ async function refreshTasks() {
   }
 }
 
+function showFacts(task) {
+  facts($("task-info"), [["status", task.status], ["script", task.script], ["input", task.input || "—"],
+                         ["params", task.params], ["result", task.error || task.result]]);
+}
+
 async function showTask(task) {
   selectedTask = task.id;
   $("task-detail").hidden = false;
-  $("task-title").textContent = `${task.name} · ${task.id} · log`;
+  $("task-title").textContent = `${task.name} · ${task.id}`;
+  showFacts(task);
   const log = $("task-log");
   log.textContent = "";
-  if (logAbort) logAbort.abort();
-  logAbort = new AbortController();
+  $("task-charts").innerHTML = "";
+  if (taskAbort) taskAbort.abort();
+  taskAbort = new AbortController();
+  const { signal } = taskAbort;
+  const curves = new Curves($("task-charts"));
+  follow(`/api/v1/tasks/${task.id}/metrics?follow=true`, (event, data) => {
+    if (event === "message") curves.add(JSON.parse(data).points);
+  }, signal).catch((err) => { if (err.name !== "AbortError") say(explain(err), true); });
   try {
     await follow(`/api/v1/tasks/${task.id}/logs?follow=true`, (event, data) => {
       if (event === "message") { log.textContent += data + "\n"; log.scrollTop = log.scrollHeight; }
       if (event === "end") log.textContent += `\n[task ${JSON.parse(data).status}]\n`;
-    }, logAbort.signal);
+    }, signal);
+    if (!signal.aborted) showFacts(await api(`/api/v1/tasks/${task.id}`));
   } catch (err) {
     if (err.name !== "AbortError") log.textContent += `\n[${explain(err)}]\n`;
   }
+}
+
+const lowerIsBetter = (key) => /loss|error|seconds/i.test(key);
+
+async function compareRuns() {
+  let runs;
+  try { runs = await api(`/api/v1/runs?ids=${[...picked].join(",")}`); } catch (err) { say(explain(err), true); return; }
+  $("compare").hidden = false;
+  const charts = $("compare-charts");
+  charts.innerHTML = "";
+  const names = runs.map((r) => `${r.name} (${r.id.slice(0, 6)})`);
+  for (const key of [...new Set(runs.flatMap((r) => Object.keys(r.series)))].sort()) {
+    const steps = [...new Set(runs.flatMap((r) => (r.series[key] || []).map(([step]) => step)))].sort((a, b) => a - b);
+    const lines = runs.map((r) => {
+      const byStep = new Map((r.series[key] || []).map(([step, value]) => [step, value]));
+      return steps.map((step) => (byStep.has(step) ? byStep.get(step) : null));
+    });
+    const chart = lineChart(charts, key, names);
+    chart.plot.setData([steps, ...lines]);
+    chart.box.dataset.points = String(steps.length);
+  }
+  const params = [...new Set(runs.flatMap((r) => Object.keys(r.params)))].sort();
+  const finals = [...new Set(runs.flatMap((r) => Object.keys(r.final)))].sort();
+  const table = $("compare-table");
+  table.innerHTML = "";
+  const head = table.insertRow();
+  for (const title of ["run", "status", ...params, ...finals.map((k) => `${k} (final)`)]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.appendChild(th);
+  }
+  const best = Object.fromEntries(finals.map((key) => {
+    const values = runs.map((r) => r.final[key]).filter((v) => v !== undefined);
+    return [key, lowerIsBetter(key) ? Math.min(...values) : Math.max(...values)];
+  }));
+  runs.forEach((r, i) => {
+    const row = table.insertRow();
+    cell(row, names[i]).style.color = COLOURS[i % COLOURS.length];
+    cell(row, r.status);
+    params.forEach((p) => cell(row, r.params[p] === undefined ? "" : fmt(r.params[p])));
+    finals.forEach((k) => {
+      const td = cell(row, r.final[k] === undefined ? "" : fmt(r.final[k]));
+      if (runs.length > 1 && r.final[k] === best[k]) td.classList.add("best");
+    });
+  });
+}
+
+$("compare-button").addEventListener("click", compareRuns);
+
+// An image column (fixed-size list of N pixels, N a square, or with an image_shape entry) as a small picture.
+function thumbnail(pixels, shape) {
+  const [height, width] = shape;
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.className = "thumb";
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const top = Math.max(...pixels) > 1 ? 255 : 1;
+  pixels.forEach((p, i) => {
+    const v = Math.round((p / top) * 255);
+    image.data.set([v, v, v, 255], i * 4);
+  });
+  context.putImageData(image, 0, 0);
+  return canvas;
+}
+
+function imageShape(type, metadata) {
+  const match = /^fixed_size_list<.*>\[(\d+)\]$/.exec(type);
+  if (!match) return null;
+  if (metadata?.image_shape) {
+    const shape = JSON.parse(metadata.image_shape);
+    return shape.slice(-2);
+  }
+  const side = Math.sqrt(Number(match[1]));
+  return Number.isInteger(side) && side >= 8 ? [side, side] : null;
 }
 
 async function refreshDatasets() {
@@ -115,11 +282,13 @@ async function showDataset(dataset) {
     const columns = Object.keys(dataset.schema);
     const head = table.insertRow();
     columns.forEach((c) => { const th = document.createElement("th"); th.textContent = c; head.appendChild(th); });
+    const shapes = Object.fromEntries(columns.map((c) => [c, imageShape(dataset.schema[c], dataset.metadata)]));
     for (const r of preview.rows) {
       const row = table.insertRow();
       columns.forEach((c) => {
         const value = r[c];
-        cell(row, Array.isArray(value) ? `[${value.length} values]` : JSON.stringify(value));
+        if (shapes[c] && Array.isArray(value)) cell(row, thumbnail(value, shapes[c]));
+        else cell(row, Array.isArray(value) ? `[${value.length} values]` : fmt(value));
       });
     }
   } catch (err) {
@@ -138,7 +307,7 @@ async function refreshModels() {
     row.className = "selectable";
     cell(row, m.id);
     cell(row, `${m.version} of ${m.num_versions}`);
-    cell(row, Object.entries(m.metrics || {}).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(4) : v}`).join(", "));
+    cell(row, Object.entries(m.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(", "));
     const state = states[m.id] || "unknown";
     cell(row, state);
     const loaded = state === "READY";

@@ -11,7 +11,17 @@ from google.protobuf import json_format
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.settings import ClientSettings
-from ai_platform.core.views import GarbageView, MetricsView, ModelView, TableView, TaskView, VersionView, as_dict
+from ai_platform.core.views import (
+    GarbageView,
+    MetricsView,
+    ModelView,
+    RunView,
+    TableView,
+    TaskView,
+    VersionView,
+    as_dict,
+    run_matches,
+)
 from ai_platform.core.wire import (
     CLIENT_MAX_MESSAGE_BYTES,
     DATATYPE_OF_NUMPY,
@@ -381,6 +391,18 @@ class Client:
         rows = [(key, step, value, at) for key, points in view.series.items() for step, value, at in points]
         frame = pd.DataFrame(rows, columns=["key", "step", "value", "time"])
         return frame.sort_values(["key", "step"], kind="stable", ignore_index=True)
+
+    def runs(self, ids: list[str] | None = None, *, name_prefix: str = "", script: str = "",
+             limit: int = 20) -> list[dict]:
+        """Runs side by side (``GET /api/v1/runs``): each task's params, ``final`` metrics (the last point of each
+        series) and ``series``; by ``ids``, or the newest ``limit`` tasks whose name starts with ``name_prefix``
+        and (if given) ran ``script``."""
+        if ids:
+            tasks = [self.scheduler.get(i) for i in ids]
+        else:
+            listing = self.scheduler.stub.ListTasks(scheduler_pb.ListTasksRequest(page_size=1000)).tasks
+            tasks = [t for t in listing if run_matches(t, name_prefix, script)][:limit]
+        return [as_dict(RunView.from_pb(t, list(self.scheduler.metrics(t.id)))) for t in tasks]
 
     def logs(self, task_id: str, follow: bool = False) -> Iterator[str]:
         for data in self.scheduler.logs(task_id, follow):

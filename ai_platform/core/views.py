@@ -210,6 +210,33 @@ class MetricsView(BaseModel):
         return cls(series=series, dropped=messages[-1].dropped if messages else 0)
 
 
+class RunView(BaseModel):
+    """A task as a run to compare with others: its params, the last value of each metric series (by step), and
+    the series themselves."""
+
+    id: str
+    name: str
+    script: str
+    status: str
+    params: dict[str, Any]
+    result: Any = None
+    final: dict[str, float]
+    series: dict[str, list[tuple[int, float, float]]]
+
+    @classmethod
+    def from_pb(cls, task: scheduler_pb2.Task, metrics: list[scheduler_pb2.MetricPoints]) -> RunView:
+        series = MetricsView.from_pb(metrics).series
+        return cls(id=task.id, name=task.name, script=task.script, status=TASK_STATUSES.name(task.status),
+                   params=struct_value(task.params),
+                   result=struct_value(task.result) if task.HasField("result") else None,
+                   final={key: points[-1][1] for key, points in series.items()}, series=series)
+
+
+def run_matches(task: scheduler_pb2.Task, name_prefix: str, script: str) -> bool:
+    """Whether a task belongs to a comparison chosen by name prefix and script."""
+    return task.name.startswith(name_prefix) and (not script or task.script == script)
+
+
 class TaskView(BaseModel):
     id: str
     name: str
