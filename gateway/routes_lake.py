@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from ai_platform.core import arrow_ipc
 from ai_platform.core.views import (
     ERRORS,
+    AliasRequest,
     GarbageRequest,
     GarbageView,
     ModelView,
@@ -97,6 +98,24 @@ def _register(collection: str, view_model: type) -> None:
             kind=kind, name=id, keep_versions=body.keep_versions, min_age_s=body.min_age_s, dry_run=body.dry_run),
             timeout=upstreams.timeout_s), not_found)
         return GarbageView.from_pb(response)
+
+    @router.put(f"/api/v1/{collection}/{{id}}/aliases/{{alias}}", response_model=view_model,
+                response_model_by_alias=True, tags=[collection], responses=ERRORS,
+                summary=f"Point an alias (e.g. production) at a version of a {singular}")
+    async def set_alias(request: Request, id: TableName, alias: TableName, body: AliasRequest) -> TableView:
+        upstreams = request.app.state.upstreams
+        info = await upstreams.call("storage", upstreams.storage.SetAlias(pb.SetAliasRequest(
+            kind=kind, name=id, alias=alias, version=body.version), timeout=upstreams.timeout_s), not_found)
+        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
+
+    @router.delete(f"/api/v1/{collection}/{{id}}/aliases/{{alias}}", response_model=view_model,
+                   response_model_by_alias=True, tags=[collection], responses=ERRORS,
+                   summary=f"Remove an alias of a {singular}")
+    async def delete_alias(request: Request, id: TableName, alias: TableName) -> TableView:
+        upstreams = request.app.state.upstreams
+        info = await upstreams.call("storage", upstreams.storage.DeleteAlias(pb.DeleteAliasRequest(
+            kind=kind, name=id, alias=alias), timeout=upstreams.timeout_s), not_found)
+        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
 
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)

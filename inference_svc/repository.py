@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from ai_platform.core.errors import FailedPrecondition, InvalidArgument, PlatformError
+from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
 from ai_platform.core.names import validate_name
 from ai_platform.core.settings import ServiceSettings
 from ai_platform.core.wire import Peer
@@ -23,6 +24,7 @@ from ai_platform.sdk.models import ModelRecord, read_model
 from inference_svc.model import BatchingConfig, LoadOptions, LocalServing, ServedModel
 
 log = logging.getLogger("inference_svc.repository")
+ALIAS_TTL_S = 1.0  # how long an alias's version is trusted before storage is asked again
 
 
 class ModelState(StrEnum):
@@ -45,8 +47,13 @@ def parse_version(version: str) -> int | None:
     if not version:
         return None
     if not (version.isascii() and version.isdigit()) or int(version) < 1:
-        raise InvalidArgument(f"model version must be a positive integer, got {version!r}")
+        raise InvalidArgument(f"model version must be a positive integer or an alias, got {version!r}")
     return int(version)
+
+
+def is_alias(version: str) -> bool:
+    """A requested version that names an alias ("production") rather than a number."""
+    return bool(version) and not (version.isascii() and version.isdigit())
 
 
 class Serving(Protocol):
@@ -77,20 +84,53 @@ class ModelRepository:
         self._newest: dict[str, int] = {}  # the version served when none is asked for
         self._states: dict[str, ModelStatus] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (model, alias) -> (version, when resolved)
+        self._refreshing: set[tuple[str, str]] = set()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.serving.close)
         await self._peer.close()
 
-    async def _resolve(self, name: str, version: int | None) -> tuple[str, int, dict[str, str]]:
+    async def _resolve(self, name: str, version: int | None, alias: str = "") -> tuple[str, int, dict[str, str]]:
         validate_name(name, "model name")
-        request = storage_pb.ResolveUriRequest(kind=storage_pb.MODEL, name=name, version=version or 0, must_exist=True)
+        request = storage_pb.ResolveUriRequest(kind=storage_pb.MODEL, name=name, version=version or 0, must_exist=True,
+                                               alias=alias)
         response = await self._peer.call(self._storage.ResolveUri(request, timeout=self._peer.timeout_s))
         return response.uri, response.version, dict(response.storage_options)
 
+    async def _alias_version(self, name: str, alias: str) -> int:
+        """The version an alias points to. Looked up again after ALIAS_TTL_S; a moved alias keeps serving its old
+        version until the new one is loaded (a hot swap), in the background."""
+        key, now = (name, alias), time.monotonic()
+        entry = self._aliases.get(key)
+        if entry is not None:
+            if now - entry[1] > ALIAS_TTL_S and key not in self._refreshing:
+                self._refreshing.add(key)
+                asyncio.ensure_future(self._refresh_alias(key))
+            return entry[0]
+        validate_name(alias, "alias")
+        _, version, _ = await self._resolve(name, None, alias)
+        self._aliases[key] = (version, now)
+        return version
+
+    async def _refresh_alias(self, key: tuple[str, str]) -> None:
+        name, alias = key
+        try:
+            _, version, _ = await self._resolve(name, None, alias)
+            if version not in self._loaded.get(name, {}):
+                await self.load(name, version)
+            self._aliases[key] = (version, time.monotonic())
+        except NotFound:
+            self._aliases.pop(key, None)  # the alias (or the model) is gone: the next request says so
+        except PlatformError as exc:
+            log.warning("alias %s of %s could not be refreshed: %s", alias, name, exc.message)
+        finally:
+            self._refreshing.discard(key)
+
     async def get(self, name: str, version: str = "") -> ServedModel:
-        """The model that serves ``name`` at ``version`` (newest when empty), loading it on first use."""
-        wanted = parse_version(version)
+        """The model that serves ``name`` at ``version`` (newest when empty; a number, or an alias such as
+        "production"), loading it on first use."""
+        wanted = await self._alias_version(name, version) if is_alias(version) else parse_version(version)
         served = self._loaded.get(name, {})
         if wanted is None and name in self._newest:
             return served[self._newest[name]]
@@ -99,6 +139,11 @@ class ModelRepository:
         return await self.load(name, wanted)
 
     def loaded(self, name: str, version: str = "") -> ServedModel | None:
+        if is_alias(version):  # only a fresh alias answers here; otherwise get() looks again
+            entry = self._aliases.get((name, version))
+            if entry is None or time.monotonic() - entry[1] > ALIAS_TTL_S:
+                return None
+            return self._loaded.get(name, {}).get(entry[0])
         wanted = parse_version(version)
         served = self._loaded.get(name, {})
         return served.get(self._newest.get(name, -1) if wanted is None else wanted)

@@ -63,6 +63,7 @@ class TableInfo:
     created_at: dt.datetime
     updated_at: dt.datetime
     metadata: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +80,14 @@ class VersionInfo:
     version: int
     timestamp: dt.datetime
     metadata: dict[str, str]
+
+
+def validate_alias(alias: str) -> str:
+    """An alias is a name, and not a number (a number is a version)."""
+    validate_name(alias, "alias")
+    if alias.isdigit():
+        raise InvalidArgument(f"invalid alias {alias!r}: a number is a version; an alias is a name like 'production'")
+    return alias
 
 
 def lance_message(exc: BaseException) -> str:
@@ -246,6 +255,7 @@ class LakeCatalog:
             created_at=_utc(versions[0]["timestamp"]),
             updated_at=_utc(versions[-1]["timestamp"]),
             metadata=_schema_metadata(ds.schema),
+            aliases={alias: tag["version"] for alias, tag in sorted(ds.tags.list().items())},
         )
 
     def _size_bytes(self, kind: TableKind, name: str, ds: lance.LanceDataset) -> int:
@@ -280,8 +290,12 @@ class LakeCatalog:
             raise InvalidArgument(f"keep_versions and min_age_s must be >= 0, got {keep_versions} and {min_age_s}")
         ds = self.open(kind, name)
         versions = [v["version"] for v in ds.versions()]
-        tagged = {tag["version"] for tag in ds.tags.list().values()}
-        doomed = [v for v in versions[:-keep_versions] if v not in tagged] if keep_versions else []
+        doomed = versions[:-keep_versions] if keep_versions else []
+        aliased = {alias: tag["version"] for alias, tag in ds.tags.list().items() if tag["version"] in doomed}
+        if aliased:
+            named = ", ".join(f"'{alias}' (version {version})" for alias, version in sorted(aliased.items()))
+            raise FailedPrecondition(f"keep_versions={keep_versions} would remove versions that aliases point to: "
+                                     f"{named}; move or delete the aliases first")
         uri, options = self.uri(kind, name), self.storage_options or None
         referenced: set[str] = set()
         for version in versions:
@@ -326,15 +340,44 @@ class LakeCatalog:
         self.fs.delete_dir(self._path(kind, name))
 
     def resolve(
-        self, kind: TableKind, name: str, version: int | None = None, must_exist: bool = False
+        self, kind: TableKind, name: str, version: int | None = None, must_exist: bool = False, alias: str = ""
     ) -> tuple[str, bool, int]:
-        """(uri, exists, version): what a script or inference_svc opens directly."""
+        """(uri, exists, version): what a script or inference_svc opens directly; ``alias`` names the version."""
         uri = self.uri(kind, name)
         if not self.exists(kind, name):
-            if must_exist or version:
+            if must_exist or version or alias:
                 raise self._not_found(kind, name)
             return uri, False, 0
+        if alias:
+            return uri, True, self._alias_version(kind, name, alias)
         return uri, True, self.open(kind, name, version).version
+
+    # -- aliases --------------------------------------------------------------
+    def _alias_version(self, kind: TableKind, name: str, alias: str) -> int:
+        tags = self.open(kind, name).tags.list()
+        if alias not in tags:
+            raise NotFound(f"{kind.value} '{name}' has no alias '{validate_alias(alias)}'")
+        return tags[alias]["version"]
+
+    def set_alias(self, kind: TableKind, name: str, alias: str, version: int) -> TableInfo:
+        """Point ``alias`` at ``version`` (an existing one), creating the alias or moving it."""
+        validate_alias(alias)
+        ds = self.open(kind, name)
+        if version < 1 or version not in {v["version"] for v in ds.versions()}:
+            raise NotFound(f"{kind.value} '{name}' has no version {version}")
+        if alias in ds.tags.list():
+            ds.tags.update(alias, version)
+        else:
+            ds.tags.create(alias, version)
+        return self.describe(kind, name)
+
+    def delete_alias(self, kind: TableKind, name: str, alias: str) -> TableInfo:
+        validate_alias(alias)
+        ds = self.open(kind, name)
+        if alias not in ds.tags.list():
+            raise NotFound(f"{kind.value} '{name}' has no alias '{alias}'")
+        ds.tags.delete(alias)
+        return self.describe(kind, name)
 
     # -- data -----------------------------------------------------------------
     def preview(

@@ -41,6 +41,7 @@ def table_to_pb(info: TableInfo) -> pb.TableInfo:
         created_at=_timestamp(info.created_at),
         updated_at=_timestamp(info.updated_at),
         metadata=info.metadata,
+        aliases=info.aliases,
     )
 
 
@@ -103,7 +104,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: pb.ResolveUriRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveUriResponse:
         uri, exists, version = await asyncio.to_thread(
-            self.catalog.resolve, _kind(request.kind), request.name, request.version or None, request.must_exist
+            self.catalog.resolve, _kind(request.kind), request.name, request.version or None, request.must_exist,
+            request.alias,
         )
         return pb.ResolveUriResponse(
             uri=uri, exists=exists, version=version, storage_options=self.catalog.storage_options
@@ -119,6 +121,15 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             removed_versions=report.removed_versions, removed_files=report.removed_files,
             removed_bytes=report.removed_bytes, kept_unreferenced_files=report.kept_unreferenced_files,
             dry_run=report.dry_run)
+
+    async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
+        info = await asyncio.to_thread(self.catalog.set_alias, _kind(request.kind), request.name, request.alias,
+                                       request.version)
+        return table_to_pb(info)
+
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
+        info = await asyncio.to_thread(self.catalog.delete_alias, _kind(request.kind), request.name, request.alias)
+        return table_to_pb(info)
 
     async def ReadTable(
         self, request: pb.ReadTableRequest, context: grpc.aio.ServicerContext

@@ -87,6 +87,12 @@ def test_lake_and_task_commands(running):
     assert json.loads(aip("models", "versions", "mnist_cnn", "--json", env=env).stdout)[0]["version"] == 1
     deployed = aip("models", "deploy", "mnist_cnn", "--max-batch-size", "8", env=env).stdout
     assert deployed.startswith("model mnist_cnn version 1: READY"), deployed
+    aliased = aip("models", "alias", "mnist_cnn", "production", "1", env=env).stdout
+    assert aliased.strip() == "model mnist_cnn aliases: production -> 1"
+    assert aip("models", "alias", "mnist_cnn", "production", "--delete", env=env).stdout.strip() == (
+        "model mnist_cnn aliases: none")
+    odd = aip("models", "alias", "mnist_cnn", "7", "1", env=env, check=False)
+    assert odd.returncode == 1 and "a number is a version" in odd.stderr
     refused = aip("models", "deploy", "mnist_cnn", "--replicas", "2", env=env, check=False)
     assert refused.returncode == 1 and "need Ray Serve (--serving ray)" in refused.stderr
     gc = aip("datasets", "gc", "mnist_clean", "--keep-versions", "1", "--dry-run", env=env).stdout

@@ -149,6 +149,35 @@ def test_gc_over_rest_reports_then_removes_old_versions(http):
     error_of(http.post("/api/v1/datasets/absent/gc", json={}), 404, "DATASET_NOT_FOUND")
 
 
+def test_model_aliases_over_rest(http, platform):
+    from ai_platform.sdk.models import save_model
+
+    save_model(platform.model, str(platform.project / ".ai_platform/models/aliased.lance"), torch.zeros(1, 1, 28, 28))
+    save_model(platform.model, str(platform.project / ".ai_platform/models/aliased.lance"), torch.zeros(1, 1, 28, 28))
+    shown = http.put("/api/v1/models/aliased/aliases/production", json={"version": 1})
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["aliases"] == {"production": 1}
+    assert http.put("/api/v1/models/aliased/aliases/production", json={"version": 2}).json()["aliases"] == {
+        "production": 2}
+    assert http.get("/api/v1/models/aliased").json()["aliases"] == {"production": 2}
+    answer = http.post("/v2/models/aliased/versions/production/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]})
+    assert answer.status_code == 200 and answer.json()["model_version"] == "2", answer.text
+    assert "a number is a version" in error_of(http.put("/api/v1/models/aliased/aliases/123", json={"version": 1}),
+                                               400, "INVALID_REQUEST")
+    error_of(http.put("/api/v1/models/aliased/aliases/-x", json={"version": 1}), 400, "INVALID_REQUEST")
+    error_of(http.put("/api/v1/models/aliased/aliases/prod", json={"version": 1, "why": "x"}), 400, "INVALID_REQUEST")
+    assert "has no version 9" in error_of(http.put("/api/v1/models/aliased/aliases/prod", json={"version": 9}),
+                                          404, "MODEL_NOT_FOUND")
+    http.put("/api/v1/models/aliased/aliases/production", json={"version": 1})
+    refused = http.post("/api/v1/models/aliased/gc", json={"keep_versions": 1})
+    assert "would remove versions that aliases point to: 'production' (version 1)" in error_of(refused, 409,
+                                                                                             "CONFLICT")
+    assert http.delete("/api/v1/models/aliased/aliases/production").json()["aliases"] == {}
+    assert "has no alias 'production'" in error_of(http.delete("/api/v1/models/aliased/aliases/production"), 404,
+                                                   "MODEL_NOT_FOUND")
+
+
 def test_corrupt_or_mismatched_uploads_change_nothing(http):
     http.post("/api/v1/datasets/guarded", content=parquet_bytes(table(10)), headers=PARQUET)
     good = parquet_bytes(table(30))

@@ -255,6 +255,56 @@ def test_hot_swap_under_load_loses_no_request(services, stub, lake, lake_home):
     np.testing.assert_allclose(raw_output(stub.ModelInfer(raw_request("cnn", x))), expected(cnn(4), x), atol=1e-4)
 
 
+def test_an_alias_serves_its_version_and_moving_it_swaps_without_failures(services, stub, lake, storage_service):
+    from ai_platform.protos.aiplatform.v1 import storage_pb2, storage_pb2_grpc
+
+    with grpc.insecure_channel(storage_service.addr) as channel:
+        lake_stub = storage_pb2_grpc.StorageServiceStub(channel)
+
+        def point(version: int) -> None:
+            lake_stub.SetAlias(storage_pb2.SetAliasRequest(kind=storage_pb2.MODEL, name="cnn", alias="production",
+                                                           version=version))
+
+        point(1)
+        x = images(1, seed=11)
+        answer = stub.ModelInfer(raw_request("cnn", x, version="production"))
+        assert answer.model_version == "1"
+        np.testing.assert_allclose(raw_output(answer), expected(lake["v1"], x), atol=1e-4)
+        failures: list[str] = []
+        versions: list[str] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            with grpc.insecure_channel(services.addr) as own_channel:
+                own = grpc_service_pb2_grpc.GRPCInferenceServiceStub(own_channel)
+                while not stop.is_set():
+                    try:
+                        versions.append(own.ModelInfer(raw_request("cnn", x, version="production"),
+                                                       timeout=30).model_version)
+                    except grpc.RpcError as exc:
+                        failures.append(f"{exc.code()}: {exc.details()}")
+
+        threads = [threading.Thread(target=hammer) for _ in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        point(2)
+        deadline = time.time() + 20
+        while time.time() < deadline and (not versions or versions[-1] != "2"):
+            time.sleep(0.1)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
+        assert versions[0] == "1" and versions[-1] == "2", "moving the alias swapped what it serves"
+        switched = versions.index("2")
+        assert set(versions[switched:]) == {"2"}
+        lake_stub.DeleteAlias(storage_pb2.DeleteAliasRequest(kind=storage_pb2.MODEL, name="cnn", alias="production"))
+    unknown = rpc_error(lambda: stub.ModelInfer(raw_request("cnn", x, version="staging")))
+    assert unknown.code() == grpc.StatusCode.NOT_FOUND and "has no alias 'staging'" in unknown.details()
+
+
 def test_model_metadata_says_what_the_output_means(stub, lake):
     """Labels and the kind of scores travel with the metadata (OIP tensor parameters): no trip to storage."""
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="cnn", version="2"))

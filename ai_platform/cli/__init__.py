@@ -187,6 +187,16 @@ def cmd_tables(args: argparse.Namespace) -> int:
         else:
             print(f"model {args.name} version {served.get('version', '?')}: {served.get('state', '?')} "
                   f"{served.get('reason', '')}".rstrip())
+    elif args.action == "alias":
+        if args.delete:
+            shown = client.delete_alias(args.name, args.alias)
+        elif args.version is None:
+            print("give the VERSION the alias points to, or --delete", file=sys.stderr)
+            return 2
+        else:
+            shown = client.set_alias(args.name, args.alias, args.version)
+        aliases = ", ".join(f"{a} -> {v}" for a, v in shown["aliases"].items()) or "none"
+        print(f"model {args.name} aliases: {aliases}")
     elif args.action == "gc":
         report = client.collect_garbage(args.name, kind[:-1], keep_versions=args.keep_versions,
                                         min_age_s=args.min_age, dry_run=args.dry_run)
@@ -344,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
             for option, (kind_of, text) in DEPLOY_OPTIONS.items():
                 deploy.add_argument(f"--{option.replace('_', '-')}", type=kind_of, help=text)
             deploy.add_argument("--json", action="store_true")
+            alias = actions.add_parser("alias", help="point an alias (e.g. production) at a version, or --delete it")
+            alias.add_argument("name")
+            alias.add_argument("alias")
+            alias.add_argument("version", nargs="?", type=int)
+            alias.add_argument("--delete", action="store_true")
         gc = actions.add_parser("gc", help="free storage: files no version references, old versions on request")
         gc.add_argument("name")
         gc.add_argument("--keep-versions", type=int, default=0, metavar="N",

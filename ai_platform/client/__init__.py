@@ -361,6 +361,17 @@ class Client:
     def delete_model(self, name: str) -> None:
         self.storage.delete(name, "model")
 
+    def set_alias(self, name: str, alias: str, version: int, kind: str = "model") -> dict:
+        """Point ``alias`` (e.g. "production") at ``version``; inference serves ``model_version=alias`` from it."""
+        self.storage.stub.SetAlias(storage_pb.SetAliasRequest(kind=TABLE_KINDS.number(kind), name=name, alias=alias,
+                                                              version=version))
+        return self.get_model(name) if kind == "model" else self.get_dataset(name)
+
+    def delete_alias(self, name: str, alias: str, kind: str = "model") -> dict:
+        self.storage.stub.DeleteAlias(storage_pb.DeleteAliasRequest(kind=TABLE_KINDS.number(kind), name=name,
+                                                                    alias=alias))
+        return self.get_model(name) if kind == "model" else self.get_dataset(name)
+
     def collect_garbage(self, name: str, kind: str = "dataset", *, keep_versions: int = 0,
                         min_age_s: int | None = None, dry_run: bool = False) -> dict:
         """Free a table's storage: unreferenced files older than ``min_age_s`` (default one hour) and, with

@@ -73,6 +73,7 @@ class TableView(BaseModel):
     created_at: str
     updated_at: str
     metadata: dict[str, str] = {}
+    aliases: dict[str, int] = Field({}, description="alias -> version, e.g. {\"production\": 3}")
 
     @classmethod
     def fields_from_pb(cls, info: storage_pb2.TableInfo) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class TableView(BaseModel):
                 "num_rows": info.num_rows, "size_bytes": info.size_bytes, "version": info.version,
                 "latest_version": info.latest_version, "num_versions": info.num_versions,
                 "created_at": iso(info.created_at), "updated_at": iso(info.updated_at),
-                "metadata": dict(info.metadata)}
+                "metadata": dict(info.metadata), "aliases": dict(info.aliases)}
 
     @classmethod
     def from_pb(cls, info: storage_pb2.TableInfo) -> TableView:
@@ -141,6 +142,12 @@ class GarbageRequest(BaseModel):
         "unreferenced files younger than this are kept (a write in progress made them); 0 removes them all, "
         "safe only while nothing writes to the table"))
     dry_run: bool = Field(False, description="say what would be removed, remove nothing")
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=INT64_MAX, description="the version the alias points to")
 
 
 class GarbageView(BaseModel):

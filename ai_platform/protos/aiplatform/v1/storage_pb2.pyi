@@ -39,7 +39,7 @@ class ColumnInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "kind", "uri", "schema", "num_rows", "size_bytes", "version", "latest_version", "num_versions", "created_at", "updated_at", "metadata")
+    __slots__ = ("name", "kind", "uri", "schema", "num_rows", "size_bytes", "version", "latest_version", "num_versions", "created_at", "updated_at", "metadata", "aliases")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,13 @@ class TableInfo(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +66,7 @@ class TableInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: TableKind
     uri: str
@@ -71,7 +79,8 @@ class TableInfo(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., uri: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., num_rows: _Optional[int] = ..., size_bytes: _Optional[int] = ..., version: _Optional[int] = ..., latest_version: _Optional[int] = ..., num_versions: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    aliases: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., uri: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., num_rows: _Optional[int] = ..., size_bytes: _Optional[int] = ..., version: _Optional[int] = ..., latest_version: _Optional[int] = ..., num_versions: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
     __slots__ = ("version", "timestamp", "metadata")
@@ -222,16 +231,18 @@ class WriteTableRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[WriteHeader, _Mapping]] = ..., chunk: _Optional[_Union[ArrowChunk, _Mapping]] = ..., commit: _Optional[_Union[WriteCommit, _Mapping]] = ...) -> None: ...
 
 class ResolveUriRequest(_message.Message):
-    __slots__ = ("kind", "name", "version", "must_exist")
+    __slots__ = ("kind", "name", "version", "must_exist", "alias")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MUST_EXIST_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
     kind: TableKind
     name: str
     version: int
     must_exist: bool
-    def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., must_exist: _Optional[bool] = ...) -> None: ...
+    alias: str
+    def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., must_exist: _Optional[bool] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class ResolveUriResponse(_message.Message):
     __slots__ = ("uri", "exists", "version", "storage_options")
@@ -279,3 +290,25 @@ class CollectGarbageResponse(_message.Message):
     kept_unreferenced_files: int
     dry_run: bool
     def __init__(self, removed_versions: _Optional[_Iterable[int]] = ..., removed_files: _Optional[int] = ..., removed_bytes: _Optional[int] = ..., kept_unreferenced_files: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class SetAliasRequest(_message.Message):
+    __slots__ = ("kind", "name", "alias", "version")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    kind: TableKind
+    name: str
+    alias: str
+    version: int
+    def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeleteAliasRequest(_message.Message):
+    __slots__ = ("kind", "name", "alias")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    kind: TableKind
+    name: str
+    alias: str
+    def __init__(self, kind: _Optional[_Union[TableKind, str]] = ..., name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...

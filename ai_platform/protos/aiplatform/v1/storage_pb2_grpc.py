@@ -79,6 +79,16 @@ class StorageServiceStub:
                 request_serializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.SerializeToString,
                 response_deserializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.FromString,
                 _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/aiplatform.v1.StorageService/SetAlias',
+                request_serializer=aiplatform_dot_v1_dot_storage__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_storage__pb2.TableInfo.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/aiplatform.v1.StorageService/DeleteAlias',
+                request_serializer=aiplatform_dot_v1_dot_storage__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=aiplatform_dot_v1_dot_storage__pb2.TableInfo.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -152,6 +162,21 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """Points an alias (a name such as "production") at a version, creating or moving it; a Lance tag, so the
+        version stays readable and garbage collection keeps it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Removes an alias; NOT_FOUND if the table has no such alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +224,16 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.CollectGarbage,
                     request_deserializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.FromString,
                     response_serializer=aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=aiplatform_dot_v1_dot_storage__pb2.SetAliasRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_storage__pb2.TableInfo.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=aiplatform_dot_v1_dot_storage__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=aiplatform_dot_v1_dot_storage__pb2.TableInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +479,60 @@ class StorageService:
             '/aiplatform.v1.StorageService/CollectGarbage',
             aiplatform_dot_v1_dot_storage__pb2.CollectGarbageRequest.SerializeToString,
             aiplatform_dot_v1_dot_storage__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiplatform.v1.StorageService/SetAlias',
+            aiplatform_dot_v1_dot_storage__pb2.SetAliasRequest.SerializeToString,
+            aiplatform_dot_v1_dot_storage__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiplatform.v1.StorageService/DeleteAlias',
+            aiplatform_dot_v1_dot_storage__pb2.DeleteAliasRequest.SerializeToString,
+            aiplatform_dot_v1_dot_storage__pb2.TableInfo.FromString,
             options,
             channel_credentials,
             insecure,
