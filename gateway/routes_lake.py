@@ -18,12 +18,14 @@ from ai_platform.core import arrow_ipc
 from ai_platform.core.views import (
     ERRORS,
     AliasRequest,
+    DatasetView,
     GarbageRequest,
     GarbageView,
     ModelView,
     RowsView,
     StatusView,
     TableView,
+    TrainedModel,
     VersionView,
 )
 from ai_platform.core.wire import INT64_MAX, TABLE_KINDS, UPLOAD_TIMEOUT_S, WRITE_MODES
@@ -49,6 +51,28 @@ async def model_view(request: Request, info: pb.TableInfo) -> ModelView:
     return ModelView.from_pb(info, preview.rows_json)
 
 
+async def trained_from(request: Request, dataset: str) -> list[TrainedModel]:
+    """The models whose newest version's lineage names ``dataset`` as its input."""
+    upstreams = request.app.state.upstreams
+    listing = await upstreams.call("storage", upstreams.storage.ListTables(
+        pb.ListTablesRequest(kind=pb.MODEL), timeout=upstreams.timeout_s))
+    candidates = [t for t in listing.tables if any(c.name == "lineage" for c in t.schema)]
+    previews = await asyncio.gather(*(upstreams.call("storage", upstreams.storage.PreviewRows(pb.PreviewRowsRequest(
+        kind=pb.MODEL, name=t.name, limit=1, columns=["lineage"]), timeout=upstreams.timeout_s))
+        for t in candidates), return_exceptions=True)
+    found = []
+    for table, preview in zip(candidates, previews, strict=True):
+        if isinstance(preview, BaseException):
+            continue  # deleted meanwhile, or unreadable: not part of the answer
+        rows = json.loads(preview.rows_json)
+        lineage = json.loads(rows[-1].get("lineage") or "{}") if rows else {}
+        source = lineage.get("input") or {}
+        if source.get("kind") == "dataset" and source.get("name") == dataset:
+            found.append(TrainedModel(model=table.name, version=table.version, dataset_version=source["version"],
+                                      task_id=lineage.get("task_id", "")))
+    return found
+
+
 def _register(collection: str, view_model: type) -> None:
     singular = collection[:-1]
     kind, not_found = TABLE_KINDS.number(singular), f"{singular.upper()}_NOT_FOUND"
@@ -61,7 +85,7 @@ def _register(collection: str, view_model: type) -> None:
             pb.ListTablesRequest(kind=kind), timeout=upstreams.timeout_s))
         if kind == pb.MODEL:
             return list(await asyncio.gather(*(model_view(request, t) for t in response.tables)))
-        return [TableView.from_pb(t) for t in response.tables]
+        return [DatasetView.from_pb(t) for t in response.tables]
 
     @router.get(f"/api/v1/{collection}/{{id}}", response_model=view_model, response_model_by_alias=True,
                 tags=[collection], summary=f"Describe a {singular}", responses=ERRORS)
@@ -69,7 +93,9 @@ def _register(collection: str, view_model: type) -> None:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.GetTable(
             pb.GetTableRequest(kind=kind, name=id, version=version), timeout=upstreams.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
+        if kind == pb.MODEL:
+            return await model_view(request, info)
+        return DatasetView(**DatasetView.fields_from_pb(info), models=await trained_from(request, id))
 
     @router.delete(f"/api/v1/{collection}/{{id}}", response_model=StatusView, tags=[collection],
                    summary=f"Delete a {singular} and all its versions", responses=ERRORS)
@@ -106,7 +132,7 @@ def _register(collection: str, view_model: type) -> None:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.SetAlias(pb.SetAliasRequest(
             kind=kind, name=id, alias=alias, version=body.version), timeout=upstreams.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
+        return await model_view(request, info) if kind == pb.MODEL else DatasetView.from_pb(info)
 
     @router.delete(f"/api/v1/{collection}/{{id}}/aliases/{{alias}}", response_model=view_model,
                    response_model_by_alias=True, tags=[collection], responses=ERRORS,
@@ -115,7 +141,7 @@ def _register(collection: str, view_model: type) -> None:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.DeleteAlias(pb.DeleteAliasRequest(
             kind=kind, name=id, alias=alias), timeout=upstreams.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else TableView.from_pb(info)
+        return await model_view(request, info) if kind == pb.MODEL else DatasetView.from_pb(info)
 
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)
@@ -131,7 +157,7 @@ def _register(collection: str, view_model: type) -> None:
                 "limit": limit}
 
 
-_register("datasets", TableView)
+_register("datasets", DatasetView)
 _register("models", ModelView)
 
 

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import lance
 import numpy as np
 import torch
 from torch import nn
@@ -29,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model import MnistCNN, Normalized  # noqa: E402
 
-from ai_platform.sdk import log_metrics, report_progress, save_model, storage_options  # noqa: E402
+from ai_platform.sdk import log_metrics, open_dataset, report_progress, save_model  # noqa: E402
 
 AUGMENT_GROUP = 4  # images that share one random transform: per-image variety at a fraction of the cost
 
 
 def load_split(uri: str, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 1, 28, 28) uint8 images and int64 labels of one split, straight from Arrow buffers."""
-    dataset = lance.dataset(uri, storage_options=storage_options())
+    dataset = open_dataset(uri)  # the task's input at the version it was given
     table = dataset.to_table(columns=["image", "label"], filter=f"split = '{split}'", limit=limit or None)
     if table.num_rows == 0:
         raise ValueError(f"the dataset at {uri} has no '{split}' rows")

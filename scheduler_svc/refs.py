@@ -10,6 +10,7 @@ through storage_svc, which owns the lake.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ai_platform.core.errors import InvalidArgument
@@ -45,16 +46,20 @@ class Resolver:
             return None
         return TABLE_KINDS.number(match["kind"][:-1]), validate_name(match["name"], f"{match['kind'][:-1]} name")
 
-    async def resolve(self, ref: str, role: str) -> str:
-        """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``."""
+    async def resolve(self, ref: str, role: str) -> tuple[str, LakeVersion | None]:
+        """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``, and for a lake input
+        the table and version it is pinned at (the newest when the task is submitted)."""
         ref = ref.strip()
         if not ref or "://" in ref:
-            return ref
+            return ref, None
         if "\x00" in ref:
             raise InvalidArgument(f"{role} contains a NUL byte")
         lake = self._lake_ref(ref)
         if lake is not None:
             return await self._resolve_lake(*lake, role)
+        return self._resolve_path(ref, role), None
+
+    def _resolve_path(self, ref: str, role: str) -> str:
         if ref.startswith(("datasets/", "models/")):
             raise InvalidArgument(f"{role} {ref!r} is not a lake reference: use datasets/NAME or models/NAME")
         if ref == "download" or ref.startswith("download/"):
@@ -70,7 +75,16 @@ class Resolver:
         # Anything else belongs to the script, as in the seed: an existing path made absolute, the rest as given.
         return str(path) if path.exists() else ref
 
-    async def _resolve_lake(self, kind: int, name: str, role: str) -> str:
+    async def _resolve_lake(self, kind: int, name: str, role: str) -> tuple[str, LakeVersion | None]:
         request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")
         response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
-        return response.uri
+        pinned = LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", response.version) if role == "input" else None
+        return response.uri, pinned
+
+
+@dataclass(frozen=True)
+class LakeVersion:
+    """A lake table at one version: what a task's input is pinned to."""
+
+    table: str  # "datasets/NAME" or "models/NAME"
+    version: int

@@ -117,8 +117,8 @@ class Scheduler:
         name = validate_name(request.name, "task name")
         script = self._check_script(request.script)
         self._check_resources(request.resources, request.timeout_s)
-        resolved_input = await self.resolver.resolve(request.input, "input")
-        resolved_output = await self.resolver.resolve(request.output, "output")
+        resolved_input, pinned = await self.resolver.resolve(request.input, "input")
+        resolved_output, _ = await self.resolver.resolve(request.output, "output")
         task = Task(
             report_secret=secrets.token_urlsafe(24),
             id=uuid.uuid4().hex[:16],
@@ -128,6 +128,8 @@ class Scheduler:
             output=request.output,
             resolved_input=resolved_input,
             resolved_output=resolved_output,
+            input_table=pinned.table if pinned else "",
+            input_version=pinned.version if pinned else 0,
             params=request.params,
             resources=request.resources,
             timeout_s=request.timeout_s,

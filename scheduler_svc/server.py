@@ -42,6 +42,8 @@ def task_to_pb(task: Task) -> pb.Task:
         output=task.output,
         resolved_input=task.resolved_input,
         resolved_output=task.resolved_output,
+        input_table=task.input_table,
+        input_version=task.input_version,
         resources=pb.Resources(
             num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb,
             custom=task.resources.custom,

@@ -26,10 +26,11 @@ class TaskStore:
             " resolved_input TEXT, resolved_output TEXT, params TEXT, resources TEXT, timeout_s REAL, backend TEXT,"
             " status TEXT, created_at REAL, started_at REAL, completed_at REAL, result TEXT, error_type TEXT,"
             " error_message TEXT, progress TEXT, pid INTEGER, job_id TEXT, log_dropped INTEGER, report_secret TEXT,"
-            " metrics_dropped INTEGER)"
+            " metrics_dropped INTEGER, input_table TEXT, input_version INTEGER)"
         )
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
-        for column, kind in (("report_secret", "TEXT DEFAULT ''"), ("metrics_dropped", "INTEGER DEFAULT 0")):
+        for column, kind in (("report_secret", "TEXT DEFAULT ''"), ("metrics_dropped", "INTEGER DEFAULT 0"),
+                             ("input_table", "TEXT DEFAULT ''"), ("input_version", "INTEGER DEFAULT 0")):
             if column not in present:  # records written before the column existed
                 self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
         self.db.execute("CREATE TABLE IF NOT EXISTS metrics (seq INTEGER PRIMARY KEY, task_id TEXT, key TEXT,"

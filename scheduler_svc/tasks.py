@@ -54,6 +54,8 @@ class Task:
     log_dropped: int = 0  # bytes of log dropped from the front to keep the cap
     report_secret: str = ""  # what the task's worker proves itself with when it reports; never shown
     metrics_dropped: int = 0  # metric points refused because the task was over its cap
+    input_table: str = ""  # a lake input ("datasets/NAME"), pinned at input_version when the task was submitted
+    input_version: int = 0
 
 
 @dataclass

@@ -22,6 +22,17 @@ def run(input_path, output_path, params):
         time.sleep(0.2)
     return {"logged": True}
 ''',
+    "lineage.py": '''
+import time
+import torch
+from ai_platform.sdk import open_dataset, save_model
+
+def run(input_path, output_path, params):
+    time.sleep(params.get("pause", 0))  # the test overwrites the input meanwhile
+    rows = open_dataset(input_path).count_rows()
+    save_model(torch.nn.Linear(2, 2), output_path, torch.zeros(1, 2), params=params)
+    return {"rows": rows}
+''',
     "progress.py": '''
 import time
 from ai_platform.sdk import report_progress

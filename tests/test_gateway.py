@@ -178,6 +178,35 @@ def test_model_aliases_over_rest(http, platform):
                                                    "MODEL_NOT_FOUND")
 
 
+def test_a_task_reads_its_pinned_input_and_its_model_records_where_it_came_from(http, platform):
+    import hashlib
+
+    http.post("/api/v1/datasets/lineage_src", content=parquet_bytes(table(5)), headers=PARQUET).raise_for_status()
+    task = http.post("/api/v1/tasks", json={"name": "trained", "script": "scripts/lineage.py",
+                                            "input": "datasets/lineage_src", "output": "models/lineage_model",
+                                            "params": {"pause": 2.0}}).json()
+    assert (task["input_table"], task["input_version"]) == ("datasets/lineage_src", 1)
+    http.post("/api/v1/datasets/lineage_src?mode=overwrite", content=parquet_bytes(table(9)),
+              headers=PARQUET).raise_for_status()
+    deadline = time.time() + 60
+    while (done := http.get(f"/api/v1/tasks/{task['id']}").json())["status"] in ("pending", "running"):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert done["status"] == "completed", done["error"]
+    assert done["result"] == {"rows": 5}, "the task read the version it was given, not the overwrite"
+    lineage = http.get("/api/v1/models/lineage_model").json()["lineage"]
+    script = (platform.project / "scripts/lineage.py").read_bytes()
+    assert lineage == {"task_id": task["id"], "script": "lineage.py",
+                       "script_sha256": hashlib.sha256(script).hexdigest(), "params": {"pause": 2.0},
+                       "input": {"kind": "dataset", "name": "lineage_src", "version": 1}}
+    dataset = http.get("/api/v1/datasets/lineage_src").json()
+    assert dataset["models"] == [{"model": "lineage_model", "version": 1, "dataset_version": 1,
+                                  "task_id": task["id"]}]
+    assert http.get("/api/v1/datasets/lineage_src?version=1").json()["num_rows"] == 5, "that version stays readable"
+    golden = http.put("/api/v1/datasets/lineage_src/aliases/golden", json={"version": 1})
+    assert golden.status_code == 200 and golden.json()["aliases"] == {"golden": 1}, golden.text
+
+
 def test_corrupt_or_mismatched_uploads_change_nothing(http):
     http.post("/api/v1/datasets/guarded", content=parquet_bytes(table(10)), headers=PARQUET)
     good = parquet_bytes(table(30))

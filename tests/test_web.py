@@ -175,3 +175,32 @@ def test_image_columns_preview_as_thumbnails(platform, browser):
     expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(3)
     expect(page.locator("#dataset-rows")).to_contain_text("7")
     page.screenshot(path=str(ARTIFACTS / "dataset-thumbnails.png"), full_page=True)
+
+
+def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0]}), sink)
+    with httpx.Client(base_url=platform.url, timeout=30) as http:
+        http.post("/api/v1/datasets/source", content=sink.getvalue(),
+                  headers={"content-type": "application/vnd.apache.parquet"}).raise_for_status()
+        task = http.post("/api/v1/tasks", json={"name": "lineage", "script": "scripts/lineage.py",
+                                                "input": "datasets/source", "output": "models/traced"}).json()
+        deadline = time.time() + 60
+        while http.get(f"/api/v1/tasks/{task['id']}").json()["status"] != "completed":
+            assert time.time() < deadline, "the lineage task did not complete"
+            time.sleep(0.3)
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(platform.url + "/dashboard.html")
+    page.locator("#models tbody tr", has_text="traced").click()
+    lineage = page.locator("[data-testid=model-lineage]")
+    expect(lineage).to_contain_text(f"source@1 → task {task['id'][:8]} → traced@1")
+    lineage.get_by_text("source@1").click()
+    expect(page.locator("#dataset-title")).to_have_text("source · version 1")
+    lineage.get_by_text(f"task {task['id'][:8]}").click()
+    expect(page.locator("#task-title")).to_contain_text(task["id"])
+    page.screenshot(path=str(ARTIFACTS / "lineage.png"), full_page=True)

@@ -320,10 +320,32 @@ async function refreshModels() {
     row.addEventListener("click", () => {
       $("model-detail").hidden = false;
       $("model-title").textContent = `${m.id} · version ${m.version}`;
+      showLineage(m);
       $("model-params").textContent = JSON.stringify({ metrics: m.metrics, params: m.params, signature: m.signature }, null, 2);
     });
     body.appendChild(row);
   }
+}
+
+// Where a model version came from, as links: dataset@version → task → model@version.
+function showLineage(model) {
+  const line = $("model-lineage");
+  line.innerHTML = "";
+  const source = model.lineage?.input;
+  if (!model.lineage?.task_id) { line.textContent = "lineage: not recorded (saved outside a platform task)"; return; }
+  const link = (text, onClick) => {
+    const a = document.createElement("a");
+    a.href = "#";
+    a.textContent = text;
+    a.addEventListener("click", (event) => { event.preventDefault(); onClick(); });
+    return a;
+  };
+  line.append("lineage: ");
+  if (source) {
+    line.append(link(`${source.name}@${source.version}`, async () => showDataset(await api(`/api/v1/datasets/${source.name}`))), " → ");
+  }
+  line.append(link(`task ${model.lineage.task_id.slice(0, 8)}`, async () => showTask(await api(`/api/v1/tasks/${model.lineage.task_id}`))));
+  line.append(` → ${model.id}@${model.version}`);
 }
 
 async function refreshHealth() {

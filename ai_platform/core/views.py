@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
 
-MODEL_COLUMNS = ["signature", "params", "metrics", "framework"]
+MODEL_COLUMNS = ["signature", "params", "metrics", "framework", "lineage"]
 
 
 def plain_json(value: Any) -> Any:
@@ -88,6 +88,21 @@ class TableView(BaseModel):
         return cls(**cls.fields_from_pb(info))
 
 
+class TrainedModel(BaseModel):
+    """A model version trained from a dataset version (from the model's lineage)."""
+
+    model: str
+    version: int
+    dataset_version: int
+    task_id: str = ""
+
+
+class DatasetView(TableView):
+    """A dataset; described alone, with the models whose newest version was trained from it."""
+
+    models: list[TrainedModel] = []
+
+
 class ModelView(TableView):
     """A model table at one version, with what its newest row says about the model."""
 
@@ -96,6 +111,8 @@ class ModelView(TableView):
     signature: dict[str, Any] = {}
     framework: str = ""
     labels: list[str] | None = None
+    lineage: dict[str, Any] = Field({}, description="what the version was trained from: input (dataset name and "
+                                                    "version), task_id, script, script_sha256, params")
 
     @staticmethod
     def columns_of(info: storage_pb2.TableInfo) -> list[str]:
@@ -112,7 +129,7 @@ class ModelView(TableView):
         labels = (signature.get("outputs") or [{}])[0].get("labels")
         return cls(**cls.fields_from_pb(info), metrics=_json_object(row.get("metrics")),
                    params=_json_object(row.get("params")), signature=signature,
-                   framework=row.get("framework") or "", labels=labels)
+                   framework=row.get("framework") or "", labels=labels, lineage=_json_object(row.get("lineage")))
 
 
 class VersionView(BaseModel):
@@ -264,6 +281,8 @@ class TaskView(BaseModel):
     timeout_s: float
     resolved_input: str
     resolved_output: str
+    input_table: str = Field("", description="a lake input, e.g. datasets/mnist_clean")
+    input_version: int = Field(0, description="the version of input_table the task reads (pinned at submit)")
 
     @classmethod
     def from_pb(cls, task: scheduler_pb2.Task) -> TaskView:
@@ -285,6 +304,7 @@ class TaskView(BaseModel):
             resources=Resources(num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus,
                                 memory_mb=task.resources.memory_mb, custom=dict(task.resources.custom)),
             timeout_s=task.timeout_s, resolved_input=task.resolved_input, resolved_output=task.resolved_output,
+            input_table=task.input_table, input_version=task.input_version,
         )
 
 

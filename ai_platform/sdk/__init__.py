@@ -7,12 +7,15 @@ what it trained with :func:`save_model` so that inference_svc can serve it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
 import time
 from typing import Any
 
-from ai_platform.core.settings import ClientSettings
+from ai_platform.core.settings import ClientSettings, TaskSettings
 from ai_platform.sdk import report
 
 
@@ -25,7 +28,46 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
     from ai_platform.sdk import models
 
     options.setdefault("storage_options", storage_options())
+    options.setdefault("lineage", _lineage())
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
+
+
+def open_dataset(uri: str, version: int | None = None) -> Any:
+    """The Lance dataset at ``uri``, with the lake's storage options.
+
+    The task's own input opens at the version the scheduler pinned when the task was submitted, so a training
+    run reads exactly the data it was given even if the dataset is overwritten while it runs; ``version``
+    chooses another.
+    """
+    import lance
+
+    spec = _task_spec()
+    if version is None and spec.get("input_version") and uri == spec.get("input"):
+        version = spec["input_version"]
+    return lance.dataset(uri, version=version, storage_options=storage_options())
+
+
+def _task_spec() -> dict[str, Any]:
+    return json.loads(TaskSettings.from_env().task_spec or "{}")
+
+
+def _lineage() -> dict[str, Any] | None:
+    """Where a model saved by this task comes from: its input at the pinned version, the task, the script's
+    sha256 and the params. None outside a platform task."""
+    spec = _task_spec()
+    if not spec:
+        return None
+    try:
+        with open(spec["script"], "rb") as script:
+            digest = hashlib.sha256(script.read()).hexdigest()
+    except OSError:
+        digest = ""
+    table = spec.get("input_table") or ""
+    kind, _, name = table.partition("/")
+    return {"task_id": spec.get("id", ""), "script": os.path.basename(spec.get("script", "")),
+            "script_sha256": digest, "params": spec.get("params") or {},
+            "input": {"kind": kind.rstrip("s"), "name": name, "version": spec.get("input_version", 0)}
+            if table else None}
 
 
 def storage_options() -> dict[str, str] | None:

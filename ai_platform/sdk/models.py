@@ -33,6 +33,7 @@ MODEL_SCHEMA = pa.schema([
     ("framework", pa.string()),
     ("framework_version", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
+    ("lineage", pa.string()),  # where the model came from (the task's input at its version, task, script, params)
 ])
 REQUIRED_COLUMNS = ("program", "program_format", "signature")
 
@@ -49,6 +50,7 @@ class ModelRecord:
     metrics: dict[str, Any]
     framework: str
     created_at: dt.datetime | None
+    lineage: dict[str, Any] | None = None
 
 
 def _as_tuple(value: Any) -> tuple:
@@ -82,7 +84,8 @@ def _serialise_program(model: Any, examples: tuple, program_format: str) -> byte
 def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] | None = None,
                params: dict | None = None, metrics: dict | None = None, *, input_names: list[str] | None = None,
                output_names: list[str] | None = None, program_format: str = "torchscript",
-               scores: str | None = None, storage_options: dict[str, str] | None = None) -> dict[str, Any]:
+               scores: str | None = None, storage_options: dict[str, str] | None = None,
+               lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save a PyTorch model as a new version of the model table at ``output`` (a Lance URI or path).
 
     ``example_inputs`` is a tensor (or tuple of tensors) with the batch dimension first; it
@@ -126,6 +129,7 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
         "signature": [json.dumps(signature)], "params": [json.dumps(params or {}, default=str)],
         "metrics": [json.dumps(metrics or {}, default=str)], "framework": ["pytorch"],
         "framework_version": [torch.__version__], "created_at": [dt.datetime.now(dt.UTC)],
+        "lineage": [json.dumps(lineage or {}, default=str)],
     }, schema=MODEL_SCHEMA)
     try:
         lance.dataset(output, storage_options=storage_options)
@@ -161,7 +165,7 @@ def read_model(uri: str, version: int | None = None, storage_options: dict[str, 
         uri=uri, version=dataset.version, program=row["program"] or b"", program_format=row["program_format"],
         signature=signature, params=json.loads(row.get("params") or "{}"),
         metrics=json.loads(row.get("metrics") or "{}"), framework=row.get("framework") or "pytorch",
-        created_at=row.get("created_at"),
+        created_at=row.get("created_at"), lineage=json.loads(row.get("lineage") or "{}"),
     )
 
 

@@ -90,6 +90,8 @@ def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], 
         "input": task.resolved_input,
         "output": task.resolved_output,
         "params": task.params,
+        "input_table": task.input_table,
+        "input_version": task.input_version,
     }
     return {
         **platform_env,
