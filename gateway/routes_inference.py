@@ -348,8 +348,12 @@ class DirectRoute(APIRoute):
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "description": "either the seed's image (784 floats, 0..1) or inputs (one sample, flat "
                                      "or shaped)",
+    "additionalProperties": False,
     "properties": {"image": {"type": "array", "items": {"type": "number"}, "minItems": 784, "maxItems": 784},
-                   "inputs": {"type": "array", "items": {}}}}}}}}
+                   "inputs": {"type": "array", "items": {}},
+                   "version": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}],
+                               "description": "a version number or an alias (default: the newest)"}}}}}}}
+PREDICT_FIELDS = {"image", "inputs", "version"}
 
 
 async def predict(request: Request, id: TableName) -> Response:
@@ -369,9 +373,15 @@ DIRECT_ROUTES = [PREDICT_ROUTE]
 async def classify(state: Any, id: str, raw: bytes) -> bytes:
     """The prediction for one sample, as JSON bytes."""
     body = _parse_json(raw)
+    unknown = sorted(set(body) - PREDICT_FIELDS)
+    if unknown:
+        raise invalid(f"unknown field(s) {unknown}; predict takes {sorted(PREDICT_FIELDS)}")
     sample = body.get("image", body.get("inputs"))
     if sample is None:
         raise invalid("send {'image': [784 floats]} or {'inputs': [...]}")
+    version = body.get("version", "")
+    if isinstance(version, bool) or not isinstance(version, (str, int)):
+        raise invalid(f"version must be a version number or an alias, got {version!r}")
     try:
         array = np.asarray(sample, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -385,7 +395,8 @@ async def classify(state: Any, id: str, raw: bytes) -> bytes:
     if array.size != math.prod(shape) or spec["datatype"] != "FP32":
         raise invalid(f"model '{id}' takes {math.prod(shape[1:])} FP32 values per sample (shape {spec['shape']}); "
                       f"got {array.size}")
-    grpc_request = pb.ModelInferRequest(model_name=id, raw_input_contents=[array.reshape(shape).tobytes()])
+    grpc_request = pb.ModelInferRequest(model_name=id, model_version=str(version),
+                                        raw_input_contents=[array.reshape(shape).tobytes()])
     grpc_request.inputs.add(name=spec["name"], datatype="FP32", shape=shape)
     upstreams = state.upstreams
     response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,

@@ -93,8 +93,14 @@ class TaskStore:
                     continue
                 keys.add(point.key)
             kept.append(point)
-        self.db.executemany("INSERT INTO metrics (task_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)",
-                            [(task_id, p.key, p.step, p.value, p.time) for p in kept])
+        self.db.execute("BEGIN")  # one transaction for the batch, not one per point
+        try:
+            self.db.executemany("INSERT INTO metrics (task_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)",
+                                [(task_id, p.key, p.step, p.value, p.time) for p in kept])
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
         return len(points) - len(kept)
 
     def metrics(self, task_id: str, after: int = 0) -> tuple[list[MetricPoint], int]:

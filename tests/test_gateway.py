@@ -160,6 +160,10 @@ def test_model_aliases_over_rest(http, platform):
     assert http.put("/api/v1/models/aliased/aliases/production", json={"version": 2}).json()["aliases"] == {
         "production": 2}
     assert http.get("/api/v1/models/aliased").json()["aliases"] == {"production": 2}
+    predicted = http.post("/api/v1/models/aliased/predict", json={"image": [0.0] * 784, "version": "production"})
+    assert predicted.status_code == 200 and predicted.json()["model_version"] == "2", predicted.text
+    assert "unknown field(s) ['versoin']" in error_of(http.post("/api/v1/models/aliased/predict", json={
+        "image": [0.0] * 784, "versoin": "production"}), 400, "INVALID_REQUEST")
     answer = http.post("/v2/models/aliased/versions/production/infer", json={"inputs": [
         {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]})
     assert answer.status_code == 200 and answer.json()["model_version"] == "2", answer.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from ai_platform.sdk.models import save_model
 from tests.conftest import ServiceProcess, free_port
-from tests.test_inference import cnn, expected, images
+from tests.test_inference import Hammer, cnn, expected, images
 
 CLIENTS = 16
 
@@ -94,36 +93,6 @@ def replica_pids(ray_head, model: str) -> list[int]:  # noqa: ANN001
     return [a.pid for a in actors if a.class_name.startswith(f"ServeReplica:aip-{model}-")]
 
 
-class Hammer:
-    """CLIENTS threads predicting over gRPC until stopped; every answer's version and every failure is kept."""
-
-    def __init__(self, addr: str, model: str, x: np.ndarray) -> None:
-        self.addr, self.model, self.x = addr, model, x
-        self.versions: list[str] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(CLIENTS)]
-
-    def _run(self) -> None:
-        with grpc.insecure_channel(self.addr) as channel:
-            own = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            while not self.stop.is_set():
-                try:
-                    self.versions.append(own.ModelInfer(infer_request(self.model, self.x), timeout=30).model_version)
-                except grpc.RpcError as exc:
-                    self.failures.append(f"{exc.code()}: {exc.details()}")
-
-    def __enter__(self) -> Hammer:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(60)
-
-
 def test_a_model_served_by_two_replicas_answers_like_the_local_program(stub, ray_head, inference):
     load(stub, "digits", replicas=2, max_batch_size=16)
     x = images(3, seed=1)
@@ -135,7 +104,7 @@ def test_a_model_served_by_two_replicas_answers_like_the_local_program(stub, ray
     assert index["digits"].state == "READY" and "2 RUNNING" in index["digits"].reason, index["digits"]
     assert stub.ModelReady(pb.ModelReadyRequest(name="digits")).ready
     assert stub.ModelMetadata(pb.ModelMetadataRequest(name="digits")).inputs[0].shape == [-1, 1, 28, 28]
-    with Hammer(inference.addr, "digits", images(1, 2)) as hammer:
+    with Hammer(inference.addr, "digits", images(1, 2), clients=CLIENTS) as hammer:
         time.sleep(2)
     assert not hammer.failures
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits")).model_stats[0]
@@ -148,15 +117,15 @@ def test_a_model_served_by_two_replicas_answers_like_the_local_program(stub, ray
 
 def test_hot_swap_to_a_new_version_under_load_fails_no_request(stub, inference, home, ray_head):
     x = images(1, seed=3)
-    with Hammer(inference.addr, "digits", x) as hammer:
+    with Hammer(inference.addr, "digits", x, clients=CLIENTS) as hammer:
         time.sleep(1)
         save(home, "digits", cnn(2))
         load(stub, "digits", replicas=2)
         time.sleep(3)
     assert not hammer.failures, hammer.failures[:3]
     assert hammer.versions[0] == "1" and hammer.versions[-1] == "2" and len(hammer.versions) > 50
-    switched = hammer.versions.index("2")
-    assert set(hammer.versions[switched:]) == {"2"}, "once the new version answers, only it answers"
+    late = hammer.versions[hammer.versions.index("2"):].count("1")
+    assert late <= CLIENTS, f"after the swap only requests already in flight answer from version 1 ({late})"
     np.testing.assert_allclose(scores(stub.ModelInfer(infer_request("digits", x))), expected(cnn(2), x), atol=1e-4)
     deadline = time.time() + 30
     while time.time() < deadline and len(replica_pids(ray_head, "digits")) > 2:
@@ -167,7 +136,7 @@ def test_hot_swap_to_a_new_version_under_load_fails_no_request(stub, inference, 
 def test_a_killed_replica_is_replaced_and_serving_goes_on(stub, inference, ray_head):
     before = replica_pids(ray_head, "digits")
     assert len(before) == 2
-    with Hammer(inference.addr, "digits", images(1, seed=4)) as hammer:
+    with Hammer(inference.addr, "digits", images(1, seed=4), clients=CLIENTS) as hammer:
         time.sleep(1)
         served_before_kill = len(hammer.versions)
         os.kill(before[0], signal.SIGKILL)

@@ -204,3 +204,22 @@ def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
     lineage.get_by_text(f"task {task['id'][:8]}").click()
     expect(page.locator("#task-title")).to_contain_text(task["id"])
     page.screenshot(path=str(ARTIFACTS / "lineage.png"), full_page=True)
+
+
+def test_the_digit_page_picks_a_model_by_alias(platform, browser):
+    with httpx.Client(base_url=platform.url, timeout=30) as http:
+        http.put("/api/v1/models/digits/aliases/production", json={"version": 1}).raise_for_status()
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/predict") else None)
+    page.goto(platform.url + "/")
+    expect(page.locator("#model option", has_text="digits@production (v1)")).to_have_count(1)
+    page.select_option("#model", "digits@production")
+    pad = page.locator("#pad").bounding_box()
+    page.mouse.move(pad["x"] + 150, pad["y"] + 50)
+    page.mouse.down()
+    page.mouse.move(pad["x"] + 150, pad["y"] + 230, steps=10)
+    page.mouse.up()
+    page.click("#predict")
+    expect(page.locator("[data-testid=bar]")).to_have_count(10)
+    assert sent and sent[-1]["version"] == "production" and len(sent[-1]["image"]) == 784

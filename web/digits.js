@@ -121,7 +121,7 @@ function showResult(result) {
 }
 
 async function predict() {
-  const model = modelSelect.value;
+  const [model, version] = modelSelect.value.split("@");
   if (!model) { say("No model yet: train one (aip demo mnist) and reload this page.", true); return; }
   const image = preprocess(pad);
   if (!image) { say("Draw a digit first.", true); return; }
@@ -130,7 +130,8 @@ async function predict() {
   button.disabled = true;
   say("Predicting…");
   try {
-    showResult(await api(`/api/v1/models/${encodeURIComponent(model)}/predict`, { method: "POST", json: { image } }));
+    const body = version ? { image, version } : { image };
+    showResult(await api(`/api/v1/models/${encodeURIComponent(model)}/predict`, { method: "POST", json: body }));
     say("");
   } catch (err) {
     say(explain(err), true);
@@ -154,6 +155,12 @@ async function loadModels() {
       const accuracy = m.metrics && m.metrics.accuracy !== undefined ? ` · acc ${(m.metrics.accuracy * 100).toFixed(1)}%` : "";
       option.textContent = `${m.id} (v${m.version}${accuracy})`;
       modelSelect.appendChild(option);
+      for (const [alias, version] of Object.entries(m.aliases || {})) {  // a model by alias: its version follows it
+        const aliased = document.createElement("option");
+        aliased.value = `${m.id}@${alias}`;
+        aliased.textContent = `${m.id}@${alias} (v${version})`;
+        modelSelect.appendChild(aliased);
+      }
     }
     say("");
   } catch (err) {
