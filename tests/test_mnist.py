@@ -187,3 +187,32 @@ def test_train_and_serve_then_hot_swap_a_newer_version(cleaned, tasks, platform)
     swapped = run_task(tasks, "mnist_serve", "mnist/mnist_serve.py", ".ai_platform/models/mnist_cnn.lance", "", {})
     assert task_result(swapped)["version"] == 2
     assert _predict(platform.inference.addr, images[:4])[1] == "2"
+
+
+def test_batch_predictions_become_a_dataset_and_bad_requests_name_the_problem(cleaned, tasks, platform):
+    """After the training test: mnist_cnn v1 and v2 exist. Daft's native runner through the local backend."""
+    done = run_task(tasks, "mnist_predict", "mnist/mnist_predict.py", "datasets/mnist_clean",
+                    "datasets/mnist_predictions", {"model": "mnist_cnn", "version": 1, "batch_size": 128})
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(done.id))[-3000:])
+    result = task_result(done)
+    assert result["rows"] == 5000 and result["model_version"] == 1 and result["runner"] == "native"
+    assert result["accuracy"] > 0.8 and result["output_version"] == 1
+    written = lance.dataset(str(platform.home / "datasets/mnist_predictions.lance"))
+    assert written.schema.names == ["label", "split", "prediction", "confidence", "correct"]
+    table = written.to_table()
+    assert abs(sum(table.column("correct").to_pylist()) / 5000 - result["accuracy"]) < 1e-3
+    assert 0 < min(table.column("confidence").to_pylist()) <= max(table.column("confidence").to_pylist()) <= 1
+
+    again = run_task(tasks, "mnist_predict", "mnist/mnist_predict.py", "datasets/mnist_clean",
+                     "datasets/mnist_predictions", {"model": "mnist_cnn"})
+    assert task_result(again)["output_version"] == 2 and task_result(again)["model_version"] == 2
+    assert lance.dataset(str(platform.home / "datasets/mnist_predictions.lance"), version=1).count_rows() == 5000
+
+    for params, words in (({"model": "no_such_model"}, "model 'no_such_model' does not exist"),
+                          ({"model": "mnist_cnn", "version": "gold"}, "model 'mnist_cnn' has no alias 'gold'"),
+                          ({"model": "mnist_cnn", "image_column": "pixels"}, "has no column 'pixels'"),
+                          ({}, "needs params.model")):
+        failed = run_task(tasks, "mnist_predict", "mnist/mnist_predict.py", "datasets/mnist_clean",
+                          "datasets/never_written", params)
+        assert status_name(failed) == "failed" and words in failed.error.message, failed.error
+    assert not (platform.home / "datasets/never_written.lance").exists(), "a refused run writes nothing"

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import lance
 import pyarrow as pa
 import pytest
 
@@ -187,3 +188,15 @@ def test_the_mnist_chain_runs_unchanged_on_ray(tasks, services, project):
     assert results[0]["splits"] == {"train": 1500, "test": 1000}
     assert results[1]["train_images"] == 1500 and results[1]["accuracy"] > 0.5
     assert results[2] == {**results[2], "model": "mnist_cnn", "version": 1}
+
+
+def test_batch_predictions_on_daft_s_ray_runner_inside_a_ray_job(tasks, project):
+    """After the chain test: mnist_cnn exists. The same script as on the local backend, on Daft's Ray runner."""
+    task = tasks.submit("mnist_predict", "mnist/mnist_predict.py", "datasets/mnist_clean",
+                        "datasets/mnist_predictions", {"model": "mnist_cnn", "ray_runner": True})
+    done = tasks.wait(task.id, 300)
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task.id))[-3000:])
+    result = task_result(done)
+    assert result["runner"] == "ray" and result["rows"] == 2500 and result["accuracy"] > 0.5
+    written = lance.dataset(str(project / ".ai_platform/datasets/mnist_predictions.lance"))
+    assert written.count_rows() == 2500 and "correct" in written.schema.names

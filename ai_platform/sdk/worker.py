@@ -33,7 +33,12 @@ def _load(script: str) -> Any:
         raise ImportError(f"cannot load {script}")
     module = importlib.util.module_from_spec(spec)
     sys.modules["__aip_task__"] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        # Not importable elsewhere (a Ray worker, a Daft UDF actor): out of sys.modules, cloudpickle ships the
+        # script's functions and classes by value instead of by a reference that no other process can resolve.
+        del sys.modules["__aip_task__"]
     return module
 
 
