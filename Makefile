@@ -23,7 +23,9 @@ $(STAMP): $(PY) pyproject.toml
 # from web/vendor/ (not committed), so the page works offline.
 UPLOT_VERSION := 1.6.32
 web/vendor/uPlot.iife.min.js:
-	@command -v npm >/dev/null || { echo "npm is needed once to fetch uPlot for the dashboard's charts (apt install npm)"; exit 1; }
+	@command -v npm >/dev/null || { command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; } || \
+		{ echo "npm is needed once to fetch uPlot for the dashboard's charts: install npm"; exit 1; }
 	rm -rf .web-build && mkdir -p .web-build web/vendor
 	cd .web-build && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-$(UPLOT_VERSION).tgz
 	cp .web-build/package/dist/uPlot.iife.min.js .web-build/package/dist/uPlot.min.css web/vendor/

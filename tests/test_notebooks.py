@@ -59,4 +59,5 @@ def test_level2_notebook_runs_several_trainings_on_ray(tmp_path):
     assert "pair(s) of runs overlapped" in text and "'CPU'" in text
     assert "2 RUNNING" in text and "served by 2 replicas:" in text
     assert text.count("final accuracy") == 2, "the runs compared through client.runs"
+    assert "batch predictions: " in text and "rows, accuracy" in text
     assert launcher.read_state(home) is None
