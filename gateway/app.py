@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
@@ -116,6 +116,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(
         title="AI Platform", version=__version__, lifespan=lifespan,
+        dependencies=[Depends(errors.refuse_unknown_query)],
         description="REST face of the platform: datasets and models in the Lance lake, tasks, and inference "
                     "(Open Inference Protocol). Every error is `{\"error\": {\"code\", \"message\"}}`.",
     )

@@ -285,6 +285,9 @@ async def load_model(request: Request, model: TableName) -> dict:
     upstreams = request.app.state.upstreams
     raw = await request.body()
     body = await _json(request) if raw.strip() else {}
+    unknown = sorted(set(body) - {"parameters"})
+    if unknown:
+        raise invalid(f"unknown field(s) {unknown}; a load request takes only 'parameters'")
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise invalid("'parameters' must be a JSON object")
@@ -336,6 +339,9 @@ class DirectRoute(APIRoute):
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body"):
                     break
+            if scope.get("query_string"):
+                raise invalid(f"unknown query parameter(s) in {scope['query_string'].decode(errors='replace')!r}; "
+                              f"predict takes none (the version goes in the body)")
             body = await classify(scope["app"].state, scope["path_params"]["id"], b"".join(chunks))
         except ApiError as exc:
             await send_error(send, exc.status, exc.code, exc.message)

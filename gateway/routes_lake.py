@@ -73,6 +73,11 @@ async def trained_from(request: Request, dataset: str) -> list[TrainedModel]:
     return found
 
 
+async def table_view(request: Request, info: pb.TableInfo) -> TableView:
+    """A table as the REST routes show it: a model with its newest row's facts, or a dataset."""
+    return await model_view(request, info) if info.kind == pb.MODEL else DatasetView.from_pb(info)
+
+
 def _register(collection: str, view_model: type) -> None:
     singular = collection[:-1]
     kind, not_found = TABLE_KINDS.number(singular), f"{singular.upper()}_NOT_FOUND"
@@ -132,7 +137,7 @@ def _register(collection: str, view_model: type) -> None:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.SetAlias(pb.SetAliasRequest(
             kind=kind, name=id, alias=alias, version=body.version), timeout=upstreams.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else DatasetView.from_pb(info)
+        return await table_view(request, info)
 
     @router.delete(f"/api/v1/{collection}/{{id}}/aliases/{{alias}}", response_model=view_model,
                    response_model_by_alias=True, tags=[collection], responses=ERRORS,
@@ -141,7 +146,7 @@ def _register(collection: str, view_model: type) -> None:
         upstreams = request.app.state.upstreams
         info = await upstreams.call("storage", upstreams.storage.DeleteAlias(pb.DeleteAliasRequest(
             kind=kind, name=id, alias=alias), timeout=upstreams.timeout_s), not_found)
-        return await model_view(request, info) if kind == pb.MODEL else DatasetView.from_pb(info)
+        return await table_view(request, info)
 
     @router.get(f"/api/v1/{collection}/{{id}}/rows", response_model=RowsView, tags=[collection],
                 summary=f"Preview rows of a {singular}", responses=ERRORS)

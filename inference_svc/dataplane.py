@@ -94,7 +94,7 @@ class DataPlane:
         return ServerMetadata(SERVER_NAME, __version__, list(EXTENSIONS))
 
     def model_ready(self, name: str, version: str) -> bool:
-        model = self.repository.loaded(name, version)
+        model = self.repository.loaded(name, version, fresh=False)
         return model is not None and self.repository.serving.state(model)[0]
 
     async def model_metadata(self, name: str, version: str) -> ModelMetadata:
@@ -211,7 +211,7 @@ class DataPlane:
     def statistics(self, name: str, version: str) -> list[ServedModel]:
         if not name:
             return self.repository.all_loaded()
-        model = self.repository.loaded(name, version)
+        model = self.repository.loaded(name, version, fresh=False)
         if model is None:
             raise NotFound(f"model '{name}'{' version ' + version if version else ''} is not loaded")
         return [model]

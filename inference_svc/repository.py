@@ -138,10 +138,12 @@ class ModelRepository:
             return served[wanted]
         return await self.load(name, wanted)
 
-    def loaded(self, name: str, version: str = "") -> ServedModel | None:
-        if is_alias(version):  # only a fresh alias answers here; otherwise get() looks again
+    def loaded(self, name: str, version: str = "", fresh: bool = True) -> ServedModel | None:
+        """The loaded model for ``version``, or None. An alias answers only while its lookup is fresh (so that
+        get() looks again), unless ``fresh`` is False (readiness and statistics: what it points to now)."""
+        if is_alias(version):
             entry = self._aliases.get((name, version))
-            if entry is None or time.monotonic() - entry[1] > ALIAS_TTL_S:
+            if entry is None or (fresh and time.monotonic() - entry[1] > ALIAS_TTL_S):
                 return None
             return self._loaded.get(name, {}).get(entry[0])
         wanted = parse_version(version)

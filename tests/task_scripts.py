@@ -17,6 +17,7 @@ def run(input_path, output_path, params):
     log_metrics({"late": 1.0}, step=2)   # out of order: kept, sorted when read
     log_metrics({"loss": float("nan"), "accuracy": "high"})  # refused, said on stderr; the task goes on
     log_metrics({"bad key!": 1.0})
+    log_metrics([("loss", 1.0)])
     for _ in range(params.get("live", 0)):  # points that arrive while the task runs
         log_metrics({"live": time.time()})
         time.sleep(0.2)

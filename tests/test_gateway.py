@@ -162,6 +162,11 @@ def test_model_aliases_over_rest(http, platform):
     assert http.get("/api/v1/models/aliased").json()["aliases"] == {"production": 2}
     predicted = http.post("/api/v1/models/aliased/predict", json={"image": [0.0] * 784, "version": "production"})
     assert predicted.status_code == 200 and predicted.json()["model_version"] == "2", predicted.text
+    assert "predict takes none" in error_of(http.post("/api/v1/models/aliased/predict?version=2",
+                                                      json={"image": [0.0] * 784}), 400, "INVALID_REQUEST")
+    assert "unknown query parameter(s) ['verbose']" in error_of(http.get("/v2/models/aliased?verbose=1"), 400, "")
+    assert "a load request takes only 'parameters'" in error_of(http.post(
+        "/v2/repository/models/aliased/load", json={"paramters": {"max_batch_size": 4}}), 400, "")
     assert "unknown field(s) ['versoin']" in error_of(http.post("/api/v1/models/aliased/predict", json={
         "image": [0.0] * 784, "versoin": "production"}), 400, "INVALID_REQUEST")
     answer = http.post("/v2/models/aliased/versions/production/infer", json={"inputs": [
@@ -349,6 +354,9 @@ def test_metric_series_as_json_and_followed_as_server_sent_events(http):
     assert [p[:2] for p in series["series"]["late"]] == [[2, 1.0], [7, 3.0]]
     assert [p[0] for p in series["series"]["loss"]] == [0, 1, 2, 3, 4]
     error_of(http.get("/api/v1/tasks/nope/metrics"), 404, "TASK_NOT_FOUND")
+    assert "unknown query parameter(s) ['folow']; /api/v1/tasks/" in error_of(
+        http.get(f"/api/v1/tasks/{task['id']}/metrics?folow=true"), 400, "INVALID_REQUEST")
+    assert "unknown query parameter(s) ['idz']" in error_of(http.get("/api/v1/runs?idz=x"), 400, "INVALID_REQUEST")
     error_of(http.get(f"/api/v1/tasks/{task['id']}/metrics?follow=maybe"), 400, "INVALID_REQUEST")
 
 

@@ -296,6 +296,8 @@ def test_an_alias_serves_its_version_and_moving_it_swaps_without_failures(servic
         assert versions[0] == "1" and versions[-1] == "2", "moving the alias swapped what it serves"
         late = versions[versions.index("2"):].count("1")
         assert late <= 16, f"after the swap only requests already in flight answer from version 1 ({late})"
+        time.sleep(1.2)  # past the alias's lookup age: readiness still answers for what it points to
+        assert stub.ModelReady(pb.ModelReadyRequest(name="cnn", version="production")).ready
         lake_stub.DeleteAlias(storage_pb2.DeleteAliasRequest(kind=storage_pb2.MODEL, name="cnn", alias="production"))
     unknown = rpc_error(lambda: stub.ModelInfer(raw_request("cnn", x, version="staging")))
     assert unknown.code() == grpc.StatusCode.NOT_FOUND and "has no alias 'staging'" in unknown.details()

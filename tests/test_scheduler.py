@@ -164,6 +164,7 @@ def test_metrics_are_buffered_sent_in_batches_and_read_sorted(tasks, tmp_path):
     assert "log_metrics: loss = nan is not a finite number; not logged" in log
     assert "log_metrics: accuracy = 'high' is not a finite number" in log
     assert "log_metrics: 'bad key!' is not a metric name" in log
+    assert "log_metrics: metrics must be a dict of name -> number, got list" in log
     live = tasks.submit("live-curve", "scripts/metrics.py", params={"points": 1, "live": 10})
     arrivals = []
     for message in tasks.metrics(live.id, follow=True):

@@ -118,6 +118,9 @@ class MetricBuffer:
         from ai_platform.core.names import METRIC_KEY
 
         now = time.time()
+        if not isinstance(metrics, dict):
+            _warn(f"log_metrics: metrics must be a dict of name -> number, got {type(metrics).__name__}; not logged")
+            return
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
             _warn(f"log_metrics: step must be an integer >= 0, got {step!r}; the points were not logged")
             return
