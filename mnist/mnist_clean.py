@@ -15,7 +15,6 @@ building (no per-row Python). Returns the rows per split and where the files cam
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,18 +46,7 @@ def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
     started = time.perf_counter()
-    source_dir = Path(input_path)
-    source = "local IDX files"
-    if "://" in input_path:  # an object-store lake's download area: fetch into local scratch space instead
-        source_dir = Path(tempfile.mkdtemp(prefix="mnist-download-")) / "download"
-    if source_dir.name == "download" or params.get("fetch"):
-        source_dir = source_dir / "mnist"
-        report_progress(0.05, "fetching MNIST")
-        source = idx.fetch(source_dir, params.get("mirrors"), float(params.get("timeout_s", 5)),
-                           params.get("checksums"))
-        print(f"MNIST files: {source}", flush=True)
-    if not source_dir.is_dir():
-        raise FileNotFoundError(f"input {input_path} is not a directory of IDX files")
+    source_dir, source = idx.locate(input_path, params, lambda message: report_progress(0.05, message))
     limit = int(params.get("limit", 0))
     tables, counts = [], {}
     for step, (split, (image_name, label_name)) in enumerate(idx.SPLITS.items()):

@@ -141,10 +141,10 @@ def test_truncated_or_wrong_files_fail_naming_the_file(tasks, platform, tmp_path
     assert not (platform.home / "datasets/never.lance").exists()
 
 
-def _predict(addr: str, images: np.ndarray, version: str = "") -> tuple[np.ndarray, str]:
+def _predict(addr: str, images: np.ndarray, version: str = "", model: str = "mnist_cnn") -> tuple[np.ndarray, str]:
     with grpc.insecure_channel(addr) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(model_name="mnist_cnn", model_version=version,
+        request = pb.ModelInferRequest(model_name=model, model_version=version,
                                        raw_input_contents=[images.tobytes()])
         request.inputs.add(name="input", datatype="FP32", shape=list(images.shape))
         response = stub.ModelInfer(request)
@@ -216,3 +216,77 @@ def test_batch_predictions_become_a_dataset_and_bad_requests_name_the_problem(cl
                           "datasets/never_written", params)
         assert status_name(failed) == "failed" and words in failed.error.message, failed.error
     assert not (platform.home / "datasets/never_written.lance").exists(), "a refused run writes nothing"
+
+
+def test_shuffled_stream_yields_every_image_once_per_pass():
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(MNIST_DIR))
+    import mnist_e2e
+
+    chunks = [(torch.arange(start, start + 700).float().view(-1, 1, 1, 1), torch.arange(start, start + 700))
+              for start in range(0, 7000, 700)]
+    batches = list(mnist_e2e.shuffled(iter(chunks), 64, 2000, torch.Generator().manual_seed(0)))
+    labels = torch.cat([y for _, y in batches])
+    assert sorted(labels.tolist()) == list(range(7000)), "each image exactly once"
+    assert all(len(y) == 64 for _, y in batches[:-1]) and all((x.view(-1) == y).all() for x, y in batches)
+    assert labels[:2000].max() > 2000 and labels.tolist() != sorted(labels.tolist()), "drawn across chunks"
+
+
+def test_end_to_end_streams_raw_files_into_a_served_model(cleaned, tasks, platform):
+    """From the downloaded IDX files (the offline digits) to a model in one task; no dataset is written."""
+    datasets_before = sorted(p.name for p in (platform.home / "datasets").iterdir())
+    done = run_task(tasks, "mnist_e2e", "mnist/mnist_e2e.py", "download", "models/mnist_e2e",
+                    {"epochs": 2, "chunk_rows": 300, "window_rows": 1000, "shuffle_buffer": 1500, "log_every": 20})
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(done.id))[-3000:])
+    result = task_result(done)
+    assert result["runner"] == "native" and result["train_images"] == 4000 and result["test_images"] == 1000
+    assert result["model_version"] == 1 and result["accuracy"] > 0.8, result
+    assert [h["epoch"] for h in result["history"]] == [1, 2] and done.progress.fraction == 1.0
+    assert sorted(p.name for p in (platform.home / "datasets").iterdir()) == datasets_before, "nothing in between"
+    series = {point.key for batch in tasks.metrics(done.id) for point in batch.points}
+    assert {"train_loss", "test_loss", "accuracy", "batch_loss"} <= series
+
+    served = run_task(tasks, "serve_e2e", "mnist/mnist_serve.py", "models/mnist_e2e", "", {})
+    assert status_name(served) == "completed", served.error
+    test = lance.dataset(str(platform.home / "datasets/mnist_clean.lance")).to_table(
+        columns=["image", "label"], filter="split = 'test'", limit=200)
+    images = (test.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28) / 255).astype(
+        np.float32)
+    answers = [_predict(platform.inference.addr, images[i: i + 20], model="mnist_e2e") for i in range(0, 200, 20)]
+    assert {version for _, version in answers} == {"1"}
+    assert (np.concatenate([p for p, _ in answers]) == test.column("label").to_numpy()).mean() > 0.8
+
+
+def test_end_to_end_refuses_bad_files_before_any_work(cleaned, tasks, platform, tmp_path):
+    source = platform.home / "download/mnist"
+    images = gzip.decompress((source / "train-images-idx3-ubyte.gz").read_bytes())
+    cases = {  # how the training images are broken -> what the error says
+        "cut": (lambda raw: raw.joinpath("train-images-idx3-ubyte.gz").write_bytes(
+            (source / "train-images-idx3-ubyte.gz").read_bytes()[:50_000]),
+            "train-images-idx3-ubyte.gz: the header promises 4000 images"),
+        "short": (lambda raw: raw.joinpath("train-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(images[:-784])), "truncated or corrupt"),
+        "raw-short": (lambda raw: (raw.joinpath("train-images-idx3-ubyte.gz").unlink(),
+                                   raw.joinpath("train-images-idx3-ubyte").write_bytes(images[:-100])),
+                      "train-images-idx3-ubyte: the header promises 4000 images"),
+        "garbage": (lambda raw: raw.joinpath("train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all"),
+                    "train-images-idx3-ubyte.gz: cannot read the IDX header"),
+        "labels": (lambda raw: raw.joinpath("train-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(gzip.decompress((source / "train-labels-idx1-ubyte.gz").read_bytes())[:-10])),
+            "train-labels-idx1-ubyte.gz: the header promises 4000 labels"),
+    }
+    for case, (damage, words) in cases.items():
+        raw = tmp_path / case
+        raw.mkdir()
+        for f in source.glob("*.gz"):
+            (raw / f.name).write_bytes(f.read_bytes())
+        damage(raw)
+        done = run_task(tasks, f"e2e-{case}", "mnist/mnist_e2e.py", str(raw), "models/never_trained", {"epochs": 1})
+        assert status_name(done) == "failed" and done.error.type == "IdxError", (case, done.error)
+        assert words in done.error.message, (case, done.error.message)
+    done = run_task(tasks, "e2e-params", "mnist/mnist_e2e.py", "download", "models/never_trained", {"chunk_rows": 0})
+    assert status_name(done) == "failed" and "must be at least 1" in done.error.message
+    assert not (platform.home / "models/never_trained.lance").exists(), "a refused run writes nothing"

@@ -60,4 +60,5 @@ def test_level2_notebook_runs_several_trainings_on_ray(tmp_path):
     assert "2 RUNNING" in text and "served by 2 replicas:" in text
     assert text.count("final accuracy") == 2, "the runs compared through client.runs"
     assert "batch predictions: " in text and "rows, accuracy" in text
+    assert "mnist_e2e on Daft's ray runner: 800 images" in text
     assert launcher.read_state(home) is None

@@ -200,3 +200,16 @@ def test_batch_predictions_on_daft_s_ray_runner_inside_a_ray_job(tasks, project)
     assert result["runner"] == "ray" and result["rows"] == 2500 and result["accuracy"] > 0.5
     written = lance.dataset(str(project / ".ai_platform/datasets/mnist_predictions.lance"))
     assert written.count_rows() == 2500 and "correct" in written.schema.names
+
+
+def test_end_to_end_training_on_daft_s_ray_runner_inside_a_ray_job(tasks, project):
+    """After the chain test: the offline digits are in the download area. The script the local backend runs,
+    with the plan executed by Daft's Ray runner on the cluster the job runs on."""
+    task = tasks.submit("mnist_e2e", "mnist/mnist_e2e.py", "download", "models/mnist_e2e",
+                        {"ray_runner": True, "epochs": 1, "limit": 1500, "chunk_rows": 500, "window_rows": 1000})
+    done = tasks.wait(task.id, 300)
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task.id))[-3000:])
+    result = task_result(done)
+    assert result["runner"] == "ray" and result["train_images"] == 1500 and result["test_images"] == 1000
+    assert result["accuracy"] > 0.5 and result["model_version"] == 1
+    assert lance.dataset(str(project / ".ai_platform/models/mnist_e2e.lance")).count_rows() == 1
