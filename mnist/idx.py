@@ -91,17 +91,21 @@ def _holds(path: Path, size: int) -> bool:
         return struct.unpack("<I", raw.read(4))[0] == size % (1 << 32)
 
 
+def _header(path: Path, size: int, kind: str) -> bytes:
+    try:
+        with _stream(path) as stream:
+            header = stream.read(size)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise IdxError(f"{path.name}: cannot read the IDX header ({exc})") from None
+    if len(header) < size:
+        raise IdxError(f"{path.name}: too short for an IDX {kind} header ({len(header)} bytes)")
+    return header
+
+
 def image_count(path: Path) -> int:
     """How many images an image file holds, from its header, checked against the file's size without reading
     the pixels: a truncated or padded file is refused before any work starts."""
-    try:
-        with _stream(path) as stream:
-            header = stream.read(16)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise IdxError(f"{path.name}: cannot read the IDX header ({exc})") from None
-    if len(header) < 16:
-        raise IdxError(f"{path.name}: too short for an IDX image header ({len(header)} bytes)")
-    magic, count, rows, cols = struct.unpack(">IIII", header)
+    magic, count, rows, cols = struct.unpack(">IIII", _header(path, 16, "image"))
     if magic != IMAGE_MAGIC:
         raise IdxError(f"{path.name}: magic number {magic}, expected {IMAGE_MAGIC} for an IDX image file")
     if rows * cols != 784:
@@ -115,14 +119,7 @@ def image_count(path: Path) -> int:
 
 def label_count(path: Path) -> int:
     """How many labels a label file holds, checked like :func:`image_count`."""
-    try:
-        with _stream(path) as stream:
-            header = stream.read(8)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise IdxError(f"{path.name}: cannot read the IDX header ({exc})") from None
-    if len(header) < 8:
-        raise IdxError(f"{path.name}: too short for an IDX label header ({len(header)} bytes)")
-    magic, count = struct.unpack(">II", header)
+    magic, count = struct.unpack(">II", _header(path, 8, "label"))
     if magic != LABEL_MAGIC:
         raise IdxError(f"{path.name}: magic number {magic}, expected {LABEL_MAGIC} for an IDX label file")
     if not _holds(path, 8 + count):

@@ -56,6 +56,17 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, devic
     return correct / len(images), loss_sum / len(images)
 
 
+def end_epoch(epoch: int, epochs: int, train_loss: float, accuracy: float, test_loss: float, images: int,
+              seconds: float) -> dict:
+    """An epoch's figures, logged as curve points, printed and reported as progress."""
+    metrics = {"epoch": epoch + 1, "train_loss": train_loss, "accuracy": accuracy, "test_loss": test_loss,
+               "epoch_seconds": round(seconds, 2), "images_per_s": round(images / seconds)}
+    log_metrics({"train_loss": train_loss, "test_loss": test_loss, "accuracy": accuracy}, step=epoch + 1)
+    print(f"epoch {epoch + 1}/{epochs}: {metrics}", flush=True)
+    report_progress((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: accuracy {accuracy:.4f}", metrics)
+    return metrics
+
+
 def run(input_path: str, output_path: str, params: dict) -> dict:
     epochs = int(params.get("epochs", 3))
     batch_size = int(params.get("batch_size", 64))
@@ -109,14 +120,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         epoch_seconds = time.perf_counter() - epoch_started
         train_seconds += epoch_seconds
         accuracy, test_loss = evaluate(model, test_x, test_y, device)
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / len(train_x), "accuracy": accuracy,
-                   "test_loss": test_loss, "epoch_seconds": round(epoch_seconds, 2),
-                   "images_per_s": round(len(train_x) / epoch_seconds)}
-        history.append(metrics)
-        log_metrics({"train_loss": metrics["train_loss"], "test_loss": test_loss, "accuracy": accuracy},
-                    step=epoch + 1)
-        print(f"epoch {epoch + 1}/{epochs}: {metrics}", flush=True)
-        report_progress((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: accuracy {accuracy:.4f}", metrics)
+        history.append(end_epoch(epoch, epochs, loss_sum / len(train_x), accuracy, test_loss, len(train_x),
+                                 epoch_seconds))
 
     final = history[-1]
     labels = params.get("labels") or [str(i) for i in range(10)]

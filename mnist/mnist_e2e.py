@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
-from mnist_cnn import EVAL_BATCH  # noqa: E402
+from mnist_cnn import EVAL_BATCH, end_epoch  # noqa: E402
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
 from ai_platform.sdk import log_metrics, report_progress, save_model  # noqa: E402
@@ -256,13 +256,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         epoch_seconds = time.perf_counter() - epoch_started
         train_seconds += epoch_seconds
         accuracy, test_loss, test_images = evaluate(model, stream(spans["test"], chunk_rows, window_rows), device)
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "accuracy": accuracy, "test_loss": test_loss,
-                   "epoch_seconds": round(epoch_seconds, 2), "images_per_s": round(seen / epoch_seconds)}
-        history.append(metrics)
-        log_metrics({"train_loss": metrics["train_loss"], "test_loss": test_loss, "accuracy": accuracy},
-                    step=epoch + 1)
-        print(f"epoch {epoch + 1}/{epochs}: {metrics}", flush=True)
-        report_progress((epoch + 1) / epochs, f"epoch {epoch + 1}/{epochs}: accuracy {accuracy:.4f}", metrics)
+        history.append(end_epoch(epoch, epochs, loss_sum / seen, accuracy, test_loss, seen, epoch_seconds))
 
     final = history[-1]
     metrics = {"accuracy": final["accuracy"], "test_loss": final["test_loss"], "train_loss": final["train_loss"],
