@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -14,6 +15,7 @@ from fastapi.routing import APIRoute
 from google.protobuf import json_format
 
 from ai_platform.core.errors import PlatformError
+from ai_platform.core.names import NAME_PATTERN, NAME_RULE
 from ai_platform.core.views import ERRORS, PROTOCOL_ERRORS, PredictView
 from ai_platform.core.wire import (
     DATATYPES,
@@ -111,7 +113,7 @@ def _tensor_request(model: str, version: str, body: dict, binary: memoryview) ->
     return request
 
 
-def _answer(body: dict, response: pb.ModelInferResponse) -> Response:
+def _answer(body: dict, response: pb.ModelInferResponse) -> Answer:
     """The v2 response: outputs as JSON data, or, where asked (the binary tensor extension), as raw bytes after
     the JSON with ``parameters.binary_data_size`` and the Inference-Header-Content-Length header."""
     everything_binary = bool((body.get("parameters") or {}).get("binary_data_output"))
@@ -130,20 +132,21 @@ def _answer(body: dict, response: pb.ModelInferResponse) -> Response:
     header = orjson.dumps({"model_name": response.model_name, "model_version": response.model_version,
                            "id": response.id, "outputs": outputs})
     if not blobs:
-        return Response(header, media_type="application/json")
-    return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+        return Answer(header)
+    return Answer(header + b"".join(blobs), b"application/octet-stream",
+                  [(b"inference-header-content-length", str(len(header)).encode())])
 
 
-async def _infer(request: Request, model: TableName, version: str) -> Response:
-    raw = await request.body()
-    length = request.headers.get(BINARY_HEADER)
+async def _infer(state: Any, params: dict[str, str], headers: dict[bytes, bytes], raw: bytes) -> Answer:
+    """An inference request in the protocol's JSON (or JSON and binary tensors) through ModelInfer."""
+    length = headers.get(BINARY_HEADER.encode())
     if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > len(raw)):
-        raise invalid(f"{BINARY_HEADER} {length!r} is not a length within the body's {len(raw)} bytes")
+        raise invalid(f"{BINARY_HEADER} {length.decode(errors='replace')!r} is not a length within the body's "
+                      f"{len(raw)} bytes")
     split = int(length) if length is not None else len(raw)
     body = _parse_json(raw[:split])
-    upstreams = request.app.state.upstreams
-    grpc_request = _tensor_request(model, version, body, memoryview(raw)[split:])
+    upstreams = state.upstreams
+    grpc_request = _tensor_request(params["model"], params.get("version", ""), body, memoryview(raw)[split:])
     response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,
                                                                               timeout=upstreams.timeout_s), NOT_FOUND)
     return _answer(body, response)
@@ -258,16 +261,15 @@ INFER_BODY = {"requestBody": {"required": True, "content": {"application/json": 
         "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}}}}}}}
 
 
-@router.post("/v2/models/{model}/infer", tags=["inference"], responses=PROTOCOL_ERRORS, openapi_extra=INFER_BODY,
-             summary="Inference (Open Inference Protocol JSON)")
 async def infer(request: Request, model: TableName) -> Response:
-    return await _infer(request, model, "")
+    """Inference (Open Inference Protocol JSON); served by :class:`DirectRoute`, this is what the router would run."""
+    answer = await _infer(request.app.state, {"model": model}, dict(request.headers.raw), await request.body())
+    return answer.response()
 
 
-@router.post("/v2/models/{model}/versions/{version}/infer", tags=["inference"], responses=PROTOCOL_ERRORS,
-             openapi_extra=INFER_BODY, summary="Inference on one version")
 async def infer_version(request: Request, model: TableName, version: str) -> Response:
-    return await _infer(request, model, version)
+    return (await _infer(request.app.state, {"model": model, "version": version}, dict(request.headers.raw),
+                         await request.body())).response()
 
 
 @router.api_route("/v2/repository/index", methods=["GET", "POST"], tags=["inference"], responses=PROTOCOL_ERRORS,
@@ -325,11 +327,31 @@ async def _cached_metadata(state: Any, model: str) -> dict:
     return entry
 
 
+class Answer(NamedTuple):
+    """A direct route's response: body, content type and extra headers."""
+
+    body: bytes
+    content_type: bytes = b"application/json"
+    headers: list[tuple[bytes, bytes]] = []  # noqa: RUF012 - never mutated
+
+    def response(self) -> Response:
+        return Response(self.body, media_type=self.content_type.decode(),
+                        headers={k.decode(): v.decode() for k, v in self.headers})
+
+
+Handler = Callable[[Any, dict[str, str], dict[bytes, bytes], bytes], Awaitable[Answer]]
+
+
 class DirectRoute(APIRoute):
-    """A route documented like any other (path parameter, body, response model) that the gateway serves directly as
-    plain ASGI, ahead of FastAPI's routing, request wrapping, parameter solving and response validation (about half
-    of a request's time in the gateway). Used for predict, the web page's hot path; errors keep the platform's body.
-    """
+    """A route documented like any other (path parameters, body, response model) that the gateway serves directly
+    as plain ASGI, ahead of FastAPI's routing, request wrapping, parameter solving and response validation (about
+    half of a request's time in the gateway): the hot paths, predict and the protocol's infer. The checks FastAPI
+    would make are made here: no query parameters, names that follow the rule. Errors keep each route's body."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], *, handler: Handler, named: tuple[str, ...],
+                 query_hint: str = "", **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        self.handler, self.named, self.query_hint = handler, named, query_hint
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = []
@@ -341,14 +363,30 @@ class DirectRoute(APIRoute):
                     break
             if scope.get("query_string"):
                 raise invalid(f"unknown query parameter(s) in {scope['query_string'].decode(errors='replace')!r}; "
-                              f"predict takes none (the version goes in the body)")
-            body = await classify(scope["app"].state, scope["path_params"]["id"], b"".join(chunks))
+                              f"{self.name} takes none{self.query_hint}")
+            params = scope["path_params"]
+            for name in self.named:
+                if len(params[name]) > 128 or not NAME_PATTERN.fullmatch(params[name]):
+                    raise invalid(f"invalid {name} {params[name][:64]!r}: must be {NAME_RULE}")
+            answer = await self.handler(scope["app"].state, params, dict(scope["headers"]), b"".join(chunks))
         except ApiError as exc:
-            await send_error(send, exc.status, exc.code, exc.message)
+            await send_error(send, exc.status, exc.code, exc.message, path=scope["path"])
             return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+                    "headers": [(b"content-type", answer.content_type),
+                                (b"content-length", str(len(answer.body)).encode()), *answer.headers]})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+INFER_ROUTES = [
+    DirectRoute("/v2/models/{model}/infer", infer, handler=_infer, named=("model",), methods=["POST"],
+                tags=["inference"], responses=PROTOCOL_ERRORS, openapi_extra=INFER_BODY,
+                summary="Inference (Open Inference Protocol JSON)"),
+    DirectRoute("/v2/models/{model}/versions/{version}/infer", infer_version, handler=_infer, named=("model",),
+                methods=["POST"], tags=["inference"], responses=PROTOCOL_ERRORS, openapi_extra=INFER_BODY,
+                summary="Inference on one version"),
+]
+router.routes.extend(INFER_ROUTES)
 
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -363,17 +401,22 @@ PREDICT_FIELDS = {"image", "inputs", "version"}
 
 
 async def predict(request: Request, id: TableName) -> Response:
-    """Classify one sample: the seed's ``{"image": [784 floats]}`` or ``{"inputs": [...]}``.
-
-    The same ``classify`` as :meth:`DirectRoute.serve`, for a request that reaches FastAPI's router."""
+    """Classify one sample: the seed's ``{"image": [784 floats]}`` or ``{"inputs": [...]}``; served by
+    :class:`DirectRoute`, this is what the router would run."""
     return Response(await classify(request.app.state, id, await request.body()), media_type="application/json")
 
 
-PREDICT_ROUTE = DirectRoute("/api/v1/models/{id}/predict", predict, methods=["POST"], response_model=PredictView,
-                            responses=ERRORS, tags=["models"], openapi_extra=PREDICT_BODY,
+async def _predict(state: Any, params: dict[str, str], headers: dict[bytes, bytes], raw: bytes) -> Answer:
+    return Answer(await classify(state, params["id"], raw))
+
+
+PREDICT_ROUTE = DirectRoute("/api/v1/models/{id}/predict", predict, handler=_predict, named=("id",),
+                            query_hint=" (the version goes in the body)",
+                            methods=["POST"], response_model=PredictView, responses=ERRORS, tags=["models"],
+                            openapi_extra=PREDICT_BODY,
                             summary="Classify one sample: prediction, label, confidence, probabilities")
 router.routes.append(PREDICT_ROUTE)
-DIRECT_ROUTES = [PREDICT_ROUTE]
+DIRECT_ROUTES = [PREDICT_ROUTE, *INFER_ROUTES]
 
 
 async def classify(state: Any, id: str, raw: bytes) -> bytes:

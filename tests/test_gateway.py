@@ -290,6 +290,12 @@ def test_open_inference_protocol_rest(http, platform):
     short = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0]}]}
     assert "1 values for shape" in error_of(http.post("/v2/models/cnn/infer", json=short), 400, "INVALID_REQUEST")
     error_of(http.post("/v2/models/nope/infer", json=body), 404, "MODEL_NOT_FOUND")
+    # infer is served ahead of FastAPI's router (the hot path): the router's checks are made there too
+    assert "unknown query parameter(s) in 'verbose=1'; infer takes none" in error_of(
+        http.post("/v2/models/cnn/infer?verbose=1", json=body), 400, "")
+    assert "invalid model 'bad name!': must be" in error_of(
+        http.post("/v2/models/bad%20name!/versions/1/infer", json=body), 400, "")
+    assert "is not valid JSON" in error_of(http.post("/v2/models/cnn/infer", content=b"{nope"), 400, "")
 
 
 # -- tasks ----------------------------------------------------------------------------------------
