@@ -35,6 +35,7 @@ MIRRORS = [
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+FETCH_PARAMS = ("fetch", "mirrors", "checksums", "timeout_s")  # what locate() reads of a task's params
 
 
 class IdxError(ValueError):

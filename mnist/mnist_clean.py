@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
 
-from ai_platform.sdk import report_progress, storage_options  # noqa: E402
+from ai_platform.sdk import check_params, report_progress, storage_options  # noqa: E402
 
 SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
                    metadata={"source": "mnist_clean.py", "image_shape": "28,28"})
@@ -44,7 +44,11 @@ def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:
                     schema=SCHEMA)
 
 
+PARAMS = {"limit", *idx.FETCH_PARAMS}
+
+
 def run(input_path: str, output_path: str, params: dict) -> dict:
+    check_params(params, PARAMS, "mnist_clean.py")
     started = time.perf_counter()
     source_dir, source = idx.locate(input_path, params, lambda message: report_progress(0.05, message))
     limit = int(params.get("limit", 0))

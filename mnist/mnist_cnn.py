@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
-from ai_platform.sdk import log_metrics, open_dataset, report_progress, save_model  # noqa: E402
+from ai_platform.sdk import check_params, log_metrics, open_dataset, report_progress, save_model  # noqa: E402
 
+PARAMS = ("epochs", "learning_rate", "batch_size", "device", "seed", "limit", "augment", "labels", "log_every")
 EVAL_BATCH = 512  # images per forward pass when testing: 2,000 at once held 200 MB of activations at the peak
 
 def load_split(uri: str, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +69,7 @@ def end_epoch(epoch: int, epochs: int, train_loss: float, accuracy: float, test_
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
+    check_params(params, PARAMS, "mnist_cnn.py")
     epochs = int(params.get("epochs", 3))
     batch_size = int(params.get("batch_size", 64))
     learning_rate = float(params.get("learning_rate", 2e-3))

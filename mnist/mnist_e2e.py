@@ -36,10 +36,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
-from mnist_cnn import EVAL_BATCH, end_epoch  # noqa: E402
+from mnist_cnn import EVAL_BATCH, PARAMS, end_epoch  # noqa: E402
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
-from ai_platform.sdk import log_metrics, report_progress, save_model  # noqa: E402
+from ai_platform.sdk import check_params, log_metrics, report_progress, save_model  # noqa: E402
 
 ARROW_SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64())])
 
@@ -189,6 +189,8 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
 def run(input_path: str, output_path: str, params: dict) -> dict:
     import daft
 
+    check_params(params, {*PARAMS, "chunk_rows", "window_rows", "shuffle_buffer", "ray_runner", *idx.FETCH_PARAMS},
+                 "mnist_e2e.py")
     if not output_path:
         raise ValueError("mnist_e2e needs an output: the model table to write (e.g. models/mnist_e2e)")
     epochs = int(params.get("epochs", 3))

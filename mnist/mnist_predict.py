@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ai_platform.core.settings import ClientSettings  # noqa: E402
-from ai_platform.sdk import report_progress, storage_options  # noqa: E402
+from ai_platform.sdk import check_params, report_progress, storage_options  # noqa: E402
 from ai_platform.sdk.models import ModelRecord, load_program, read_model  # noqa: E402
 
 PIXELS = 784
@@ -77,6 +77,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     import daft
     from daft import DataType, col
 
+    check_params(params, ("model", "version", "image_column", "batch_size", "ray_runner"), "mnist_predict.py")
     if not params.get("model"):
         raise ValueError("mnist_predict needs params.model: the name of the model to predict with")
     if not output_path:

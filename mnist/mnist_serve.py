@@ -2,7 +2,8 @@
 
 Task: ``run(input_path, output_path, params)``.
 - input: the model table (e.g. ``models/mnist_cnn``).
-- params: ``max_batch_size``, ``max_queue_delay_us``, ``version`` (default: the newest).
+- params: ``version`` (default: the newest) and the load parameters (``max_batch_size``, ``max_queue_delay_us``;
+  on Ray Serve ``replicas``, ``num_cpus``, ...); one inference_svc does not know is refused.
 
 Returns the model's name, the version now serving, and where to call it.
 """
@@ -18,5 +19,4 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     if not input_path:
         raise ValueError("mnist_serve needs an input: the model table to serve (e.g. models/mnist_cnn)")
     name = Path(input_path.rstrip("/")).name.removesuffix(".lance")
-    options = {k: params[k] for k in ("max_batch_size", "max_queue_delay_us", "version") if k in params}
-    return deploy_model(name, **options)
+    return deploy_model(name, **params)  # inference_svc refuses a load parameter it does not know

@@ -289,4 +289,13 @@ def test_end_to_end_refuses_bad_files_before_any_work(cleaned, tasks, platform, 
         assert words in done.error.message, (case, done.error.message)
     done = run_task(tasks, "e2e-params", "mnist/mnist_e2e.py", "download", "models/never_trained", {"chunk_rows": 0})
     assert status_name(done) == "failed" and "must be at least 1" in done.error.message
+    for script, output in (("mnist_e2e.py", "models/never_trained"), ("mnist_cnn.py", "models/never_trained"),
+                           ("mnist_clean.py", "datasets/never_cleaned"),
+                           ("mnist_predict.py", "datasets/never_cleaned")):
+        done = run_task(tasks, "typo", f"mnist/{script}", "download", output, {"epoch": 2})
+        assert status_name(done) == "failed", (script, done.error)
+        assert f"{script} does not take the parameter(s) ['epoch']" in done.error.message, done.error.message
+    done = run_task(tasks, "serve-typo", "mnist/mnist_serve.py", "models/mnist_e2e", "", {"replica": 2})
+    assert status_name(done) == "failed" and "replica" in done.error.message, done.error
+    assert not (platform.home / "datasets/never_cleaned.lance").exists()
     assert not (platform.home / "models/never_trained.lance").exists(), "a refused run writes nothing"

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ai_platform.core.settings import ClientSettings, TaskSettings
@@ -68,6 +69,15 @@ def _lineage() -> dict[str, Any] | None:
             "script_sha256": digest, "params": spec.get("params") or {},
             "input": {"kind": kind.rstrip("s"), "name": name, "version": spec.get("input_version", 0)}
             if table else None}
+
+
+def check_params(params: dict[str, Any], known: Iterable[str], script: str) -> dict[str, Any]:
+    """``params`` when a script takes every one of them; otherwise a ValueError naming the unknown ones and the
+    known ones, before any work: a mistyped parameter is refused, never silently ignored."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{script} does not take the parameter(s) {unknown}; it takes {sorted(known)}")
+    return params
 
 
 def storage_options() -> dict[str, str] | None:
