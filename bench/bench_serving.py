@@ -116,19 +116,22 @@ def main(seconds: float) -> None:
     torch.jit.save(torch.jit.script(model), str(program))
 
     ports = {name: free_port() for name in ("storage", "scheduler", "inference", "gateway")}
-    echo, seed, ml_http, ml_grpc = (free_port() for _ in range(4))
+    echo, seed, ml_http, ml_grpc, grpc_gateway = (free_port() for _ in range(5))
     env = {**os.environ, "AIP_HOME": str(home), "PYTHONPATH": str(ROOT), "AIP_LOG_LEVEL": "warning",
+           "AIP_INFERENCE_SOCKET": str(work / "inference.sock"),  # as `aip up` runs them, on one host
            **{f"AIP_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}}
     bench_inference = str(ROOT / "bench" / "bench_inference.py")
     procs = [subprocess.Popen([sys.executable, "-m", module, "--metrics-addr", f"127.0.0.1:{free_port()}"],
                               env=env, cwd=work) for module in ("storage_svc", "inference_svc")]
     procs += [subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=work),
+              subprocess.Popen([sys.executable, "-m", "gateway", "--addr", f"127.0.0.1:{grpc_gateway}",
+                                "--inference-socket", ""], env=env, cwd=work),
               subprocess.Popen([sys.executable, bench_inference, "--role", "echo", "--port", str(echo)], env=env),
               subprocess.Popen([sys.executable, bench_inference, "--role", "fastapi", "--port", str(seed),
                                 "--target", model_uri], env=env)]
     try:
         procs.append(start_mlserver(work, program, ml_http, ml_grpc))
-        for port in (*ports.values(), echo, seed, ml_http, ml_grpc):
+        for port in (*ports.values(), echo, seed, ml_http, ml_grpc, grpc_gateway):
             if port != ports["scheduler"]:
                 try:
                     wait_port(port, 180)
@@ -149,6 +152,8 @@ def main(seconds: float) -> None:
                 "gRPC", lambda c, t: run_load("grpc", f"127.0.0.1:{ml_grpc}", c, t)),
             "ours, REST predict": ("REST", lambda c, t: wrk_load(f"{gateway}/api/v1/models/cnn/predict",
                                                               {"image": image}, c, t, work)),
+            "ours, REST predict, gRPC hop": ("REST", lambda c, t: wrk_load(
+                f"http://127.0.0.1:{grpc_gateway}/api/v1/models/cnn/predict", {"image": image}, c, t, work)),
             "ours, OIP REST": ("OIP REST", lambda c, t: wrk_load(f"{gateway}/v2/models/cnn/infer", oip, c, t, work)),
             f"MLServer {mlserver_version}, OIP REST": (
                 "OIP REST", lambda c, t: wrk_load(f"http://127.0.0.1:{ml_http}/v2/models/cnn/infer", oip, c, t,

@@ -145,10 +145,8 @@ async def _infer(state: Any, params: dict[str, str], headers: dict[bytes, bytes]
                       f"{len(raw)} bytes")
     split = int(length) if length is not None else len(raw)
     body = _parse_json(raw[:split])
-    upstreams = state.upstreams
     grpc_request = _tensor_request(params["model"], params.get("version", ""), body, memoryview(raw)[split:])
-    response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,
-                                                                              timeout=upstreams.timeout_s), NOT_FOUND)
+    response = await state.upstreams.model_infer(grpc_request, NOT_FOUND)
     return _answer(body, response)
 
 
@@ -447,9 +445,7 @@ async def classify(state: Any, id: str, raw: bytes) -> bytes:
     grpc_request = pb.ModelInferRequest(model_name=id, model_version=str(version),
                                         raw_input_contents=[array.reshape(shape).tobytes()])
     grpc_request.inputs.add(name=spec["name"], datatype="FP32", shape=shape)
-    upstreams = state.upstreams
-    response = await upstreams.call("inference", upstreams.inference.ModelInfer(grpc_request,
-                                                                              timeout=upstreams.timeout_s), NOT_FOUND)
+    response = await state.upstreams.model_infer(grpc_request, NOT_FOUND)
     scores = np.frombuffer(response.raw_output_contents[0], np.float32).astype(np.float64)
     if not np.isfinite(scores).all():
         raise invalid(f"the model's scores for this sample are not finite: its values (largest "

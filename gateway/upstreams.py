@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -10,9 +11,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ai_platform.core.errors import PlatformError
+from ai_platform.core.infer_socket import InferSocketClient
 from ai_platform.core.settings import MODULES, GatewaySettings
 from ai_platform.core.wire import HEALTH_TIMEOUT_S, Peer
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from gateway.errors import from_platform
 
@@ -28,11 +31,24 @@ class Upstreams:
         self.storage = storage_pb2_grpc.StorageServiceStub(self.peers["storage"].channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.peers["scheduler"].channel)
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.peers["inference"].channel)
+        self.infer_socket = (InferSocketClient(settings.inference_socket, settings.token, settings.max_message_bytes)
+                             if settings.inference_socket else None)
 
     async def call(self, service: str, pending: Awaitable[T], not_found: str = "NOT_FOUND") -> T:
         """Await a gRPC call to ``service``; its failure becomes the matching ApiError (``not_found``: the 404 code)."""
         try:
             return await self.peers[service].call(pending)
+        except PlatformError as exc:
+            raise from_platform(exc, not_found) from None
+
+    async def model_infer(self, request: pb.ModelInferRequest, not_found: str) -> pb.ModelInferResponse:
+        """ModelInfer over inference's Unix socket when it has one on this host (about 0.4 ms less per call), else
+        over gRPC; a socket that cannot be reached is passed over for a second."""
+        try:
+            if self.infer_socket is not None and self.infer_socket.usable:
+                with contextlib.suppress(ConnectionError):  # nothing was sent: gRPC takes the call
+                    return await self.infer_socket.infer(request, self.timeout_s)
+            return await self.peers["inference"].call(self.inference.ModelInfer(request, timeout=self.timeout_s))
         except PlatformError as exc:
             raise from_platform(exc, not_found) from None
 
@@ -51,3 +67,5 @@ class Upstreams:
 
     async def close(self) -> None:
         await asyncio.gather(*(peer.close() for peer in self.peers.values()))
+        if self.infer_socket is not None:
+            await self.infer_socket.close()

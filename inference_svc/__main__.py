@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ai_platform.core.infer_socket import InferSocketServer
 from ai_platform.core.logs import setup_logging
 from ai_platform.core.server import Servicer, serve
 from ai_platform.core.settings import InferenceSettings
@@ -34,12 +35,17 @@ def main(argv: list[str] | None = None) -> None:
         else:
             serving = LocalServing()
         repository = ModelRepository(settings, device, batching, serving)
+        implementation = InferenceServicer(DataPlane(repository))
         servicer = Servicer(
-            InferenceServicer(DataPlane(repository)),
+            implementation,
             grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
             grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
         )
-        await serve(settings, [servicer], on_shutdown=repository.close)
+        side_servers = []
+        if settings.inference_socket:  # the gateway's hop when it runs on this host
+            side_servers.append(InferSocketServer(settings.inference_socket, implementation.infer, settings.token,
+                                                  settings.max_message_bytes))
+        await serve(settings, [servicer], on_shutdown=repository.close, side_servers=side_servers)
 
     asyncio.run(run())
 

@@ -154,9 +154,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self.infer(request)
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """ModelInfer's logic, shared by gRPC, the stream and the Unix socket (ai_platform.core.infer_socket)."""
         inputs, raw = decode_inputs(request)
         requested = [o.name for o in request.outputs]
         model, outputs = await self.dataplane.infer(request.model_name, request.model_version, inputs, requested)
@@ -166,7 +167,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests are served concurrently (so they batch); each answer or error comes as it is ready."""
-        async for request, answer in self.dataplane.infer_stream(request_iterator, self._infer):
+        async for request, answer in self.dataplane.infer_stream(request_iterator, self.infer):
             if isinstance(answer, pb.ModelInferResponse):
                 yield pb.ModelStreamInferResponse(infer_response=answer)
             else:

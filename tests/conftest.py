@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ai_platform.cli.launcher import inference_socket_path
+from ai_platform.core import infer_socket
 from ai_platform.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +149,8 @@ class Platform:
 def start_platform(project: Path, gateway_env: dict[str, str] | None = None) -> Platform:
     home = project / ".ai_platform"
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
-    env = {f"AIP_{name.upper()}_ADDR": addr for name, addr in addrs.items()}
+    env = {**{f"AIP_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
+           "AIP_INFERENCE_SOCKET": inference_socket_path(home.resolve())}
     started: list[ServiceProcess] = []
     try:
         for module, name, extra in (("storage_svc", "storage", {}), ("scheduler_svc", "scheduler", {}),
@@ -157,3 +162,27 @@ def start_platform(project: Path, gateway_env: dict[str, str] | None = None) -> 
             service.stop()
         raise
     return Platform(project, home, *started)
+
+
+def socket_exchange(path: str, *frames: tuple[int, int, bytes] | bytes) -> list[tuple[int, int, bytes]]:
+    """Send frames (or raw bytes) on a fresh connection; every frame the server sends back until it has answered
+    each CALL, or has answered on call 0 (and closed the connection)."""
+    calls = sum(not isinstance(f, bytes) and f[0] == infer_socket.CALL for f in frames)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(30)
+        conn.connect(path)
+        conn.sendall(b"".join(f if isinstance(f, bytes) else infer_socket.HEADER.pack(f[0], f[1], len(f[2])) + f[2]
+                              for f in frames))
+        received, parser = [], infer_socket.FrameReader(64 << 20)
+        while len([f for f in received if f[1]]) < calls or (not calls and not received):
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            received += parser.feed(data)
+        return received
+
+
+def socket_error(frame: tuple[int, int, bytes]) -> tuple[str, str]:
+    assert frame[0] == infer_socket.ERROR, frame
+    body = json.loads(frame[2])
+    return body["code"], body["message"]

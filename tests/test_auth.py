@@ -20,12 +20,13 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ai_platform.client import Client
+from ai_platform.core import infer_socket
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc, storage_pb2, storage_pb2_grpc
 from ai_platform.protos.inference import grpc_service_pb2 as inference_pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
-from tests.conftest import ROOT, ServiceProcess, free_port
+from tests.conftest import ROOT, ServiceProcess, free_port, socket_error, socket_exchange
 from tests.task_scripts import write_scripts
 
 TOKEN = "t0ken-for-tests"
@@ -39,7 +40,8 @@ def platform(tmp_path_factory):
     torch.manual_seed(0)
     save_model(MnistCNN().eval(), str(home / "models/cnn.lance"), torch.zeros(1, 1, 28, 28), labels=list(range(10)))
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
-    env = {"AIP_TOKEN": TOKEN, **{f"AIP_{n.upper()}_ADDR": a for n, a in addrs.items()}}
+    env = {"AIP_TOKEN": TOKEN, "AIP_INFERENCE_SOCKET": str(home / "run" / "inference.sock"),
+           **{f"AIP_{n.upper()}_ADDR": a for n, a in addrs.items()}}
     started = []
     try:
         for module, name in (("storage_svc", "storage"), ("scheduler_svc", "scheduler"),
@@ -167,6 +169,26 @@ def test_metrics_are_open_unless_they_have_a_token_of_their_own(platform):
         assert b"aip_grpc_requests_total" in response.read()
     with httpx.Client(base_url=f"http://{platform['gateway'].addr}", timeout=30) as http:
         assert http.get("/metrics").status_code == 200  # the gateway's, with no metrics token: open
+
+
+def test_the_inference_socket_wants_the_token_once_per_connection(platform):
+    path = platform["env"]["AIP_INFERENCE_SOCKET"]
+    call = (infer_socket.CALL, 1, inference_pb.ModelInferRequest(model_name="cnn").SerializeToString())
+    for hello in (b"", b"wrong", f"Bearer {TOKEN}".encode()):
+        frames = socket_exchange(path, (infer_socket.HELLO, 0, hello), call)
+        assert len(frames) == 1 and frames[0][1] == 0, frames
+        code, message = socket_error(frames[0])
+        assert code == "UNAUTHENTICATED" and "token" in message
+    frames = socket_exchange(path, (infer_socket.HELLO, 0, TOKEN.encode()), call)
+    assert frames[0][1] == 1 and socket_error(frames[0]) == ("INVALID_ARGUMENT", "the request has no inputs")
+    # The gateway's predict goes over the socket with the token.
+    url = f"http://{platform['gateway'].addr}"
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        assert http.post("/api/v1/models/cnn/predict", json={"image": [0.0] * 784}).status_code == 200
+    request = urllib.request.Request(f"http://{platform['inference'].metrics_addr}/metrics",
+                                     headers={"Authorization": "Bearer m3trics"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert b'aip_socket_requests_total{code="OK",method="ModelInfer"}' in response.read()
 
 
 def test_unknown_fields_are_refused_over_grpc_and_rest(platform):

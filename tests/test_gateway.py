@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import time
+import urllib.request
 
 import httpx
 import numpy as np
@@ -298,6 +300,22 @@ def test_open_inference_protocol_rest(http, platform):
     assert "is not valid JSON" in error_of(http.post("/v2/models/cnn/infer", content=b"{nope"), 400, "")
 
 
+def socket_calls(platform) -> int:
+    """ModelInfer calls inference has answered over its Unix socket."""
+    metrics = urllib.request.urlopen(f"http://{platform.inference.metrics_addr}/metrics", timeout=10).read().decode()
+    found = re.search(r'aip_socket_requests_total\{code="OK",method="ModelInfer"\} ([\d.]+)', metrics)
+    return int(float(found.group(1))) if found else 0
+
+
+def test_predict_and_infer_reach_inference_over_its_socket(http, platform):
+    before = socket_calls(platform)
+    image = np.random.default_rng(5).random(784).astype(np.float32).tolist()
+    assert http.post("/api/v1/models/cnn/predict", json={"image": image}).status_code == 200
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": image}]}
+    assert http.post("/v2/models/cnn/infer", json=body).status_code == 200
+    assert socket_calls(platform) == before + 2
+
+
 # -- tasks ----------------------------------------------------------------------------------------
 
 def wait_task(http, task_id: str, timeout: float = 60) -> dict:
@@ -454,6 +472,10 @@ def test_a_backend_killed_mid_test_is_503_naming_it_and_recovers(http, platform)
     inference.proc.wait(10)
     message = error_of(http.get("/v2/health/live"), 503, "SERVICE_UNAVAILABLE")
     assert "inference_svc" in message and inference.addr in message
+    image = {"image": [0.0] * 784}
+    for _ in range(2):  # the socket is gone with the process: gRPC is tried, and says who is down
+        message = error_of(http.post("/api/v1/models/cnn/predict", json=image), 503, "SERVICE_UNAVAILABLE")
+        assert "inference_svc" in message and inference.addr in message
     health = http.get("/healthz").json()
     assert health["status"] == "degraded" and not health["services"]["inference"]["healthy"]
     assert http.get("/api/v1/datasets").status_code == 200, "the rest keeps serving"
@@ -464,18 +486,26 @@ def test_a_backend_killed_mid_test_is_503_naming_it_and_recovers(http, platform)
         time.sleep(0.2)
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/healthz").json()["status"] == "ok"
+    time.sleep(1.1)  # the socket is tried again a second after it failed to connect
+    before = socket_calls(platform)
+    assert http.post("/api/v1/models/cnn/predict", json=image).status_code == 200
+    assert socket_calls(platform) == before + 1, "the gateway is back on the new process's socket"
 
 
 def test_token_guards_everything_but_health_and_the_page(platform):
     gateway = ServiceProcess("gateway", platform.home, env={
         "AIP_TOKEN": "s3cret", "AIP_STORAGE_ADDR": platform.storage.addr,
-        "AIP_SCHEDULER_ADDR": platform.scheduler.addr, "AIP_INFERENCE_ADDR": platform.inference.addr},
+        "AIP_SCHEDULER_ADDR": platform.scheduler.addr, "AIP_INFERENCE_ADDR": platform.inference.addr,
+        "AIP_INFERENCE_SOCKET": str(platform.home / "run" / "nothing-here.sock")},
         cwd=platform.project).start()
     try:
         with httpx.Client(base_url=f"http://{gateway.addr}", timeout=30) as client:
             error_of(client.get("/api/v1/datasets"), 401, "UNAUTHORIZED")
             error_of(client.get("/api/v1/datasets", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
             assert client.get("/api/v1/datasets", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+            # No socket where it was said to be: predict goes over gRPC (inference has no token in this module)
+            assert client.post("/api/v1/models/cnn/predict", json={"image": [0.0] * 784},
+                               headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert client.get("/healthz").status_code == 200
             assert client.get("/").status_code == 200 and client.get("/digits.js").status_code == 200
             error_of(client.get("/v2/health/live"), 401, "UNAUTHORIZED")

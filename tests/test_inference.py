@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 import lance
@@ -16,12 +20,14 @@ import pyarrow as pa
 import pytest
 import torch
 
+from ai_platform.core import infer_socket
+from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError
 from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from ai_platform.sdk.models import load_model, save_model
 from mnist.model import MnistCNN
-from tests.conftest import ROOT, ServiceProcess
+from tests.conftest import ROOT, ServiceProcess, socket_error, socket_exchange
 
 
 def cnn(seed: int) -> MnistCNN:
@@ -59,7 +65,9 @@ def lake(lake_home):
 @pytest.fixture(scope="module")
 def services(lake_home, lake, storage_service):
     inference = ServiceProcess("inference_svc", lake_home, ["--storage-addr", storage_service.addr,
-                                                            "--max-message-mb", "1"]).start(timeout=60)
+                                                            "--max-message-mb", "1", "--inference-socket",
+                                                            str(lake_home.parent / "run" / "inference.sock")])
+    inference.start(timeout=60)
     yield inference
     inference.stop()
 
@@ -413,6 +421,92 @@ def test_requests_over_the_message_limit_are_resource_exhausted(stub):
 def test_unimplemented_rpcs_say_so(stub):
     error = rpc_error(lambda: stub.CudaSharedMemoryStatus(pb.CudaSharedMemoryStatusRequest()))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- the Unix socket (the gateway's hop on one host) ------------------------------------------
+
+def socket_path(services: ServiceProcess) -> str:
+    return str(services.home.parent / "run" / "inference.sock")
+
+
+def test_the_socket_answers_as_grpc_does(services, stub, lake):
+    path = socket_path(services)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, "only this user may connect"
+
+    async def calls() -> list:
+        client = infer_socket.InferSocketClient(path, "", 1 << 20)
+        try:
+            # Concurrent calls share the connection (and batch together); each gets its own rows back.
+            answers = await asyncio.gather(*(client.infer(raw_request("cnn", images(1 + i % 3, seed=i)), 30)
+                                             for i in range(24)))
+            failures = []
+            for request in (raw_request("nope", images(1)), raw_request("cnn", images(1), name="pixels")):
+                with pytest.raises(PlatformError) as caught:
+                    await client.infer(request, 30)
+                failures.append(caught.value)
+            return [answers, failures]
+        finally:
+            await client.close()
+
+    answers, (missing, wrong) = asyncio.run(calls())
+    for i, answer in enumerate(answers):
+        x = images(1 + i % 3, seed=i)
+        over_grpc = stub.ModelInfer(raw_request("cnn", x))
+        assert answer.id == "req" and answer.model_version == over_grpc.model_version
+        np.testing.assert_allclose(raw_output(answer), raw_output(over_grpc), atol=1e-5)  # batched or not
+    grpc_missing = rpc_error(lambda: stub.ModelInfer(raw_request("nope", images(1))))
+    assert isinstance(missing, NotFound) and missing.message == grpc_missing.details()
+    assert isinstance(wrong, InvalidArgument) and "unknown input 'pixels'" in wrong.message
+    metrics = urllib.request.urlopen(f"http://{services.metrics_addr}/metrics", timeout=10).read().decode()
+    assert 'aip_socket_requests_total{code="OK",method="ModelInfer"} 24.0' in metrics
+    assert 'aip_socket_requests_total{code="NOT_FOUND",method="ModelInfer"}' in metrics
+
+
+def test_the_socket_refuses_bad_frames_precisely(services):
+    path = socket_path(services)
+    hello = (infer_socket.HELLO, 0, b"")
+    good = raw_request("cnn", images(1)).SerializeToString()
+    unknown_field = good + b"\xf8\x06\x01"  # field 111, varint 1: not in ModelInferRequest
+    # A malformed or unknown-field request gets its own error; the connection goes on serving.
+    frames = socket_exchange(path, hello, (infer_socket.CALL, 1, b"\xff\xff\xff"),
+                             (infer_socket.CALL, 2, unknown_field), (infer_socket.CALL, 3, good))
+    by_call = {call: (kind, payload) for kind, call, payload in frames}
+    assert socket_error((by_call[1][0], 1, by_call[1][1]))[0] == "INVALID_ARGUMENT"
+    assert "not a ModelInferRequest" in socket_error((by_call[1][0], 1, by_call[1][1]))[1]
+    code, message = socket_error((by_call[2][0], 2, by_call[2][1]))
+    assert code == "INVALID_ARGUMENT" and "field number(s) [111]" in message
+    assert by_call[3][0] == infer_socket.REPLY and pb.ModelInferResponse.FromString(by_call[3][1]).outputs
+    # What breaks the framing itself is answered on call 0 and ends the connection.
+    for frames, words in [([(infer_socket.CALL, 1, good)], "starts with HELLO"),
+                          ([hello, (9, 1, b"")], "unknown frame kind 9"),
+                          ([hello, infer_socket.HEADER.pack(infer_socket.CALL, 1, 2 << 20)],
+                           "a frame of 2097152 bytes is over the 1048576 byte limit")]:
+        answer = socket_exchange(path, *frames)
+        assert len(answer) == 1 and answer[0][1] == 0, (words, answer)
+        code, message = socket_error(answer[0])
+        assert words in message and code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"), message
+
+
+def test_a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced(services, lake_home, storage_service, tmp_path):
+    taken = ServiceProcess("inference_svc", lake_home, ["--storage-addr", storage_service.addr, "--inference-socket",
+                                                        socket_path(services)])
+    try:
+        with pytest.raises(RuntimeError, match="another server is listening on"):
+            taken.start(timeout=60)
+    finally:
+        taken.stop()
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as left_behind:  # a socket file whose server died
+        left_behind.bind(str(stale))
+    second = ServiceProcess("inference_svc", lake_home, ["--storage-addr", storage_service.addr,
+                                                         "--inference-socket", str(stale)]).start(timeout=60)
+    try:
+        frames = socket_exchange(str(stale), (infer_socket.HELLO, 0, b""),
+                          (infer_socket.CALL, 7, raw_request("cnn", images(1)).SerializeToString()))
+        assert [(kind, call) for kind, call, _ in frames] == [(infer_socket.REPLY, 7)]
+    finally:
+        assert second.stop() == 0
+    assert not stale.exists(), "the socket file goes with its server"
 
 
 # -- the SDK ---------------------------------------------------------------------------------

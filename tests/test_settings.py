@@ -11,10 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ai_platform.cli.launcher import inference_socket_path
 from ai_platform.core import settings as settings_module
 from ai_platform.core.errors import Internal, InvalidArgument, NotFound, PlatformError, Unavailable
 from ai_platform.core.settings import (
     SERVICE_SETTINGS,
+    SUN_PATH_MAX,
     ClientSettings,
     SchedulerSettings,
     SettingsError,
@@ -113,6 +115,8 @@ def test_help_lists_every_setting_of_the_service(module):
     ("inference_svc", "AIP_DEVICE", "tpu", "AIP_DEVICE must be one of auto, cpu, cuda"),
     ("gateway", "AIP_GATEWAY_ADDR", "localhost", "AIP_GATEWAY_ADDR must be HOST:PORT"),
     ("gateway", "AIP_BODY_LIMIT_MB", "-1", "AIP_BODY_LIMIT_MB must be a finite number >= 0"),
+    ("inference_svc", "AIP_INFERENCE_SOCKET", "/tmp/" + "s" * 120,
+     "AIP_INFERENCE_SOCKET is 125 bytes long; a Unix socket's path takes at most 107"),
 ])
 def test_a_bad_value_names_the_variable_and_starts_nothing(tmp_path, module, variable, value, says):
     home = tmp_path / "home"
@@ -179,3 +183,11 @@ def test_one_datatype_table_for_numpy_typed_contents_and_model_config():
         assert np.dtype(kind.numpy).name == kind.numpy
         assert model_config_pb2.DataType.Name(kind.config_type) == f"TYPE_{name}"
     assert DATATYPES["FP16"].contents_field is None  # Triton carries FP16 only as raw bytes
+
+
+def test_aip_up_puts_the_inference_socket_under_the_home_unless_the_path_is_too_long(tmp_path):
+    assert inference_socket_path(tmp_path) == str(tmp_path / "run" / "inference.sock")
+    deep = tmp_path / ("d" * 100)
+    path = inference_socket_path(deep)
+    assert path.startswith("/tmp/aip-") and len(path.encode()) <= SUN_PATH_MAX
+    assert path == inference_socket_path(deep) != inference_socket_path(tmp_path / ("e" * 100)), "one per home"

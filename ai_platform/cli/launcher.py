@@ -7,6 +7,7 @@ ends exactly the processes ``aip up`` started.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from ai_platform.core.ports import bindable
 from ai_platform.core.settings import MODULES as SERVICES
 from ai_platform.core.settings import (
     REPO_ROOT,
+    SUN_PATH_MAX,
     ClientSettings,
     child_environment,
     default_addrs,
@@ -118,6 +120,15 @@ def _stop_pids(pids: dict[str, int], grace_s: float = 15.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def inference_socket_path(home: Path) -> str:
+    """Where inference serves the gateway's ModelInfer calls on this host: under the home, or, when that path is
+    too long for a Unix socket, in a private directory under /tmp named after the home."""
+    path = home / "run" / "inference.sock"
+    if len(os.fsencode(str(path))) <= SUN_PATH_MAX:
+        return str(path)
+    return f"/tmp/aip-{os.getuid()}-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}/inference.sock"
+
+
 def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None, level: int = 1,
        ray_address: str | None = None, cwd: Path | None = None, timeout_s: float = 90,
        lake: str = "") -> PlatformState:
@@ -152,6 +163,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
     env = child_environment({**state.env(), "AIP_SCRIPT_ROOTS": os.pathsep.join(script_roots)})
     if lake:
         env["AIP_STATE_DIR"] = str(home)
+    env.setdefault("AIP_INFERENCE_SOCKET", inference_socket_path(home))
     try:
         if level >= 2:
             env["AIP_BACKEND"] = "ray"

@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -158,6 +158,14 @@ def _start_metrics_server(host: str, port: int, token: str) -> Any:
     return server
 
 
+class SideServer(Protocol):
+    """Another listener a service runs beside its gRPC server (inference's Unix socket), started and drained with it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
 @dataclass
 class Servicer:
     """One gRPC service to offer: the implementation, the generated ``add_*_to_server`` and its descriptor."""
@@ -171,8 +179,10 @@ async def serve(
     settings: ServiceSettings,
     servicers: Sequence[Servicer],
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    side_servers: Sequence[SideServer] = (),
 ) -> None:
-    """Run a gRPC service until SIGTERM/SIGINT, then drain in-flight calls for ``settings.grace_s``."""
+    """Run a gRPC service (and ``side_servers``) until SIGTERM/SIGINT, then drain in-flight calls for
+    ``settings.grace_s``."""
     service, addr = settings.service, settings.own_addr()
     server = grpc.aio.server(options=server_options(settings.max_message_bytes))
     for entry in servicers:
@@ -198,6 +208,13 @@ async def serve(
         raise SystemExit(f"{service}: cannot bind metrics address {metrics_addr}: {exc}") from exc
 
     await server.start()
+    for side in side_servers:
+        try:
+            await side.start()
+        except OSError as exc:
+            await server.stop(0)
+            metrics_server.shutdown()
+            raise SystemExit(f"{service}: {exc}") from exc
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s listening", service, extra={"addr": addr, "metrics": f"http://{metrics_addr}/metrics"})
@@ -210,7 +227,7 @@ async def serve(
 
     log.info("%s shutting down, draining for up to %.1fs", service, settings.grace_s)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.grace_s)
+    await asyncio.gather(server.stop(settings.grace_s), *(side.stop(settings.grace_s) for side in side_servers))
     if on_shutdown is not None:
         await on_shutdown()
     metrics_server.shutdown()

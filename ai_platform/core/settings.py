@@ -80,6 +80,16 @@ def optional_address(value: str) -> str:
     return address(value) if value else ""
 
 
+SUN_PATH_MAX = 107  # bytes in a Unix socket's path (Linux sun_path, less the terminating NUL)
+
+
+def socket_path(value: str) -> str:
+    size = len(os.fsencode(value))
+    if size > SUN_PATH_MAX:
+        raise ValueError(f"is {size} bytes long; a Unix socket's path takes at most {SUN_PATH_MAX}, got {value!r}")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value.lower() not in choices:
@@ -309,6 +319,11 @@ def _script_roots_setting(factory: Callable[[], list[str]]) -> Any:
                    factory=factory, shown="the start directory")
 
 
+def _inference_socket_setting() -> Any:
+    return setting("", "Unix socket on which inference also serves ModelInfer, for a gateway on the same host (the "
+                       "same messages and checks as gRPC, less per-call cost); `aip up` sets it", parse=socket_path)
+
+
 def state_dir_for(state_dir: str, home: str) -> Path:
     """Where the platform's own state lives: AIP_STATE_DIR, else the home when it is a directory."""
     return Path(state_dir or (home if "://" not in home else DEFAULT_HOME)).expanduser().resolve()
@@ -370,6 +385,7 @@ class InferenceSettings(ServiceSettings):
                                       parse=non_negative_number)
     replica_num_gpus: float = setting(0.0, "serving=ray: default GPUs each replica holds",
                                       parse=non_negative_number)
+    inference_socket: str = _inference_socket_setting()
 
 
 @dataclass
@@ -382,6 +398,7 @@ class GatewaySettings(ServiceSettings):
     gateway_timeout_s: float = setting(30.0, "deadline of each call to a backend service", parse=positive_number)
     cors_origins: list[str] = setting(doc="comma-separated origins allowed by CORS", parse=comma_list,
                                       factory=list, shown="localhost on any port")
+    inference_socket: str = _inference_socket_setting()
 
 
 @dataclass

@@ -86,7 +86,12 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> PlatformError:
     meaning and the peer's message; anything else (INTERNAL, UNKNOWN, ...) is the peer's internal failure.
     """
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if hasattr(exc, "details") else "") or code.name
+    return error_from_status(code, exc.details() if hasattr(exc, "details") else "", peer)
+
+
+def error_from_status(code: grpc.StatusCode, details: str, peer: str) -> PlatformError:
+    """A peer's status and message as a platform error (see :func:`error_from_rpc`)."""
+    details = details or code.name
     if code in _PEER_DOWN:
         return Unavailable(f"{peer} is unavailable: {details}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
