@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ai_platform.core import infer_socket
-from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError
+from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError, Unavailable
 from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
@@ -507,6 +507,34 @@ def test_a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced(services, l
     finally:
         assert second.stop() == 0
     assert not stale.exists(), "the socket file goes with its server"
+
+
+def test_a_stopping_socket_finishes_calls_in_flight_and_refuses_new_ones(tmp_path):
+    path = str(tmp_path / "run" / "stopping.sock")
+    release = asyncio.Event()
+
+    async def slow(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        await release.wait()
+        return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+
+    async def scenario() -> tuple:
+        server = infer_socket.InferSocketServer(path, slow, "", 1 << 20)
+        await server.start()
+        client = infer_socket.InferSocketClient(path, "", 1 << 20)
+        first = asyncio.ensure_future(client.infer(pb.ModelInferRequest(model_name="m", id="1"), 30))
+        await asyncio.sleep(0.1)
+        stopping = asyncio.ensure_future(server.stop(30))
+        await asyncio.sleep(0.1)
+        with pytest.raises(Unavailable, match="shutting down"):
+            await client.infer(pb.ModelInferRequest(model_name="m", id="2"), 30)
+        release.set()
+        answer = await first
+        await stopping
+        await client.close()
+        return answer, os.path.exists(path)
+
+    answer, left = asyncio.run(scenario())
+    assert answer.id == "1" and not left
 
 
 # -- the SDK ---------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ class InferSocketServer:
         self.max_message_bytes = max_message_bytes
         self.server: asyncio.AbstractServer | None = None
         self.in_flight: set[asyncio.Task] = set()
+        self.stopping = False  # calls that arrive now are refused (UNAVAILABLE); those in flight finish
 
     async def start(self) -> None:
         """Listen at ``path`` (its directory made private to this user); a live server already there is an error,
@@ -161,6 +162,10 @@ class InferSocketServer:
             os.umask(old_umask)
 
     def start_call(self, connection: _ServerConnection, call: int, payload: bytes) -> None:
+        if self.stopping:
+            SOCKET_METRICS.observe(("ModelInfer", "UNAVAILABLE"), 0.0)
+            connection.send(_error_frame(call, Unavailable("inference_svc is shutting down")))
+            return
         task = asyncio.get_running_loop().create_task(self._serve(connection, call, payload))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
@@ -185,6 +190,7 @@ class InferSocketServer:
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, give calls in flight ``grace_s`` to finish, remove the socket file."""
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         if self.in_flight:
