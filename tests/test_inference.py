@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ai_platform.core import infer_socket
-from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError, Unavailable
+from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError, ResourceExhausted, Unavailable
 from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
@@ -535,6 +535,27 @@ def test_a_stopping_socket_finishes_calls_in_flight_and_refuses_new_ones(tmp_pat
 
     answer, left = asyncio.run(scenario())
     assert answer.id == "1" and not left
+
+
+def test_a_response_over_the_message_limit_is_refused_and_the_connection_stays(tmp_path):
+    path = str(tmp_path / "big.sock")
+
+    async def echo_size(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        return pb.ModelInferResponse(id=request.id, raw_output_contents=[bytes(int(request.id))])
+
+    async def scenario() -> tuple:
+        server = infer_socket.InferSocketServer(path, echo_size, "", 1 << 20)
+        await server.start()
+        client = infer_socket.InferSocketClient(path, "", 1 << 20)
+        try:
+            with pytest.raises(ResourceExhausted, match="over the 1048576 byte message limit"):
+                await client.infer(pb.ModelInferRequest(id=str(2 << 20)), 30)
+            return (await client.infer(pb.ModelInferRequest(id="10"), 30)).raw_output_contents[0]
+        finally:
+            await client.close()
+            await server.stop(1)
+
+    assert asyncio.run(scenario()) == bytes(10)
 
 
 # -- the SDK ---------------------------------------------------------------------------------

@@ -178,7 +178,11 @@ class InferSocketServer:
             except DecodeError as exc:
                 raise InvalidArgument(f"the CALL frame is not a ModelInferRequest: {exc}") from None
             refuse_unknown_fields(request, deep=False)
-            frame = _frame(REPLY, call, (await self.handler(request)).SerializeToString())
+            reply = (await self.handler(request)).SerializeToString()
+            if len(reply) > self.max_message_bytes:
+                raise ResourceExhausted(f"the response is {len(reply)} bytes, over the {self.max_message_bytes} "
+                                        f"byte message limit")
+            frame = _frame(REPLY, call, reply)
         except Exception as exc:  # noqa: BLE001 - the edge: every failure becomes an ERROR frame
             error = exc
             if not isinstance(error, PlatformError):
