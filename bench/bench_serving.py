@@ -2,7 +2,8 @@
 
 In one run, on the same 2 cores, each server in its own process:
 - ours: OIP gRPC straight to inference_svc; REST ``POST /api/v1/models/cnn/predict`` and OIP REST
-  ``POST /v2/models/cnn/infer`` through the gateway (a separate process);
+  ``POST /v2/models/cnn/infer`` through the gateway (a separate process, reaching inference over its Unix
+  socket as under ``aip up``), and REST predict through a second gateway that reaches it over gRPC;
 - MLServer (the newest from the registry, in a virtual environment created under ``.bench/mlserver`` on first
   use and reused), with a TorchScript runtime (``bench/mlserver_runtime.py``) and MLServer's own adaptive
   batching: OIP REST and OIP gRPC;

@@ -479,6 +479,7 @@ def test_the_socket_refuses_bad_frames_precisely(services):
     # What breaks the framing itself is answered on call 0 and ends the connection.
     for frames, words in [([(infer_socket.CALL, 1, good)], "starts with HELLO"),
                           ([hello, (9, 1, b"")], "unknown frame kind 9"),
+                          ([hello, (infer_socket.CALL, 0, good)], "numbered from 1"),
                           ([hello, infer_socket.HEADER.pack(infer_socket.CALL, 1, 2 << 20)],
                            "a frame of 2097152 bytes is over the 1048576 byte limit")]:
         answer = socket_exchange(path, *frames)

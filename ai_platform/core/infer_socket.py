@@ -2,15 +2,17 @@
 
 A Python gRPC call costs about 0.4 ms of a lone request's time at each end (call set-up, HTTP/2 framing, the
 completion queue); the same protobuf messages in length-prefixed frames over a Unix socket cost about 0.1 ms. The
-messages, the checks, the errors and the metrics are gRPC's: only the framing differs. gRPC stays the contract
+messages, the checks and the errors are gRPC's: only the framing differs (calls are counted in
+``aip_socket_requests_total``). gRPC stays the contract
 (other hosts, clients, tritonclient); this socket is an accelerator ``aip up`` turns on between its own processes.
 
 Frames: ``kind`` (1 byte), ``call`` (8 bytes, the client's number for the exchange), ``length`` (4 bytes), then
-``length`` bytes. A connection starts with HELLO carrying the platform's token (empty without one); then CALL frames
-carry ``ModelInferRequest`` bytes, answered in any order by REPLY (``ModelInferResponse`` bytes) or ERROR (JSON
-``{"code": <grpc status name>, "message": ...}``) with the same ``call``. A frame the server cannot accept (a wrong
-token, an unknown kind, a frame over the size limit) is answered by an ERROR with call 0 and the connection closes;
-a malformed request gets its own ERROR and the connection stays.
+``length`` bytes. A connection starts with HELLO carrying the platform's token (empty without one); then CALL frames,
+numbered from 1 (0 is the connection's own), carry ``ModelInferRequest`` bytes, answered in any order by REPLY
+(``ModelInferResponse`` bytes) or ERROR (JSON ``{"code": <grpc status name>, "message": ...}``) with the same
+``call``. A frame the server cannot accept (a wrong token, an unknown kind, call 0, a frame over the size limit) is
+answered by an ERROR with call 0 and the connection closes; a malformed request gets its own ERROR and the
+connection stays.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class _ServerConnection(asyncio.Protocol):
                         raise Unauthenticated("missing or wrong token in HELLO (the platform's AIP_TOKEN)")
                     self.greeted = True
                 elif kind == CALL:
+                    if call == 0:
+                        raise InvalidArgument("CALL frames are numbered from 1; 0 answers for the connection")
                     self.server.start_call(self, call, payload)
                 else:
                     raise InvalidArgument(f"unknown frame kind {kind}; a client sends HELLO ({HELLO}) once, then "
