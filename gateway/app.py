@@ -35,6 +35,7 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
 OPEN_PATHS = {"/healthz", "/metrics"}  # /metrics has a token of its own (AIP_METRICS_TOKEN)
+DOC_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # describe the API, hold no data
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -47,7 +48,12 @@ class GuardMiddleware:
                  direct_routes: list[DirectRoute]) -> None:
         self.app, self.token, self.direct_routes = app, token, direct_routes
         self.body_limit, self.upload_limit = body_limit, upload_limit
-        self.static = {"/"} | {f"/{p.name}" for p in WEB_DIR.iterdir()} if WEB_DIR.is_dir() else {"/"}
+        # The page's files (its scripts, styles and vendored libraries, at any depth) and the API's documents load
+        # without the token: a <script> tag sends no header, and none of them holds data.
+        files = {"/" + p.relative_to(WEB_DIR).as_posix() for p in WEB_DIR.rglob("*") if p.is_file()} \
+            if WEB_DIR.is_dir() else set()
+        self.static = {"/"} | files
+        self.open_get = self.static | DOC_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +75,7 @@ class GuardMiddleware:
             HTTP_METRICS.observe((method, template, str(status_holder["status"])), time.perf_counter() - started)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
-        if self.token and path not in OPEN_PATHS and not (method == "GET" and path in self.static):
+        if self.token and path not in OPEN_PATHS and not (method in ("GET", "HEAD") and path in self.open_get):
             headers = dict(scope["headers"])
             if headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
                 await errors.send_error(send, 401, "UNAUTHORIZED",

@@ -27,7 +27,7 @@ class Upstreams:
     def __init__(self, settings: GatewaySettings) -> None:
         self.timeout_s = settings.gateway_timeout_s
         self.peers = {name: Peer(MODULES[name], settings.addr_of(name), settings.max_message_bytes, self.timeout_s,
-                                 settings.token) for name in UPSTREAMS}
+                                 settings.token, settings.tls()) for name in UPSTREAMS}
         self.storage = storage_pb2_grpc.StorageServiceStub(self.peers["storage"].channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.peers["scheduler"].channel)
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.peers["inference"].channel)

@@ -78,7 +78,8 @@ class ModelRepository:
         self.device = device
         self.default_batching = batching
         self.serving: Serving = serving or LocalServing()
-        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token)
+        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token,
+                          tls=settings.tls())
         self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}
         self._newest: dict[str, int] = {}  # the version served when none is asked for

@@ -17,7 +17,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -223,20 +223,47 @@ def fetch(directory: Path, mirrors: list[str] | None = None, timeout_s: float = 
     return source
 
 
+def _lake_copy(fs: Any, remote: str, local: Path, names: list[str], upload: bool) -> bool:
+    """Copy ``names`` between a lake folder and a local one (up or down); False when the lake lacks one of them."""
+    import pyarrow.fs as pafs
+
+    if not upload and any(fs.get_file_info(f"{remote}/{n}").type != pafs.FileType.File for n in names):
+        return False
+    local.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if upload:
+            pafs.copy_files(str(local / name), f"{remote}/{name}", destination_filesystem=fs)
+        else:
+            pafs.copy_files(f"{remote}/{name}", str(local / name), source_filesystem=fs)
+    return True
+
+
 def locate(input_path: str, params: dict, progress: Callable[[str], None] = print) -> tuple[Path, str]:
     """The directory of IDX files a task reads, and where they came from.
 
     ``input_path`` is such a directory, or the home's ``download`` area, where the files are fetched first
     (``params``: ``mirrors`` with their ``checksums``, ``timeout_s``; canonical mirrors, else the offline
-    digits). For a lake on an object store the download goes to local scratch space.
+    digits). For a lake on an object store the download area is in the lake (``<home>/download/mnist/``): files
+    found there are copied to local scratch space, and files fetched are put there for the next run.
     """
     directory = Path(input_path)
+    remote = None
     if "://" in input_path:
+        from ai_platform.sdk import filesystem
+
+        remote = filesystem(input_path.rstrip("/") + "/mnist")
         directory = Path(tempfile.mkdtemp(prefix="mnist-download-")) / "download"
     if directory.name == "download" or params.get("fetch"):
         directory = directory / "mnist"
+        names = [f"{name}.gz" for name in FILES]
+        if remote is not None and _lake_copy(*remote, directory, [*names, "SOURCE"], upload=False):
+            source = (directory / "SOURCE").read_text().strip() + f" (from {input_path}/mnist)"
+            print(f"MNIST files: {source}", flush=True)
+            return directory, source
         progress("fetching MNIST")
         source = fetch(directory, params.get("mirrors"), float(params.get("timeout_s", 5)), params.get("checksums"))
+        if remote is not None:
+            _lake_copy(*remote, directory, [*names, "SOURCE"], upload=True)
         print(f"MNIST files: {source}", flush=True)
         return directory, source
     if not directory.is_dir():

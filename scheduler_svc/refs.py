@@ -27,7 +27,8 @@ class Resolver:
     def __init__(self, settings: ServiceSettings, start_dir: Path) -> None:
         self.home = settings.home_uri()
         self.start_dir = start_dir
-        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token)
+        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token,
+                             tls=settings.tls())
         self._stub = storage_pb2_grpc.StorageServiceStub(self._storage.channel)
 
     async def close(self) -> None:

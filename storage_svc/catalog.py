@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ai_platform.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ai_platform.core.lakefs import lake_filesystem
 from ai_platform.core.names import validate_name
 from storage_svc.filters import check_filter
 
@@ -147,47 +148,14 @@ def rows_for_batch_bytes(schema: pa.Schema, target_bytes: int = TARGET_BATCH_BYT
     return max(256, min(131072, target_bytes // max(row_bytes, 1)))
 
 
-def _option(options: dict[str, str], *names: str) -> str | None:
-    for name in names:
-        for key in (name, name.upper()):
-            if options.get(key):
-                return options[key]
-    return None
-
-
-def lake_filesystem(home: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str]:
-    """The Arrow filesystem for listing and deleting under ``home``, with the same settings Lance gets.
-
-    Lance reads the storage options (object_store names); for ``s3://`` the same options configure
-    Arrow's S3 client, so that an endpoint, keys or region given only there reach both. Unset ones
-    fall back to the ``AWS_*`` variables, as in Lance.
-    """
-    if not home.startswith("s3://"):
-        return pafs.FileSystem.from_uri(home)
-    kwargs: dict[str, str] = {}
-    for arrow_name, names in (
-        ("access_key", ("aws_access_key_id", "access_key_id")),
-        ("secret_key", ("aws_secret_access_key", "secret_access_key")),
-        ("session_token", ("aws_session_token", "session_token", "aws_token", "token")),
-        ("region", ("aws_region", "region")),
-    ):
-        if value := _option(options, *names):
-            kwargs[arrow_name] = value
-    if endpoint := _option(options, "aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url"):
-        scheme, _, rest = endpoint.rpartition("://")
-        kwargs["endpoint_override"], kwargs["scheme"] = rest.rstrip("/"), scheme or "https"
-    if not kwargs:
-        return pafs.FileSystem.from_uri(home)
-    return pafs.S3FileSystem(**kwargs), home.removeprefix("s3://").rstrip("/")
-
-
 class LakeCatalog:
     """Datasets and models under ``<home>/datasets`` and ``<home>/models`` (local dir or ``s3://``)."""
 
-    def __init__(self, home_uri: str, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(self, home_uri: str, storage_options: dict[str, str] | None = None,
+                 create_bucket: bool = False) -> None:
         self.home = home_uri.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self._root = lake_filesystem(self.home, self.storage_options)
+        self.fs, self._root = lake_filesystem(self.home, self.storage_options, create_bucket)
         for kind in TableKind:
             self.fs.create_dir(self._dir(kind), recursive=True)
 

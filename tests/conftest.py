@@ -22,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ai_platform.cli.launcher import inference_socket_path
 from ai_platform.core import infer_socket
 from ai_platform.core.ports import free_port
+from ai_platform.core.tls import PLAINTEXT, TlsConfig
+from ai_platform.core.wire import sync_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,7 @@ class ServiceProcess:
     # Run in a mount namespace of its own, with a private, empty tmpfs over each of these directories (the tests'
     # files: other services' homes, state and logs), so that it sees none of them. The code stays visible.
     private_dirs: list[Path] = field(default_factory=list)
+    health_tls: TlsConfig = PLAINTEXT  # how the health checks reach it (a client certificate for mutual TLS)
 
     def start(self, timeout: float = 30) -> ServiceProcess:
         self.addr = self.addr or f"127.0.0.1:{free_port()}"
@@ -72,7 +75,7 @@ class ServiceProcess:
             self._wait_http(timeout)
             return
         deadline = time.time() + timeout
-        with grpc.insecure_channel(self.addr) as channel:
+        with sync_channel(self.addr, tls=self.health_tls) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.time() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
@@ -146,11 +149,13 @@ class Platform:
             service.stop()
 
 
-def start_platform(project: Path, gateway_env: dict[str, str] | None = None) -> Platform:
+def start_platform(project: Path, gateway_env: dict[str, str] | None = None, token: str = "") -> Platform:
+    """The four services from ``project`` (its ``.ai_platform`` home), as `aip up` starts them; with ``token``,
+    every service wants it (AIP_TOKEN), as in a deployment."""
     home = project / ".ai_platform"
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
     env = {**{f"AIP_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
-           "AIP_INFERENCE_SOCKET": inference_socket_path(home.resolve())}
+           "AIP_INFERENCE_SOCKET": inference_socket_path(home.resolve()), **({"AIP_TOKEN": token} if token else {})}
     started: list[ServiceProcess] = []
     try:
         for module, name, extra in (("storage_svc", "storage", {}), ("scheduler_svc", "scheduler", {}),

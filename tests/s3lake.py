@@ -36,9 +36,9 @@ class S3Lake:
         return [i.path for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
 
 
-def start_s3_server(log_path: Path) -> tuple[subprocess.Popen, S3Lake]:
-    """moto's S3 server on a free loopback port, with the bucket created."""
-    port = free_port()
+def start_s3_server(log_path: Path, port: int | None = None, bucket: bool = True) -> tuple[subprocess.Popen, S3Lake]:
+    """moto's S3 server on a free loopback port (or ``port``), with the bucket created unless told otherwise."""
+    port = port or free_port()
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -56,7 +56,8 @@ def start_s3_server(log_path: Path) -> tuple[subprocess.Popen, S3Lake]:
             time.sleep(0.2)
     fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                            endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
+    if bucket:
+        fs.create_dir(BUCKET)
     return server, S3Lake(f"http://127.0.0.1:{port}", fs)
 
 

@@ -1,4 +1,5 @@
-"""`aip` and the Python client, against platforms that `aip up` really starts."""
+"""`aip` and the Python client, against platforms that `aip up` really starts with AIP_TOKEN set, as a team runs
+it (every command and the client send the token from the environment)."""
 
 from __future__ import annotations
 
@@ -39,8 +40,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+TOKEN = "cli-t0ken"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def token():
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIP_TOKEN", TOKEN)
+        yield TOKEN
+
+
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
+def running(tmp_path_factory, token):
     project = tmp_path_factory.mktemp("cli-project")
     (project / "mnist").symlink_to(ROOT / "mnist")
     home = project / ".ai_platform"
@@ -48,7 +59,7 @@ def running(tmp_path_factory):
     started = aip("up", "--detach", "--home", str(home), *port_args(ports), cwd=project,
                   env={"AIP_SCRIPT_ROOTS": f"{project}{os.pathsep}{ROOT / 'mnist'}"})
     state = launcher.read_state(home)
-    env = state.env()
+    env = {**state.env(), "AIP_TOKEN": token}
     yield {"home": home, "state": state, "env": env, "project": project, "up": started.stdout}
     aip("down", "--home", str(home), check=False)
 

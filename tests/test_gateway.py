@@ -1,4 +1,5 @@
-"""The REST gateway against the four real services: seed-compatible routes, extensions, and every error."""
+"""The REST gateway against the four real services, with AIP_TOKEN set on all of them as in a deployment:
+seed-compatible routes, extensions, and every error. (test_access.py runs every route with and without a token.)"""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ import torch
 
 from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
-from tests.conftest import ServiceProcess, start_platform
+from tests.conftest import start_platform
 from tests.task_scripts import write_scripts
+
+TOKEN = "gateway-t0ken"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,8 @@ def platform(tmp_path_factory):
     model = MnistCNN().eval()
     save_model(model, str(project / ".ai_platform/models/cnn.lance"), torch.zeros(1, 1, 28, 28),
                labels=list(range(10)), params={"epochs": 2}, metrics={"accuracy": 0.75})
-    running = start_platform(project, gateway_env={"AIP_BODY_LIMIT_MB": "1", "AIP_UPLOAD_LIMIT_MB": "8"})
+    running = start_platform(project, gateway_env={"AIP_BODY_LIMIT_MB": "1", "AIP_UPLOAD_LIMIT_MB": "8"},
+                             token=TOKEN)
     running.model = model
     yield running
     running.stop()
@@ -39,7 +43,7 @@ def platform(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(platform):
-    with httpx.Client(base_url=platform.url, timeout=60) as client:
+    with httpx.Client(base_url=platform.url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
 
 
@@ -492,25 +496,18 @@ def test_a_backend_killed_mid_test_is_503_naming_it_and_recovers(http, platform)
     assert socket_calls(platform) == before + 1, "the gateway is back on the new process's socket"
 
 
-def test_token_guards_everything_but_health_and_the_page(platform):
-    gateway = ServiceProcess("gateway", platform.home, env={
-        "AIP_TOKEN": "s3cret", "AIP_STORAGE_ADDR": platform.storage.addr,
-        "AIP_SCHEDULER_ADDR": platform.scheduler.addr, "AIP_INFERENCE_ADDR": platform.inference.addr,
-        "AIP_INFERENCE_SOCKET": str(platform.home / "run" / "nothing-here.sock")},
-        cwd=platform.project).start()
-    try:
-        with httpx.Client(base_url=f"http://{gateway.addr}", timeout=30) as client:
-            error_of(client.get("/api/v1/datasets"), 401, "UNAUTHORIZED")
-            error_of(client.get("/api/v1/datasets", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
-            assert client.get("/api/v1/datasets", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-            # No socket where it was said to be: predict goes over gRPC (inference has no token in this module)
-            assert client.post("/api/v1/models/cnn/predict", json={"image": [0.0] * 784},
-                               headers={"Authorization": "Bearer s3cret"}).status_code == 200
-            assert client.get("/healthz").status_code == 200
-            assert client.get("/").status_code == 200 and client.get("/digits.js").status_code == 200
-            error_of(client.get("/v2/health/live"), 401, "UNAUTHORIZED")
-            preflight = client.options("/api/v1/datasets", headers={"Origin": "http://localhost:3000",
-                                                                     "Access-Control-Request-Method": "GET"})
-            assert preflight.headers.get("access-control-allow-origin") == "http://localhost:3000"
-    finally:
-        gateway.stop()
+def test_token_guards_everything_but_health_the_page_and_the_docs(platform):
+    with httpx.Client(base_url=platform.url, timeout=30) as client:
+        error_of(client.get("/api/v1/datasets"), 401, "UNAUTHORIZED")
+        error_of(client.get("/api/v1/datasets", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
+        error_of(client.get("/api/v1/datasets", headers={"Authorization": TOKEN}), 401, "UNAUTHORIZED")
+        error_of(client.post("/api/v1/models/cnn/predict", json={"image": [0.0] * 784}), 401, "UNAUTHORIZED")
+        assert client.get("/api/v1/datasets", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get("/healthz").json()["status"] == "ok", "health stays open, and reaches every service"
+        for path in ("/", "/digits.js", "/dashboard.html", "/vendor/uPlot.iife.min.js", "/docs", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+        error_of(client.get("/v2/health/live"), 401, "UNAUTHORIZED")
+        error_of(client.post("/vendor/uPlot.iife.min.js"), 401, "UNAUTHORIZED")
+        preflight = client.options("/api/v1/datasets", headers={"Origin": "http://localhost:3000",
+                                                                 "Access-Control-Request-Method": "GET"})
+        assert preflight.headers.get("access-control-allow-origin") == "http://localhost:3000"

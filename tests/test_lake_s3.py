@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -179,12 +180,46 @@ def test_an_unreachable_lake_is_unavailable_at_start_and_while_serving(tmp_path)
     finally:
         client.close()
         storage.stop()
-    done = subprocess.run(  # the S3 server is gone: the service says so and exits
-        [sys.executable, "-m", "storage_svc", "--home", HOME, "--storage-options", options],
+    done = subprocess.run(  # the S3 server is gone: the service waits as long as it is told, says so and exits
+        [sys.executable, "-m", "storage_svc", "--home", HOME, "--storage-options", options, "--lake-wait-s", "0"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env={**without_aws_variables(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     assert done.returncode == 1 and f"storage: cannot open the lake at {HOME}" in done.stderr, done.stderr
+
+
+def test_storage_waits_for_a_store_that_starts_after_it_and_creates_the_bucket(tmp_path):
+    """As in a deployment whose containers start together: no store yet, then a store with no bucket."""
+    port = free_port()
+    options = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_region": "us-east-1",
+               "aws_endpoint": f"http://127.0.0.1:{port}", "allow_http": "true"}
+    storage = ServiceProcess("storage_svc", tmp_path / "home", env={
+        "AIP_HOME": HOME, "AIP_STORAGE_OPTIONS": json.dumps(options), "AIP_CREATE_BUCKET": "true"})
+    with pytest.MonkeyPatch.context() as env:
+        for name in os.environ:
+            if name.startswith("AWS_"):
+                env.delenv(name)
+        with pytest.raises(TimeoutError):
+            storage.start(timeout=3)  # not serving while the lake cannot be reached
+        server = None
+        try:
+            deadline = time.time() + 60
+            while "waiting for the lake at s3://lake/platform" not in storage.log():
+                assert storage.proc.poll() is None, f"it waits rather than exiting:\n{storage.log()}"
+                assert time.time() < deadline, storage.log()
+                time.sleep(0.5)
+            server, lake = start_s3_server(tmp_path / "s3.log", port=port, bucket=False)
+            storage.wait_healthy(30)
+            client = StorageClient(storage.addr)
+            try:
+                assert client.write("points", pa.table({"x": [1]})).version == 1
+            finally:
+                client.close()
+            assert lake.objects("datasets/points.lance"), "the bucket was made and holds the table"
+        finally:
+            storage.stop()
+            if server is not None:
+                stop(server)
 
 
 def test_download_refs_cannot_climb_out_of_an_s3_home(services):

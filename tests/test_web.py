@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium (Debian's), driven by Playwright, against a running platform."""
+"""The web page in a real headless Chromium (Debian's), driven by Playwright, against a running platform whose every
+service wants a token: the page and the dashboard take it from their settings."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from playwright.sync_api import expect, sync_playwright
 
 from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, draw_one, open_page
 from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts
 
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"]
+TOKEN = "web-t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def platform(tmp_path_factory):
     torch.manual_seed(0)
     save_model(MnistCNN().eval(), str(project / ".ai_platform/models/digits.lance"), torch.zeros(1, 1, 28, 28),
                labels=list(range(10)), metrics={"accuracy": 0.5})
-    running = start_platform(project)
+    running = start_platform(project, token=TOKEN)
     yield running
     running.stop()
 
@@ -44,17 +45,12 @@ def browser():
 
 
 def test_draw_a_digit_and_see_the_prediction(platform, browser):
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page = open_page(browser, TOKEN, viewport={"width": 1100, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(platform.url + "/")
     expect(page.locator("#model option")).to_have_text("digits (v1 · acc 50.0%)")
-    pad = page.locator("#pad").bounding_box()
-    page.mouse.move(pad["x"] + 150, pad["y"] + 50)
-    page.mouse.down()
-    for step in range(1, 21):  # a stroke down the middle: a "1"
-        page.mouse.move(pad["x"] + 145 + step * 0.5, pad["y"] + 50 + step * 9)
-    page.mouse.up()
+    draw_one(page)
     page.click("#predict")
     expect(page.locator("[data-testid=bar]")).to_have_count(10)
     digit = page.locator("#digit").inner_text()
@@ -72,8 +68,14 @@ def test_draw_a_digit_and_see_the_prediction(platform, browser):
     assert not errors, errors
 
 
+def test_without_a_token_in_its_settings_the_page_says_it_needs_one(platform, browser):
+    page = open_page(browser, "")
+    page.goto(platform.url + "/")
+    expect(page.locator("#notice")).to_contain_text("needs a token")
+
+
 def test_page_says_what_to_do_without_a_model(platform, browser):
-    page = browser.new_page()
+    page = open_page(browser, TOKEN)
     page.route("**/api/v1/models", lambda route: route.fulfill(status=200, body="[]",
                                                                 content_type="application/json"))
     page.goto(platform.url + "/")
@@ -83,7 +85,7 @@ def test_page_says_what_to_do_without_a_model(platform, browser):
 
 
 def test_dashboard_shows_datasets_models_and_a_task_log(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30) as http:
+    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
         import io
 
         import pyarrow as pa
@@ -95,7 +97,7 @@ def test_dashboard_shows_datasets_models_and_a_task_log(platform, browser):
                          headers={"content-type": "application/vnd.apache.parquet"}).status_code == 201
         task = http.post("/api/v1/tasks", json={"name": "visible", "script": "scripts/progress.py",
                                                 "params": {"steps": 4, "pause": 0.5}}).json()
-    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
     page.goto(platform.url + "/dashboard.html")
     expect(page.locator("#datasets tbody tr", has_text="shown")).to_have_count(1)
     expect(page.locator("#models tbody tr", has_text="digits")).to_have_count(1)
@@ -113,7 +115,7 @@ def test_dashboard_shows_datasets_models_and_a_task_log(platform, browser):
 
 
 def test_task_curves_grow_while_it_runs_and_runs_compare(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30) as http:
+    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
         done = [http.post("/api/v1/tasks", json={"name": f"sweep-{i}", "script": "scripts/metrics.py",
                                                    "params": {"points": 20 * (i + 1)}}).json() for i in range(2)]
         for task in done:
@@ -122,7 +124,7 @@ def test_task_curves_grow_while_it_runs_and_runs_compare(platform, browser):
                 time.sleep(0.2)
         live = http.post("/api/v1/tasks", json={"name": "live-curve", "script": "scripts/metrics.py",
                                                 "params": {"points": 5, "live": 25}}).json()
-    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1400})
     page.goto(platform.url + "/dashboard.html")
     page.locator(f"#tasks tr[data-task-id='{live['id']}']").click()
     chart = page.locator("[data-testid=chart-live]")
@@ -166,10 +168,10 @@ def test_image_columns_preview_as_thumbnails(platform, browser):
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    with httpx.Client(base_url=platform.url, timeout=30) as http:
+    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
         assert http.post("/api/v1/datasets/pictures", content=sink.getvalue(),
                          headers={"content-type": "application/vnd.apache.arrow.stream"}).status_code == 201
-    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
     page.goto(platform.url + "/dashboard.html")
     page.locator("#datasets tbody tr", has_text="pictures").click()
     expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(3)
@@ -185,7 +187,7 @@ def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
 
     sink = io.BytesIO()
     pq.write_table(pa.table({"x": [1.0, 2.0, 3.0]}), sink)
-    with httpx.Client(base_url=platform.url, timeout=30) as http:
+    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
         http.post("/api/v1/datasets/source", content=sink.getvalue(),
                   headers={"content-type": "application/vnd.apache.parquet"}).raise_for_status()
         task = http.post("/api/v1/tasks", json={"name": "lineage", "script": "scripts/lineage.py",
@@ -194,7 +196,7 @@ def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
         while http.get(f"/api/v1/tasks/{task['id']}").json()["status"] != "completed":
             assert time.time() < deadline, "the lineage task did not complete"
             time.sleep(0.3)
-    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
     page.goto(platform.url + "/dashboard.html")
     page.locator("#models tbody tr", has_text="traced").click()
     lineage = page.locator("[data-testid=model-lineage]")
@@ -207,9 +209,9 @@ def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
 
 
 def test_the_digit_page_picks_a_model_by_alias(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30) as http:
+    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
         http.put("/api/v1/models/digits/aliases/production", json={"version": 1}).raise_for_status()
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page = open_page(browser, TOKEN, viewport={"width": 1100, "height": 800})
     sent: list[dict] = []
     page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/predict") else None)
     page.goto(platform.url + "/")

@@ -133,6 +133,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(r["healthy"] == "healthy" for r in rows) else 3
 
 
+RAY_HEALTH_URL = "http://127.0.0.1:52365/api/local_raylet_healthz"  # the Ray node's dashboard agent, as KubeRay probes
+
+
+def _service_of_pid1() -> tuple[str, str]:
+    """In a container: the service its main process runs (``python -m MODULE --addr HOST:PORT``) and the address
+    to check it at, or ``ray`` for a Ray node."""
+    try:
+        argv = Path("/proc/1/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "", ""
+    if any(part.endswith("raylet") or part == "ray" or part.endswith("/ray") for part in argv[:3]):
+        return "ray", ""
+    modules = {module: name for name, module in MODULES.items()}
+    service = next((modules[argv[i + 1]] for i, part in enumerate(argv[:-1]) if part == "-m"
+                    and argv[i + 1] in modules), "")
+    addr = next((argv[i + 1] for i, part in enumerate(argv[:-1]) if part == "--addr"), "")
+    return service, addr
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from ai_platform.cli import launcher
+
+    service, addr = args.service, args.addr
+    if not service:
+        service, addr = _service_of_pid1()
+        addr = args.addr or addr
+        if not service:
+            print("aip health: name the service (storage, scheduler, inference, gateway or ray): this process is "
+                  "not in a platform container", file=sys.stderr)
+            return 2
+    if service == "ray":
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(RAY_HEALTH_URL, timeout=args.timeout):
+                print("ray node healthy")
+                return 0
+        except OSError as exc:
+            print(f"ray node unhealthy: {RAY_HEALTH_URL}: {exc}")
+            return 1
+    host, port = split_addr(addr or ClientSettings.from_env().addr_of(service))
+    addr = f"{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    problem = launcher.health(service, addr, args.timeout)
+    print(problem or f"{MODULES[service]} at {addr} healthy")
+    return 1 if problem else 0
+
+
+CERT_NAMES = ("storage", "scheduler", "inference", "gateway", "ray", "client")  # compose's services, nodes, you
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from ai_platform.core.tls import make_certificates
+
+    directory = Path(args.directory)
+    if (directory / "ca.pem").exists() and not args.force:
+        print(f"aip certs: {directory}/ca.pem exists; --force makes a new CA (every certificate changes)",
+              file=sys.stderr)
+        return 2
+    names = ["localhost", "127.0.0.1", *args.host]
+    made = make_certificates(directory, {name: [name, *names] for name in args.name or CERT_NAMES}, days=args.days)
+    if args.uid is not None:
+        for files in made.values():
+            os.chown(files["key"], args.uid, -1)
+    print(f"wrote {directory}/ca.pem and a certificate and key for {', '.join(made)} "
+          f"(valid {args.days} days for the name itself, {', '.join(names)})")
+    print(f"server: AIP_TLS_CERT={directory}/NAME.pem AIP_TLS_KEY={directory}/NAME-key.pem "
+          f"AIP_TLS_CLIENT_CA={directory}/ca.pem (mutual TLS)")
+    print(f"client: AIP_TLS_CA={directory}/ca.pem AIP_TLS_CERT={directory}/client.pem "
+          f"AIP_TLS_KEY={directory}/client-key.pem")
+    return 0
+
+
 def cmd_svc(args: argparse.Namespace) -> int:
     module = MODULES[args.name]
     os.execv(sys.executable, [sys.executable, "-m", module, *args.rest])
@@ -277,22 +349,53 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 # -- demo ---------------------------------------------------------------------------------
 
+def _wait_for_platform(console: Any, timeout_s: float) -> str:
+    """Wait until storage, scheduler and inference answer their health checks (a platform starting beside this
+    command, as in compose); '' once they do, else what is still down."""
+    import time
+
+    from ai_platform.cli import launcher
+
+    settings = ClientSettings.from_env()
+    deadline, said = time.monotonic() + timeout_s, ""
+    while True:
+        problems = [p for name in ("storage", "scheduler", "inference")
+                    if (p := launcher.health(name, settings.addr_of(name)))]
+        if not problems:
+            return ""
+        if time.monotonic() > deadline:
+            return "; ".join(problems)
+        if problems[0] != said:
+            said = problems[0]
+            console.print(f"waiting for the platform: {said}")
+        time.sleep(2)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ai_platform.client import Client
 
     console = _console()
     gateway = ClientSettings.from_env().gateway_addr
+    if args.wait and (problem := _wait_for_platform(console, args.wait)):
+        console.print(f"[red]the platform did not come up within {args.wait:g}s:[/red] {problem}")
+        return 1
+    custom = {}
+    for item in args.resource:
+        name, _, amount = item.partition("=")
+        custom[name] = float(amount or 1)
     with Client() as client:
         steps = [
-            ("mnist_clean", "mnist_clean.py", "download", "datasets/mnist_clean", {"limit": args.limit}),
-            ("mnist_cnn", "mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn", {"epochs": args.epochs}),
-            ("mnist_serve", "mnist_serve.py", "models/mnist_cnn", "", {}),
+            ("mnist_clean", "mnist_clean.py", "download", "datasets/mnist_clean", {"limit": args.limit}, {}),
+            ("mnist_cnn", "mnist_cnn.py", "datasets/mnist_clean", "models/mnist_cnn", {"epochs": args.epochs},
+             {"custom": custom} if custom else {}),
+            ("mnist_serve", "mnist_serve.py", "models/mnist_cnn", "", {}, {}),
         ]
         results = {}
-        for name, script, given_input, output, params in steps:
+        for name, script, given_input, output, params, resources in steps:
             console.print(f"[bold]{name}[/bold]: {given_input} → {output or 'inference_svc'}")
             try:
-                task = client.submit(name, str(MNIST_DIR / script), given_input, output, params)
+                task = client.submit(name, str(MNIST_DIR / script), given_input, output, params,
+                                     resources=resources or None)
             except grpc.RpcError as exc:
                 console.print(f"[red]{name} was refused:[/red] {exc.details()}")
                 return 1
@@ -334,6 +437,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--home")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    health = sub.add_parser("health", help="exit 0 when a service answers its health check (a container's health "
+                                           "command: with no name, the service the container runs)")
+    health.add_argument("service", nargs="?", choices=[*SERVICES, "ray"],
+                        help="the service to check (default: the one this container runs)")
+    health.add_argument("--addr", default="", help="where it listens (default: its AIP_*_ADDR, or in a container its "
+                                                   "--addr, on 127.0.0.1)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    health.set_defaults(func=cmd_health)
+
+    certs = sub.add_parser("certs", help="make a private CA and a TLS certificate for each service (mutual TLS "
+                                         "between the services of a deployment, see README)")
+    certs.add_argument("directory", help="where to write ca.pem, NAME.pem and NAME-key.pem")
+    certs.add_argument("--name", action="append", default=[], metavar="NAME",
+                       help=f"a certificate for NAME (repeatable; default: {', '.join(CERT_NAMES)})")
+    certs.add_argument("--host", action="append", default=[], metavar="DNS_OR_IP",
+                       help="another name every certificate is valid for (repeatable; localhost and 127.0.0.1 are)")
+    certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    certs.add_argument("--uid", type=int, default=None,
+                       help="give the keys to this user (the image's services run as uid 1000)")
+    certs.add_argument("--force", action="store_true", help="replace an existing CA and its certificates")
+    certs.set_defaults(func=cmd_certs)
 
     svc = sub.add_parser("svc", help="run one service in the foreground (per-service deployment)")
     svc.add_argument("name", choices=list(SERVICES))
@@ -403,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("example", choices=["mnist"])
     demo.add_argument("--epochs", type=int, default=3)
     demo.add_argument("--limit", type=int, default=0, help="images per split (0 = all)")
+    demo.add_argument("--resource", action="append", default=[], metavar="NAME=AMOUNT",
+                      help="a Ray custom resource training needs, e.g. pool=1: trains on a node that offers it")
+    demo.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                      help="wait up to this long for the platform to come up first (a platform starting beside it)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

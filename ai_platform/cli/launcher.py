@@ -33,7 +33,8 @@ from ai_platform.core.settings import (
     default_metrics_addr,
     split_addr,
 )
-from ai_platform.core.wire import HEALTH_TIMEOUT_S
+from ai_platform.core.tls import TlsConfig
+from ai_platform.core.wire import HEALTH_TIMEOUT_S, error_from_rpc, sync_channel
 
 
 class LaunchError(RuntimeError):
@@ -83,19 +84,29 @@ def _port_free(addr: str) -> bool:
     return bindable(port, host)
 
 
-def healthy(service: str, addr: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+def health(service: str, addr: str, timeout: float = HEALTH_TIMEOUT_S, tls: TlsConfig | None = None) -> str:
+    """Why ``service`` at ``addr`` is not healthy ('' when it is): the gateway's /healthz answers, a gRPC service's
+    health service says SERVING (over TLS when the settings name its files)."""
     if service == "gateway":
         try:
             with urllib.request.urlopen(f"http://{addr}/healthz", timeout=timeout):
-                return True
-        except OSError:
-            return False
+                return ""
+        except OSError as exc:
+            return f"GET http://{addr}/healthz failed: {exc}"
+    tls = ClientSettings.from_env().tls() if tls is None else tls
     try:
-        with grpc.insecure_channel(addr) as channel:
+        with sync_channel(addr, tls=tls) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            return response.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return ""
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            return f"{SERVICES[service]} at {addr} is {status}"
+    except grpc.RpcError as exc:
+        return error_from_rpc(exc, f"{SERVICES[service]} at {addr}", tls.enabled).message
+
+
+def healthy(service: str, addr: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+    return not health(service, addr, timeout)
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

@@ -47,7 +47,8 @@ class StorageClient:
     def __init__(self, addr: str | None = None, max_message_bytes: int | None = None) -> None:
         self.max_message_bytes = max_message_bytes or CLIENT_MAX_MESSAGE_BYTES
         settings = ClientSettings.from_env()
-        self.channel = sync_channel(addr or settings.storage_addr, settings.token, self.max_message_bytes)
+        self.channel = sync_channel(addr or settings.storage_addr, settings.token, self.max_message_bytes,
+                                    settings.tls())
         self.stub = storage_pb2_grpc.StorageServiceStub(self.channel)
 
     def close(self) -> None:
@@ -142,7 +143,7 @@ class SchedulerClient:
 
     def __init__(self, addr: str | None = None) -> None:
         settings = ClientSettings.from_env()
-        self.channel = sync_channel(addr or settings.scheduler_addr, settings.token)
+        self.channel = sync_channel(addr or settings.scheduler_addr, settings.token, tls=settings.tls())
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
     def close(self) -> None:
@@ -246,7 +247,7 @@ class InferenceClient:
 
     def __init__(self, addr: str | None = None) -> None:
         settings = ClientSettings.from_env()
-        self.channel = sync_channel(addr or settings.inference_addr, settings.token)
+        self.channel = sync_channel(addr or settings.inference_addr, settings.token, tls=settings.tls())
         self.stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
     def close(self) -> None:

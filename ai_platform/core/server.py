@@ -29,6 +29,7 @@ from prometheus_client.exposition import make_wsgi_app
 from ai_platform.core.errors import PlatformError, Unauthenticated
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import ServiceSettings, split_addr
+from ai_platform.core.tls import TlsError
 from ai_platform.core.wire import HOT_RPCS, refuse_unknown_fields, server_options
 
 log = logging.getLogger("ai_platform.core.server")
@@ -195,7 +196,12 @@ async def serve(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
     try:
-        bound = server.add_insecure_port(addr)
+        tls = settings.tls()
+    except TlsError as exc:
+        raise SystemExit(f"{service}: {exc}") from None
+    credentials = tls.server_credentials()
+    try:
+        bound = server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
     except RuntimeError as exc:
         raise SystemExit(f"{service}: cannot bind {addr}: {exc} (is the port in use?)") from exc
     if bound == 0:
@@ -217,7 +223,8 @@ async def serve(
             raise SystemExit(f"{service}: {exc}") from exc
     for name in ("", *service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s listening", service, extra={"addr": addr, "metrics": f"http://{metrics_addr}/metrics"})
+    log.info("%s listening", service, extra={"addr": addr, "metrics": f"http://{metrics_addr}/metrics",
+                                             "tls": "mutual" if tls.client_ca else "on" if credentials else "off"})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -100,6 +100,15 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
 def path_list(value: str) -> list[str]:
     return [p for p in value.split(os.pathsep) if p]
 
@@ -221,7 +230,25 @@ class BaseSettings:
             except ValueError as exc:
                 flag = "--addr" if f.name == f"{cls.service}_addr" else "--" + f.name.replace("_", "-")
                 parser.error(f"{flag} {exc}")
+        try:
+            settings.validate()
+        except ValueError as exc:
+            parser.error(str(exc))
         return settings
+
+    def validate(self) -> None:
+        """Checks across settings, made once at start (ValueError saying what is wrong): the TLS files."""
+        self.tls()
+
+    def tls(self) -> Any:
+        """The TLS files these settings name, read and checked (``ai_platform.core.tls.TlsConfig``; TlsError, a
+        ValueError, names the variable of one that cannot be used)."""
+        cached = self.__dict__.get("_tls")
+        if cached is None:
+            from ai_platform.core.tls import TlsConfig
+
+            cached = self.__dict__["_tls"] = TlsConfig.of(self)
+        return cached
 
     def to_env(self) -> dict[str, str]:
         """These settings as the variables that would produce them (for a child process or a Ray job)."""
@@ -250,6 +277,19 @@ def _token_setting() -> Any:
                        "gateway route (not /healthz, /metrics or the web page); services pass it on")
 
 
+TLS_DOCS = {
+    "tls_cert": "PEM certificate this process serves gRPC with, and presents as a client (mutual TLS); with "
+                "AIP_TLS_KEY",
+    "tls_key": "PEM private key of AIP_TLS_CERT",
+    "tls_ca": "PEM certificate authority this process trusts for the gRPC servers it calls (TLS on; the system's "
+              "roots when only AIP_TLS_CERT is set)",
+}
+
+
+def _tls_setting(name: str) -> Any:
+    return setting("", TLS_DOCS[name])
+
+
 @dataclass
 class Addresses(BaseSettings):
     """Where each service listens; a service binds its own and finds its peers by theirs."""
@@ -259,6 +299,9 @@ class Addresses(BaseSettings):
     inference_addr: str = _addr("inference", 50053)
     gateway_addr: str = _addr("gateway", 8000)
     token: str = _token_setting()
+    tls_cert: str = _tls_setting("tls_cert")
+    tls_key: str = _tls_setting("tls_key")
+    tls_ca: str = _tls_setting("tls_ca")
 
     def addr_of(self, service: str) -> str:
         return getattr(self, f"{service}_addr")
@@ -277,6 +320,8 @@ class ServiceSettings(Addresses):
     log_level: str = setting("info", "JSON logs on stderr at this level",
                              parse=one_of("debug", "info", "warning", "error"))
     metrics_token: str = setting("", "bearer token the Prometheus /metrics endpoints require (open when unset)")
+    tls_client_ca: str = setting("", "PEM certificate authority of the clients a gRPC server accepts: set, TLS is "
+                                     "mutual and a client without a certificate it signed is refused")
 
     @property
     def max_message_bytes(self) -> int:
@@ -335,6 +380,11 @@ class StorageSettings(ServiceSettings):
     description: ClassVar[str] = "Storage service: datasets and models in a versioned Lance lake."
 
     storage_options: dict[str, str] = _storage_options_setting()
+    lake_wait_s: float = setting(300.0, "at start, how long to wait for a lake that cannot be reached yet (an object "
+                                        "store starting beside it) before exiting with status 1",
+                                 parse=non_negative_number)
+    create_bucket: bool = setting(False, "create the s3:// home's bucket when it does not exist (a store of the "
+                                         "deployment's own)", parse=boolean)
 
 
 @dataclass
@@ -363,7 +413,7 @@ class SchedulerSettings(ServiceSettings):
             inference_addr=self.inference_addr,
             gateway_addr=self.gateway_addr, token=self.token, home=self.home_uri(),
             storage_options=self.storage_options,
-        ).to_env()
+        ).to_env()  # not the TLS files: a worker uses its own node's (a local task inherits the scheduler's)
 
 
 @dataclass
@@ -425,6 +475,9 @@ class TaskSettings(BaseSettings):
     task_secret: str = setting("", "the task's report secret: ReportTask calls must carry it", flag=False)
     scheduler_addr: str = _addr("scheduler", 50052)
     token: str = _token_setting()
+    tls_cert: str = _tls_setting("tls_cert")
+    tls_key: str = _tls_setting("tls_key")
+    tls_ca: str = _tls_setting("tls_ca")
     die_with_parent: str = setting("", "local backend: end the worker when the scheduler dies", flag=False)
 
 

@@ -7,7 +7,7 @@ these tables to convert, and ``Peer`` turns a peer's failure into a :class:`Plat
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from ai_platform.core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from ai_platform.core.tls import PLAINTEXT, TlsConfig, explain_unavailable
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
 from ai_platform.protos.inference import grpc_service_pb2, model_config_pb2
 
@@ -79,21 +80,22 @@ _ERRORS: dict[grpc.StatusCode, type[PlatformError]] = {
 _PEER_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def error_from_rpc(exc: grpc.RpcError, peer: str) -> PlatformError:
+def error_from_rpc(exc: grpc.RpcError, peer: str, tls: bool = False) -> PlatformError:
     """A peer's failed call as a platform error. ``peer`` names it, e.g. ``storage_svc at 127.0.0.1:50051``.
 
     A peer that is down or too slow is UNAVAILABLE naming it; statuses that say the caller was wrong keep their
     meaning and the peer's message; anything else (INTERNAL, UNKNOWN, ...) is the peer's internal failure.
     """
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    return error_from_status(code, exc.details() if hasattr(exc, "details") else "", peer)
+    return error_from_status(code, exc.details() if hasattr(exc, "details") else "", peer, tls)
 
 
-def error_from_status(code: grpc.StatusCode, details: str, peer: str) -> PlatformError:
-    """A peer's status and message as a platform error (see :func:`error_from_rpc`)."""
+def error_from_status(code: grpc.StatusCode, details: str, peer: str, tls: bool = False) -> PlatformError:
+    """A peer's status and message as a platform error (see :func:`error_from_rpc`); ``tls``: whether this side
+    spoke TLS, to say so when a handshake is what failed."""
     details = details or code.name
     if code in _PEER_DOWN:
-        return Unavailable(f"{peer} is unavailable: {details}")
+        return Unavailable(f"{peer} is unavailable: {explain_unavailable(details, tls)}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return _ERRORS[code](f"{peer} refused the call: {details}")
     error = _ERRORS.get(code)
@@ -107,34 +109,54 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-              grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """Adds the platform's token to every call on a grpc.aio channel."""
+TokenSource = Callable[[], str]
 
-    def __init__(self, token: str) -> None:
-        self.metadata = bearer(token)
+
+class _AioBearer:
+    """Adds a token to the calls of a grpc.aio channel: the one ``source`` gives for this call (the caller's own,
+    which the gateway forwards), so every service checks who is asking."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self.source = source
 
     def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self.metadata)
+        token = self.source()
+        if not token:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *bearer(token))
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
 
+
+# grpc.aio files an interceptor under the first call type it implements only, so each type needs its own object.
+class _UnaryUnaryBearer(_AioBearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
         return await continuation(self._with_token(details), request)
 
+
+class _UnaryStreamBearer(_AioBearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
         return await continuation(self._with_token(details), request)
 
+
+class _StreamUnaryBearer(_AioBearer, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
         return await continuation(self._with_token(details), requests)
 
+
+class _StreamStreamBearer(_AioBearer, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
         return await continuation(self._with_token(details), requests)
 
 
+def aio_bearer_interceptors(source: TokenSource) -> list[_AioBearer]:
+    """One interceptor per call type (unary and streaming), all adding the token ``source`` gives."""
+    return [kind(source) for kind in (_UnaryUnaryBearer, _UnaryStreamBearer, _StreamUnaryBearer, _StreamStreamBearer)]
+
+
 class _SyncBearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """The same for a blocking channel (the Python client, the CLI, the SDK)."""
+    """The same for a blocking channel (the Python client, the CLI, the SDK), whose wrapper asks each type apart."""
 
     def __init__(self, token: str) -> None:
         self.metadata = bearer(token)
@@ -156,15 +178,27 @@ class _SyncBearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
         return continuation(self._with_token(details), requests)
 
 
-def aio_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
-    """A grpc.aio channel to a platform service that carries the token on every call."""
-    interceptors = [_Bearer(token)] if token else None
-    return grpc.aio.insecure_channel(addr, options=channel_options(max_message_bytes), interceptors=interceptors)
+def aio_channel(addr: str, token: str | TokenSource = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES,
+                tls: TlsConfig = PLAINTEXT) -> grpc.aio.Channel:
+    """A grpc.aio channel to a platform service that carries the token (or, from a callable, each call's own) on
+    every call, unary and streaming alike, over TLS when ``tls`` says so."""
+    source = token if callable(token) else (lambda: token)
+    interceptors = aio_bearer_interceptors(source) if callable(token) or token else None
+    options = channel_options(max_message_bytes)
+    credentials = tls.channel_credentials()
+    if credentials is not None:
+        return grpc.aio.secure_channel(addr, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(addr, options=options, interceptors=interceptors)
 
 
-def sync_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """A blocking channel to a platform service that carries the token on every call."""
-    channel = grpc.insecure_channel(addr, options=channel_options(max_message_bytes))
+def sync_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES,
+                 tls: TlsConfig = PLAINTEXT) -> grpc.Channel:
+    """A blocking channel to a platform service that carries the token on every call, over TLS when ``tls`` says
+    so."""
+    credentials = tls.channel_credentials()
+    options = channel_options(max_message_bytes)
+    channel = (grpc.secure_channel(addr, credentials, options=options) if credentials is not None
+               else grpc.insecure_channel(addr, options=options))
     return grpc.intercept_channel(channel, _SyncBearer(token)) if token else channel
 
 
@@ -172,9 +206,9 @@ class Peer:
     """One grpc.aio channel to another service; a failed call raises a PlatformError that names the service."""
 
     def __init__(self, module: str, addr: str, max_message_bytes: int, timeout_s: float = CALL_TIMEOUT_S,
-                 token: str = "") -> None:
-        self.module, self.addr, self.timeout_s = module, addr, timeout_s
-        self.channel = aio_channel(addr, token, max_message_bytes)
+                 token: str | TokenSource = "", tls: TlsConfig = PLAINTEXT) -> None:
+        self.module, self.addr, self.timeout_s, self.tls = module, addr, timeout_s, tls
+        self.channel = aio_channel(addr, token, max_message_bytes, tls)
 
     @property
     def name(self) -> str:
@@ -185,7 +219,7 @@ class Peer:
         try:
             return await pending
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, self.name) from None
+            raise error_from_rpc(exc, self.name, self.tls.enabled) from None
 
     async def close(self) -> None:
         await self.channel.close()

@@ -86,6 +86,24 @@ def storage_options() -> dict[str, str] | None:
     return ClientSettings.from_env().storage_options or None
 
 
+def filesystem(uri: str) -> tuple[Any, str]:
+    """An Arrow filesystem and the path in it for ``uri`` (a local path, or a lake URI such as ``s3://...``),
+    with the lake's storage options, for a script's own files beside its tables (raw downloads, artefacts).
+
+    Example::
+
+        fs, path = sdk.filesystem(input_path)
+        with fs.open_input_stream(f"{path}/mnist/train-images-idx3-ubyte.gz") as stream: ...
+    """
+    from ai_platform.core.lakefs import lake_filesystem
+
+    if "://" not in uri:
+        import os.path
+
+        uri = os.path.abspath(uri)
+    return lake_filesystem(uri, storage_options() or {})
+
+
 def deploy_model(name: str, *, version: int | None = None, inference_addr: str | None = None,
                  **parameters: int | float | str | None) -> dict[str, Any]:
     """Load the model table ``name`` into inference_svc (the newest version unless one is given).
@@ -102,7 +120,7 @@ def deploy_model(name: str, *, version: int | None = None, inference_addr: str |
     settings = ClientSettings.from_env()
     addr = inference_addr or settings.inference_addr
     encoded = encode_parameters({"version": version, **parameters})
-    with sync_channel(addr, settings.token) as channel:
+    with sync_channel(addr, settings.token, tls=settings.tls()) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name, parameters=encoded),
                                  timeout=MODEL_LOAD_TIMEOUT_S)

@@ -36,7 +36,9 @@ class Reporter:
         from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc
 
         self.settings, self.grpc, self.pb = settings, grpc, scheduler_pb2
-        self.channel = grpc.insecure_channel(settings.scheduler_addr)
+        credentials = settings.tls().channel_credentials()
+        self.channel = (grpc.secure_channel(settings.scheduler_addr, credentials) if credentials is not None
+                        else grpc.insecure_channel(settings.scheduler_addr))
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
         self.metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
 

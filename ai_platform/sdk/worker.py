@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -107,6 +108,7 @@ def _run_task() -> int:
     if settings.die_with_parent:
         _die_with_parent()
     report.send("started", time.time())
+    print(f"[platform] task {settings.task_id} runs on {socket.gethostname()} (pid {os.getpid()})", flush=True)
     script = os.path.abspath(spec["script"])  # relative: in the job's working directory (shipped by Ray)
     sys.path.insert(0, os.path.dirname(script))
     sys.argv = [script]
