@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test demo down lint protos bench clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE := ai-platform:$(VERSION)
+
+.PHONY: install test demo down lint protos bench clean image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +49,11 @@ demo: install
 
 down: install
 	$(VENV)/bin/aip down
+
+# The platform's image, $(IMAGE), with docker where a Docker engine runs, else podman (installed and set up for
+# this host with apt); without an image registry the base comes from Debian's packages. See deploy/image.sh.
+image: install
+	deploy/image.sh
 
 lint: install
 	$(PY) -m ruff check .
