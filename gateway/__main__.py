@@ -7,6 +7,7 @@ import uvicorn
 from ai_platform.core.logs import setup_logging
 from ai_platform.core.settings import GatewaySettings, split_addr
 from gateway.app import create_app
+from gateway.connections import header_timeout_protocol
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level)
     host, port = split_addr(settings.gateway_addr)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=int(settings.grace_s), access_log=False)
+                timeout_graceful_shutdown=int(settings.grace_s), access_log=False,
+                http=header_timeout_protocol(settings.header_timeout_s), timeout_keep_alive=settings.keep_alive_s)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import tempfile
 import time
@@ -24,14 +25,17 @@ from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import GatewaySettings
 from ai_platform.core.views import HealthView
 from gateway import errors
+from gateway.connections import StreamLimit
 from gateway.errors import Message, Receive, Scope, Send
 from gateway.routes_inference import DIRECT_ROUTES, DirectRoute
 from gateway.routes_inference import router as inference_router
+from gateway.routes_lake import remove_stale_spools
 from gateway.routes_lake import router as lake_router
 from gateway.routes_tasks import router as tasks_router
 from gateway.upstreams import Upstreams
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+log = logging.getLogger("gateway")
 HTTP_METRICS = RequestMetrics("aip_http_request", "HTTP requests", ["method", "route", "status"])
 UPLOAD_ROUTE = re.compile(r"^/api/v1/datasets/[^/]+/?$")
 OPEN_PATHS = {"/healthz", "/metrics"}  # /metrics has a token of its own (AIP_METRICS_TOKEN)
@@ -116,7 +120,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.model_cache = {}
         app.state.upload_limit = upload_limit
         app.state.max_message_bytes = settings.max_message_bytes
+        app.state.streams = StreamLimit(settings.max_streams_per_client)
         app.state.spool_dir = tempfile.gettempdir()
+        if removed := remove_stale_spools(app.state.spool_dir):
+            log.info("removed %d spool files of uploads whose gateway died", removed)
         yield
         await app.state.upstreams.close()
 

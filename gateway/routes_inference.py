@@ -88,6 +88,9 @@ def _tensor_request(model: str, version: str, body: dict, binary: memoryview) ->
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= INT64_MAX for d in shape):
             raise invalid(f"input '{name}': shape must be a list of non-negative integers")
         if "data" in item:
+            if not (_bools_only(item["data"]) if item["datatype"] == "BOOL" else _numbers_only(item["data"])):
+                raise invalid(f"input '{name}': data must be {'booleans' if item['datatype'] == 'BOOL' else 'numbers'}"
+                              f" only for {item['datatype']}")
             try:
                 raw = np.asarray(item["data"], dtype=dtype).tobytes()
             except (TypeError, ValueError, OverflowError) as exc:
@@ -417,6 +420,26 @@ router.routes.append(PREDICT_ROUTE)
 DIRECT_ROUTES = [PREDICT_ROUTE, *INFER_ROUTES]
 
 
+NUMBERS = {int, float}
+
+
+def _numbers_only(sample: Any) -> bool:
+    """Whether a sample (a list of numbers, or of such lists) holds numbers only: NumPy would take True as 1.0 and
+    "1" as 1.0. One pass over types (about 16 us for 784 values)."""
+    if not isinstance(sample, list):
+        return type(sample) in NUMBERS
+    kinds = set(map(type, sample))
+    if list in kinds:
+        return kinds <= NUMBERS | {list} and all(_numbers_only(item) for item in sample if type(item) is list)
+    return kinds <= NUMBERS
+
+
+def _bools_only(data: Any) -> bool:
+    if not isinstance(data, list):
+        return type(data) is bool
+    return all(_bools_only(item) for item in data)
+
+
 async def classify(state: Any, id: str, raw: bytes) -> bytes:
     """The prediction for one sample, as JSON bytes."""
     body = _parse_json(raw)
@@ -429,6 +452,8 @@ async def classify(state: Any, id: str, raw: bytes) -> bytes:
     version = body.get("version", "")
     if isinstance(version, bool) or not isinstance(version, (str, int)):
         raise invalid(f"version must be a version number or an alias, got {version!r}")
+    if not _numbers_only(sample):
+        raise invalid("the sample must be numbers only (no booleans, strings or nulls)")
     try:
         array = np.asarray(sample, dtype=np.float32)
     except (TypeError, ValueError) as exc:

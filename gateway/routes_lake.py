@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ai_platform.core import arrow_ipc
+from ai_platform.core.errors import NO_SPACE, no_space
 from ai_platform.core.views import (
     ERRORS,
     AliasRequest,
@@ -204,14 +208,20 @@ async def upload_dataset(request: Request, id: TableName,
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"send Arrow IPC, Parquet or CSV (one of {list(UPLOAD_FORMATS)}"
                                                       f"), or say ?format=arrow|parquet|csv; got {content_type!r}")
     state = request.app.state
-    with tempfile.NamedTemporaryFile(prefix="aip-upload-", dir=state.spool_dir) as spool:
+    with spool_file(state.spool_dir) as spool:
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > state.upload_limit:
-                raise ApiError(413, "PAYLOAD_TOO_LARGE", f"upload is over the {state.upload_limit} byte limit")
-            spool.write(chunk)
-        spool.flush()
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > state.upload_limit:
+                    raise ApiError(413, "PAYLOAD_TOO_LARGE", f"upload is over the {state.upload_limit} byte limit")
+                spool.write(chunk)
+            spool.flush()
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            raise ApiError(507, "INSUFFICIENT_STORAGE", f"gateway: {NO_SPACE} for the upload's spool file in "
+                                                        f"{state.spool_dir} (TMPDIR); nothing was written") from None
         if size == 0:
             raise invalid("the request body is empty")
         schema, batches = await asyncio.to_thread(_open_batches, spool.name, fmt)
@@ -241,6 +251,27 @@ async def upload_dataset(request: Request, id: TableName,
                 raise invalid(f"the body is not a valid {fmt} file: {failure[0]}") from None
             raise
     return TableView.from_pb(info)
+
+
+SPOOL_PREFIX = "aip-upload-"
+
+
+def spool_file(directory: str) -> Any:
+    """A temporary file for one upload, named after this process, so that a gateway starting later can tell the
+    spool files of a gateway that died (see :func:`remove_stale_spools`)."""
+    return tempfile.NamedTemporaryFile(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=directory)
+
+
+def remove_stale_spools(directory: str) -> int:
+    """Remove the spool files left by gateways that are gone (killed during an upload); returns how many."""
+    removed = 0
+    for path in Path(directory).glob(f"{SPOOL_PREFIX}*"):
+        pid = path.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 # -- export ---------------------------------------------------------------------------------

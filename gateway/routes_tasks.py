@@ -12,7 +12,17 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ai_platform.core.errors import PlatformError
-from ai_platform.core.views import ERRORS, MetricsView, RunView, StatusView, TaskRequest, TaskView, run_matches
+from ai_platform.core.limits import check_params, check_task_fields
+from ai_platform.core.views import (
+    ERRORS,
+    STREAM_ERRORS,
+    MetricsView,
+    RunView,
+    StatusView,
+    TaskRequest,
+    TaskView,
+    run_matches,
+)
 from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from gateway.errors import from_platform, invalid
@@ -24,6 +34,11 @@ NOT_FOUND = "TASK_NOT_FOUND"
 @router.post("/api/v1/tasks", status_code=201, response_model=TaskView, responses=ERRORS, summary="Submit a task")
 async def submit_task(request: Request, body: TaskRequest) -> TaskView:
     upstreams = request.app.state.upstreams
+    try:  # before protobuf sees them: a Struct nested too deep fails inside protobuf
+        check_params(body.params)
+        check_task_fields(body.script, body.input, body.output, body.timeout_s)
+    except PlatformError as exc:
+        raise from_platform(exc) from None
     message = pb.SubmitTaskRequest(
         name=body.name, script=body.script, input=body.input, output=body.output, timeout_s=body.timeout_s
     )
@@ -97,7 +112,7 @@ async def cancel_task(request: Request, id: str) -> dict:
 @router.get(
     "/api/v1/tasks/{id}/logs",
     responses={
-        **ERRORS,
+        **ERRORS, **STREAM_ERRORS,
         200: {
             "content": {"text/plain": {}, "text/event-stream": {}},
             "description": "the log; with follow=true, server-sent events",
@@ -136,14 +151,15 @@ async def task_logs(request: Request, id: str, follow: bool = False,
         task = await upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s)
         yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(request.app.state.streams.follow(request.client, events()),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
     "/api/v1/tasks/{id}/metrics",
     response_model=MetricsView,
     responses={
-        **ERRORS,
+        **ERRORS, **STREAM_ERRORS,
         200: {"content": {"application/json": {}, "text/event-stream": {}},
               "description": "the series; with follow=true, server-sent events of new points until the task ends"},
     },
@@ -171,7 +187,8 @@ async def task_metrics(request: Request, id: str, follow: bool = False) -> Any:
         task = await upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s)
         yield f"event: end\ndata: {json.dumps({'status': TASK_STATUSES.name(task.status)})}\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(request.app.state.streams.follow(request.client, events()),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/api/v1/runs", response_model=list[RunView], responses=ERRORS,

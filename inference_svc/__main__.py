@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             serving = LocalServing()
         repository = ModelRepository(settings, device, batching, serving)
+        repository.start()
         implementation = InferenceServicer(DataPlane(repository))
         servicer = Servicer(
             implementation,

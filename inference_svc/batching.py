@@ -64,6 +64,7 @@ class AdaptiveBatcher:
         self.executor = executor
         self._coroutine = inspect.iscoroutinefunction(run_batch)
         self._slots = asyncio.Semaphore(max(1, max_in_flight))
+        self._in_flight = max(1, max_in_flight)
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay_s = max(0.0, max_queue_delay_s)
         self.on_batch = on_batch
@@ -122,6 +123,18 @@ class AdaptiveBatcher:
             rows += item.rows
         self._typical = 0.8 * self._typical + 0.2 * len(batch)
         return batch
+
+    def set_in_flight(self, max_in_flight: int) -> None:
+        """Allow more (or fewer) batches in flight from now on (a model rescaled to more or fewer replicas)."""
+        change, self._in_flight = max(1, max_in_flight) - self._in_flight, max(1, max_in_flight)
+        for _ in range(change):
+            self._slots.release()
+        if change < 0:  # taken back as batches in flight end
+            asyncio.ensure_future(self._take_slots(-change))
+
+    async def _take_slots(self, count: int) -> None:
+        for _ in range(count):
+            await self._slots.acquire()
 
     async def _collect(self) -> None:
         while not (self._retired and self._queue.empty() and self._carry is None):

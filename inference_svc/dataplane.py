@@ -128,18 +128,24 @@ class DataPlane:
 
         async def read_all() -> None:
             running: set[asyncio.Future] = set()
-            async for request in requests:
-                job = asyncio.ensure_future(serve_one(request))
-                running.add(job)
-                job.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            answers.put_nowait(None)
+            try:
+                async for request in requests:
+                    job = asyncio.ensure_future(serve_one(request))
+                    running.add(job)
+                    job.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            except BaseException:
+                for job in running:
+                    job.cancel()
+                raise
+            finally:  # the end marker, whatever ended the requests: the answers below never wait in vain
+                answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read_all())
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
-            await reader
+            await reader  # a stream that broke (a malformed message, the client gone) ends with its error
         finally:
             reader.cancel()
 

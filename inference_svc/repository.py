@@ -1,8 +1,9 @@
 """The model repository: the lake's model tables (found through storage_svc), loaded on demand.
 
-An empty version means the newest: loading a model without a version resolves the newest
-Lance version, loads it beside the one serving, then swaps it in; requests in flight on the
-old one finish there.
+An empty version means the newest, always: a model served without a version is looked up again every
+WATCH_INTERVAL_S, and a newer version is loaded beside the one serving, then swapped in (requests in flight on the
+old one finish there). A deleted model, a removed version and a moved or removed alias stop being served at the
+same look.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from inference_svc.model import BatchingConfig, LoadOptions, LocalServing, Serve
 
 log = logging.getLogger("inference_svc.repository")
 ALIAS_TTL_S = 1.0  # how long an alias's version is trusted before storage is asked again
+WATCH_INTERVAL_S = 1.0  # how often the loaded models are looked up again (newest version, deleted, removed)
 
 
 class ModelState(StrEnum):
@@ -71,6 +73,8 @@ class Serving(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: ``rescale(model, options) -> bool`` changes a served version's replicas in place (Ray Serve).
+
 
 class ModelRepository:
     def __init__(self, settings: ServiceSettings, device: str, batching: BatchingConfig,
@@ -83,14 +87,50 @@ class ModelRepository:
         self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}
         self._newest: dict[str, int] = {}  # the version served when none is asked for
+        self._options: dict[str, LoadOptions] = {}  # how the newest is served: a newer version is served the same
         self._states: dict[str, ModelStatus] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._aliases: dict[tuple[str, str], tuple[int, float]] = {}  # (model, alias) -> (version, when resolved)
         self._refreshing: set[tuple[str, str]] = set()
+        self._watcher: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Look the loaded models up again every WATCH_INTERVAL_S (see the module's docstring)."""
+        self._watcher = asyncio.ensure_future(self._watch())
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await asyncio.to_thread(self.serving.close)
         await self._peer.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            for name in list(self._loaded):
+                try:
+                    await self._look_again(name)
+                except PlatformError as exc:  # storage down: what is loaded keeps serving
+                    log.warning("model %s could not be looked up again: %s", name, exc.message)
+
+    async def _look_again(self, name: str) -> None:
+        """Follow the lake: the newest version for unversioned requests, versions and models that are gone."""
+        try:
+            _, latest, _ = await self._resolve(name, None)
+        except NotFound:
+            log.info("model %s was deleted: unloading it", extra={"model": name})
+            for key in [k for k in self._aliases if k[0] == name]:
+                del self._aliases[key]
+            await self.unload(name, reason="deleted from the lake")
+            return
+        if name in self._newest and latest > self._newest[name]:
+            await self.load(name, None, follow=True)
+        pinned = set(self._loaded.get(name, {})) - {self._newest.get(name)}
+        for version in pinned:
+            try:
+                await self._resolve(name, version)
+            except NotFound:
+                await self.unload_version(name, version)
 
     async def _resolve(self, name: str, version: int | None, alias: str = "") -> tuple[str, int, dict[str, str]]:
         validate_name(name, "model name")
@@ -151,12 +191,28 @@ class ModelRepository:
         served = self._loaded.get(name, {})
         return served.get(self._newest.get(name, -1) if wanted is None else wanted)
 
-    async def load(self, name: str, version: int | None = None, options: LoadOptions | None = None) -> ServedModel:
+    async def load(self, name: str, version: int | None = None, options: LoadOptions | None = None,
+                   follow: bool = False) -> ServedModel:
+        """Load ``version`` (the newest when None) with ``options``, or swap the newest in beside what serves.
+        ``follow``: the watcher's swap to a newer version, served as the newest is now (skipped when a load made
+        meanwhile already serves it)."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             if version is not None and version in self._loaded.get(name, {}) and options is None:
                 return self._loaded[name][version]
             uri, resolved, storage_options = await self._resolve(name, version)
+            if (follow or options is None) and version is None and self._newest.get(name) == resolved:
+                return self._loaded[name][resolved]  # the newest already serves, as it is
+            if follow:
+                options = self._options.get(name)
+                log.info("model %s has a newer version %d: swapping it in", name, resolved)
+            current = self._loaded.get(name, {}).get(resolved)
+            rescale = getattr(self.serving, "rescale", None)
+            if current is not None and options is not None and rescale is not None \
+                    and await asyncio.to_thread(rescale, current, options):
+                if version is None:
+                    self._newest[name], self._options[name] = resolved, options
+                return current  # the same version with another replica count: scaled in place
             previous = self._states.get(name)
             self._states[name] = ModelStatus(name, str(resolved), ModelState.LOADING)
             try:
@@ -174,6 +230,8 @@ class ModelRepository:
             if version is None:
                 older = self._newest.get(name)
                 self._newest[name] = resolved
+                if options is not None:
+                    self._options[name] = options
                 if older is not None and older != resolved:
                     served.pop(older).retire()
             if replaced is not None:
@@ -193,19 +251,34 @@ class ModelRepository:
         except Exception as exc:  # noqa: BLE001 - a model that cannot run is unavailable, the server is fine
             raise FailedPrecondition(f"model '{name}' version {version} cannot run: {exc}") from exc
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, reason: str = "unloaded") -> None:
         validate_name(name, "model name")
         async with self._locks.setdefault(name, asyncio.Lock()):
             served = self._loaded.pop(name, None)
             self._newest.pop(name, None)
+            self._options.pop(name, None)
             if served is None:
                 if name not in self._states:
                     await self._resolve(name, None)  # NOT_FOUND for a model that does not exist
-                self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, "unloaded")
+                self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, reason)
                 return
             for model in served.values():
                 model.retire()
-            self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, "unloaded")
+            if reason == "deleted from the lake":
+                self._states.pop(name, None)  # gone from the index too
+            else:
+                self._states[name] = ModelStatus(name, "", ModelState.UNAVAILABLE, reason)
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Stop serving one version that is gone from the lake (garbage collected)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            model = self._loaded.get(name, {}).pop(version, None)
+            if model is not None:
+                log.info("model %s version %d was removed: unloading it", name, version)
+                model.retire()
+            for key, (aliased, _) in list(self._aliases.items()):
+                if key[0] == name and aliased == version:
+                    del self._aliases[key]
 
     async def index(self) -> list[ModelStatus]:
         request = storage_pb.ListTablesRequest(kind=storage_pb.MODEL)

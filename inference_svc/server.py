@@ -149,6 +149,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 max_queue_delay_microseconds=int(model.batching.max_queue_delay_s * 1e6)
             ),
         )
+        for key, value in model.runner.describe().items():  # how it is served: backend, replicas, application
+            if value is not None:
+                config.parameters[key].string_value = str(value)
         return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(

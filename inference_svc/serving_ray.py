@@ -24,7 +24,7 @@ import ray
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from ai_platform.core.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from ai_platform.core.errors import CANNOT_PLACE, FailedPrecondition, NoCapacity, Unavailable
 from ai_platform.core.settings import InferenceSettings
 from ai_platform.sdk.models import ModelRecord, read_model
 from inference_svc.batching import AdaptiveBatcher, BatchTiming
@@ -34,7 +34,9 @@ log = logging.getLogger("inference_svc.serving_ray")
 
 APP_PREFIX = "aip-"
 RETIRE_GRACE_S = 2.0  # an old version's application outlives the swap this long: requests sent to it finish
-DEPLOY_TIMEOUT_S = 240.0  # under MODEL_LOAD_TIMEOUT_S: a load that cannot place its replicas fails before its caller
+DEPLOY_TIMEOUT_S = 240.0  # under MODEL_LOAD_TIMEOUT_S: a load whose replicas never run fails before its caller
+PLACEMENT_GRACE_S = 5.0  # room for new replicas still missing after this long: the change ends, RESOURCE_EXHAUSTED
+UNPLACEABLE = ("resources required", "resources available", "insufficient resources")  # Serve's words for it
 RETRIES = 4  # a request whose replica died is sent again (inference has no side effects)
 RETRY_PAUSE_S = 0.05
 CALLS_PER_REPLICA = 2  # merged calls in flight per replica: one computing, the next on its way
@@ -82,11 +84,13 @@ class ServeRunner:
     same adaptive batcher as local serving), with a few merged calls in flight per replica.
     """
 
-    def __init__(self, serving: RayServing, app: str, handle: Any, options: LoadOptions) -> None:
+    def __init__(self, serving: RayServing, app: str, handle: Any, options: LoadOptions,
+                 storage_options: dict[str, str]) -> None:
         self.serving = serving
         self.app = app
         self.handle = handle.options(method_name="forward")
         self.options = options
+        self.storage_options = storage_options
         self.device = options.device
         self.on_batch: Callable[[BatchTiming], None] = lambda timing: None
         self.batcher = AdaptiveBatcher(self._call, None, options.batching.max_batch_size,
@@ -95,6 +99,12 @@ class ServeRunner:
 
     async def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return await self.batcher.submit(arrays)
+
+    def rescaled(self, handle: Any, options: LoadOptions) -> None:
+        """The same application with another replica count: more (or fewer) merged calls in flight."""
+        self.handle = handle.options(method_name="forward")
+        self.options = options
+        self.serving.loop.call_soon_threadsafe(self.batcher.set_in_flight, CALLS_PER_REPLICA * options.most_replicas)
 
     async def _call(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], int, int, int]:
         for attempt in range(RETRIES + 1):
@@ -143,6 +153,7 @@ class RayServing:
     parameters = REPLICA_PARAMETERS
 
     def __init__(self, settings: InferenceSettings) -> None:
+        self.loop = asyncio.get_running_loop()  # the service's: batchers live there, deploys run in threads
         self.address = settings.serve_address
         self.torch_threads = settings.torch_threads
         self.defaults = (settings.replicas, settings.replica_num_cpus, settings.replica_num_gpus)
@@ -178,16 +189,29 @@ class RayServing:
         for resource, each in (("CPU", options.num_cpus), ("GPU", options.num_gpus)):
             need = each * options.most_replicas
             if need > total.get(resource, 0.0) + 1e-9:
-                raise ResourceExhausted(
-                    f"{options.most_replicas} replica(s) × {each:g} {resource} = {need:g} {resource}, but the Ray "
-                    f"cluster has {total.get(resource, 0.0):g}; ask for fewer replicas or less per replica")
+                raise NoCapacity(
+                    f"{options.most_replicas} replica(s) {CANNOT_PLACE}: they need {options.most_replicas} × {each:g} "
+                    f"{resource} = {need:g} {resource}, but the whole Ray cluster has {total.get(resource, 0.0):g}; "
+                    f"ask for fewer replicas or less per replica (num_cpus)")
 
-    # -- models ---------------------------------------------------------------------------------------------------
-    def build(self, name: str, record: ModelRecord, storage_options: dict[str, str],
-              options: LoadOptions) -> ServedModel:
-        self._connect()
-        self._check_fits(options)
-        app = f"{APP_PREFIX}{name}-v{record.version}-{uuid.uuid4().hex[:6]}"
+    def _wait_for_room(self, added: int, options: LoadOptions, what: str) -> None:
+        """Wait up to PLACEMENT_GRACE_S for the cluster to have ``added`` more replicas' worth of resources free;
+        NoCapacity naming what is missing otherwise, before anything is deployed."""
+        need = {"CPU": added * options.num_cpus, "GPU": added * options.num_gpus}
+        deadline = time.monotonic() + PLACEMENT_GRACE_S
+        while True:
+            free = ray.available_resources()
+            short = {r: (amount, free.get(r, 0.0)) for r, amount in need.items() if amount > free.get(r, 0.0) + 1e-9}
+            if not short:
+                return
+            if time.monotonic() > deadline:
+                missing = ", ".join(f"{amount:g} {r} needed, {have:g} free" for r, (amount, have) in short.items())
+                raise NoCapacity(f"{what}: {added} more replica(s) {CANNOT_PLACE} on the Ray cluster ({missing} "
+                                 f"for {PLACEMENT_GRACE_S:g} s); free resources, or ask for fewer replicas or less "
+                                 f"per replica (num_cpus)")
+            time.sleep(0.5)
+
+    def _deployment(self, record: ModelRecord, storage_options: dict[str, str], options: LoadOptions) -> Any:
         scaling: dict[str, Any] = (
             {"autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                     "target_ongoing_requests": options.target_ongoing_requests,
@@ -196,10 +220,14 @@ class RayServing:
         deployment = ModelReplica.options(
             ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
             max_ongoing_requests=max(64, 4 * options.batching.max_batch_size), **scaling)
-        bound = deployment.bind(record.uri, record.version, storage_options, options.device, self.torch_threads,
-                                options.batching.max_batch_size, options.batching.max_queue_delay_s)
-        with self._lock:
-            self._apps.add(app)
+        return deployment.bind(record.uri, record.version, storage_options, options.device, self.torch_threads,
+                               options.batching.max_batch_size, options.batching.max_queue_delay_s)
+
+    def _run(self, app: str, bound: Any, what: str) -> Any:
+        """``serve.run`` of an application, watched: its handle once every replica runs; NoCapacity naming what is
+        missing when Serve still cannot place replicas after PLACEMENT_GRACE_S; FailedPrecondition with the
+        replica's error when one fails; Unavailable after DEPLOY_TIMEOUT_S. The caller removes or reverts what a
+        failed run left behind."""
         outcome: dict[str, Any] = {}
 
         def deploy() -> None:
@@ -210,16 +238,81 @@ class RayServing:
 
         thread = threading.Thread(target=deploy, name=f"deploy-{app}", daemon=True)
         thread.start()
-        thread.join(DEPLOY_TIMEOUT_S)
-        if "handle" not in outcome:
-            self.delete_later(app, 0.0)
-            if thread.is_alive():
-                raise Unavailable(f"model '{name}' version {record.version}: its replicas were not running after "
-                                  f"{DEPLOY_TIMEOUT_S:g}s (waiting for resources?); the load was abandoned")
-            raise FailedPrecondition(f"model '{name}' version {record.version} cannot run in a Ray Serve replica: "
-                                     f"{_replica_error(outcome['error'])}")
+        started, unplaceable_since = time.monotonic(), None
+        while thread.is_alive() and time.monotonic() - started < DEPLOY_TIMEOUT_S:
+            thread.join(1.0)
+            if not thread.is_alive():
+                break
+            waiting = self._unplaceable(app)
+            if waiting and unplaceable_since is None:
+                unplaceable_since = time.monotonic()
+            elif not waiting:
+                unplaceable_since = None
+            if unplaceable_since is not None and time.monotonic() - unplaceable_since > PLACEMENT_GRACE_S:
+                raise NoCapacity(f"{what}: replicas {CANNOT_PLACE} on the Ray cluster: {waiting}; free resources, "
+                                 f"or ask for fewer replicas or less per replica (num_cpus)")
+        if "handle" in outcome:
+            return outcome["handle"]
+        if thread.is_alive():
+            raise Unavailable(f"{what}: its replicas were not running after {DEPLOY_TIMEOUT_S:g}s; the change was "
+                              f"abandoned")
+        raise FailedPrecondition(f"{what} cannot run in a Ray Serve replica: {_replica_error(outcome['error'])}")
+
+    def _unplaceable(self, app: str) -> str:
+        """Serve's message for an application whose replicas wait for resources no node has free ('' if none)."""
+        try:
+            status = serve.status().applications.get(app)
+        except Exception:  # noqa: BLE001 - the next look may succeed; the deploy timeout still bounds the wait
+            return ""
+        for deployment in (status.deployments.values() if status else ()):
+            message = " ".join(str(deployment.message or "").split())
+            if any(word in message.lower() for word in UNPLACEABLE):
+                return message[:400]
+        return ""
+
+    def rescale(self, model: ServedModel, options: LoadOptions) -> bool:
+        """Change an application's replica count or autoscaling bounds in place (Serve adds or removes replicas
+        and keeps the running ones serving); False when more than that changed, which needs new replicas. A change
+        that cannot be placed is reverted: the old replicas kept serving throughout."""
+        runner = model.runner
+        old = runner.options
+        if (old.num_cpus, old.num_gpus, old.device, old.batching) != (
+                options.num_cpus, options.num_gpus, options.device, options.batching):
+            return False
+        self._check_fits(options)
+        what = f"model '{model.name}' version {model.version}"
+        if options.most_replicas > old.most_replicas:
+            self._wait_for_room(options.most_replicas - old.most_replicas, options, what)
+        try:
+            handle = self._run(runner.app, self._deployment(model.record, runner.storage_options, options), what)
+        except NoCapacity:
+            log.warning("%s: scaling to %s cannot be placed; back to %s", what, options.most_replicas,
+                        old.most_replicas)
+            self._run(runner.app, self._deployment(model.record, runner.storage_options, old), what)
+            raise
+        runner.rescaled(handle, options)
+        log.info("model rescaled", extra={"model": model.name, "version": model.version, "application": runner.app,
+                                          "replicas": options.most_replicas})
+        return True
+
+    # -- models ---------------------------------------------------------------------------------------------------
+    def build(self, name: str, record: ModelRecord, storage_options: dict[str, str],
+              options: LoadOptions) -> ServedModel:
+        self._connect()
+        self._check_fits(options)
+        self._wait_for_room(options.min_replicas or options.replicas if options.autoscaling else options.replicas,
+                            options, f"model '{name}' version {record.version}")
+        app = f"{APP_PREFIX}{name}-v{record.version}-{uuid.uuid4().hex[:6]}"
+        with self._lock:
+            self._apps.add(app)
+        try:
+            handle = self._run(app, self._deployment(record, storage_options, options),
+                               f"model '{name}' version {record.version}")
+        except BaseException:
+            self.delete_later(app, 0.0)  # what it half deployed goes; the version serving now serves on
+            raise
         log.info("model deployed", extra={"model": name, "version": record.version, "application": app})
-        return ServedModel(name, record, options.batching, ServeRunner(self, app, outcome["handle"], options))
+        return ServedModel(name, record, options.batching, ServeRunner(self, app, handle, options, storage_options))
 
     def delete_later(self, app: str, delay_s: float = RETIRE_GRACE_S) -> None:
         """Delete an application once requests already sent to it have had time to finish."""

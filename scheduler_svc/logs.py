@@ -7,6 +7,8 @@ logical (bytes since the task started); ``dropped`` is where the retained window
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -33,20 +35,30 @@ class TaskLog:
         return self.dropped + self._size(self.older) + self._size(self.path)
 
     def write(self, data: bytes) -> None:
-        if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.write(self._fd, data)
-        if self._size(self.path) > self.cap // 2:
-            os.close(self._fd)
-            self._fd = None
-            self.dropped += self._size(self.older)
-            os.replace(self.path, self.older)
+        """Append ``data``; OSError when it cannot be written (a full disk, the folder removed). The log stays
+        usable: the next write opens the file again, so writing resumes once the cause is gone."""
+        try:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            written = os.write(self._fd, data)
+            if written < len(data):  # a short write: the disk filled up in the middle
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if self._size(self.path) > self.cap // 2:
+                os.close(self._fd)
+                self._fd = None
+                older = self._size(self.older)
+                os.replace(self.path, self.older)
+                self.dropped += older
+        except OSError:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def read(self, offset: int, max_bytes: int = 1 << 20) -> tuple[int, bytes, int]:
         """(start, data, next offset) from logical ``offset`` on; a notice stands in for dropped bytes."""

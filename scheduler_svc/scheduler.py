@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from ai_platform.core.errors import (
+    FailedPrecondition,
+    InsufficientStorage,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from ai_platform.core.limits import check_params, check_task_fields
 from ai_platform.core.names import validate_name
 from scheduler_svc.backends import Backend, RunContext
 from scheduler_svc.logs import TaskLog
@@ -29,6 +36,7 @@ log = logging.getLogger("scheduler_svc")
 PROGRESS_SAVE_INTERVAL_S = 0.5
 METRICS_POLL_S = 0.25  # a followed metric stream looks for new points this often
 ADMIT_WAIT_S = 5.0  # how long a submit waits to answer "running" (or "pending" for a queued task)
+UNSAVED_RETRY_S = 1.0  # records a full disk refused are saved again this often
 NOT_SCRIPT_DIRS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
 
 
@@ -80,6 +88,9 @@ class Scheduler:
         self.log_cap_bytes = log_cap_bytes
         self._runs: dict[str, TaskRun] = {}
         self._changed = asyncio.Condition()
+        # Records a full disk refused: served from here and saved again every UNSAVED_RETRY_S until the disk has room.
+        self._unsaved: dict[str, Task] = {}
+        self._saver: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     async def recover(self) -> None:
@@ -109,12 +120,20 @@ class Scheduler:
             else:
                 self._request_stop(task_id, "shutdown")
         await asyncio.gather(*(r.future for r in self._runs.values() if r.future), return_exceptions=True)
+        if self._saver is not None:
+            self._saver.cancel()
+        self._save_unsaved()
+        if self._unsaved:
+            log.error("%d task records could not be saved before the scheduler stopped (no space left): %s",
+                      len(self._unsaved), ", ".join(self._unsaved))
         await self.backend.close()
         await self.resolver.close()
 
     # -- requests ----------------------------------------------------------------
     async def submit(self, request: TaskRequest) -> Task:
         name = validate_name(request.name, "task name")
+        check_task_fields(request.script, request.input, request.output, request.timeout_s)
+        check_params(request.params)
         script = self._check_script(request.script)
         self._check_resources(request.resources, request.timeout_s)
         resolved_input, pinned = await self.resolver.resolve(request.input, "input")
@@ -182,13 +201,18 @@ class Scheduler:
 
     def get(self, task_id: str) -> Task:
         run = self._runs.get(task_id)
-        task = run.task if run else self.store.get(task_id)
+        task = run.task if run else self._unsaved.get(task_id) or self.store.get(task_id)
         if task is None:
             raise NotFound(f"task '{task_id}' does not exist")
         return task
 
-    def list(self, statuses: list[TaskStatus], name: str, page_size: int, offset: int) -> list[Task]:
-        return self.store.list(statuses, name, page_size, offset)
+    def list(self, statuses: list[TaskStatus], name: str, page_size: int,
+             after: tuple[float, str] | None = None) -> list[Task]:
+        """Tasks newest first, from just after the cursor ``after`` (created_at, id) of the previous page."""
+        listed = self.store.list(statuses, name, page_size, after)
+        if self._unsaved:  # the newest state of a record the disk refused
+            listed = [self._unsaved.get(t.id, t) for t in listed]
+        return listed
 
     async def cancel(self, task_id: str) -> Task:
         task = self.get(task_id)
@@ -208,7 +232,7 @@ class Scheduler:
     def report(self, task_id: str, secret: str, kind: str, value: Any) -> None:
         """A report from the task's worker, wherever it runs; it must carry the task's secret."""
         run = self._runs.get(task_id)
-        task = run.task if run else self.store.get(task_id)
+        task = run.task if run else self._unsaved.get(task_id) or self.store.get(task_id)
         if task is None:
             raise NotFound(f"task '{task_id}' does not exist")
         if not task.report_secret or not hmac.compare_digest(secret.encode(), task.report_secret.encode()):
@@ -219,7 +243,7 @@ class Scheduler:
             dropped = self.store.add_metrics(task_id, value)
             if dropped:
                 task.metrics_dropped += dropped
-                self.store.save(task)
+                self._changed_task(task)
             return
         run.context.report(kind, value)
 
@@ -313,6 +337,8 @@ class Scheduler:
                 except Exception as exc:  # noqa: BLE001 - a backend failure fails this task, not the scheduler
                     log.exception("backend failed running task %s", task.id)
                     outcome = Outcome(TaskStatus.FAILED, error_type=type(exc).__name__, error_message=str(exc))
+                run.context.write_log(b"")  # a last try at saying what output a full disk cost
+                task_log.close()
                 task.log_dropped = task_log.dropped
                 self._finish(task, self._explain(run, outcome))
         except asyncio.CancelledError:
@@ -381,8 +407,31 @@ class Scheduler:
 
     def _changed_task(self, task: Task, save: bool = True) -> None:
         if save:
-            self.store.save(task)
+            try:
+                self.store.save(task)
+                self._unsaved.pop(task.id, None)
+            except InsufficientStorage as exc:  # the state lives on here and is saved once the disk has room
+                if not self._unsaved:
+                    log.warning("task records cannot be saved: %s", exc.message)
+                self._unsaved[task.id] = task
+                if self._saver is None or self._saver.done():
+                    self._saver = asyncio.ensure_future(self._keep_saving())
         asyncio.ensure_future(self._notify())
+
+    def _save_unsaved(self) -> None:
+        for task_id, task in list(self._unsaved.items()):
+            try:
+                self.store.save(task)
+            except InsufficientStorage:
+                return
+            if self._unsaved.get(task_id) is task:
+                del self._unsaved[task_id]
+
+    async def _keep_saving(self) -> None:
+        while self._unsaved:
+            await asyncio.sleep(UNSAVED_RETRY_S)
+            self._save_unsaved()
+        log.info("task records saved again: the disk has room")
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -14,8 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core.errors import InvalidArgument
 from ai_platform.core.names import METRIC_KEY
-from ai_platform.core.views import struct_value
-from ai_platform.core.wire import TASK_STATUSES
+from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
 from scheduler_svc.scheduler import Scheduler, TaskRequest
@@ -73,20 +72,22 @@ def task_to_pb(task: Task) -> pb.Task:
     return message
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+def _page_token(task: Task) -> str:
+    """An opaque cursor: where the page ended in the listing's order (newest first), not how many rows it skipped,
+    so tasks submitted while a client pages never repeat or shift a row."""
+    return base64.urlsafe_b64encode(f"after:{task.created_at!r}:{task.id}".encode()).decode()
 
 
-def _offset(token: str) -> int:
+def _cursor(token: str) -> tuple[float, str] | None:
     if not token:
-        return 0
+        return None
     try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "offset" and int(value) >= 0:
-            return int(value)
+        kind, created_at, task_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 2)
+        if kind == "after" and task_id and math.isfinite(float(created_at)):
+            return float(created_at), task_id
     except (ValueError, UnicodeDecodeError):
         pass
-    raise InvalidArgument(f"invalid page_token {token!r}")
+    raise InvalidArgument(f"invalid page_token {token[:64]!r}: pass back the token a listing answered with")
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -117,12 +118,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument("page_size must not be negative")
         page_size = min(request.page_size or 50, MAX_PAGE)
         statuses = [TaskStatus(TASK_STATUSES.name(status)) for status in request.statuses]
-        offset = _offset(request.page_token)
-        tasks = self.scheduler.list(statuses, request.name, page_size + 1, offset)
+        tasks = self.scheduler.list(statuses, request.name, page_size + 1, _cursor(request.page_token))
         more = len(tasks) > page_size
         return pb.ListTasksResponse(
             tasks=[task_to_pb(t) for t in tasks[:page_size]],
-            next_page_token=_page_token(offset + page_size) if more else "",
+            next_page_token=_page_token(tasks[page_size - 1]) if more else "",
         )
 
     async def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
@@ -170,6 +170,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         else:
             value = {"type": request.error.type, "message": request.error.message}
         self.scheduler.report(request.task_id, request.secret, kind, value)
+        if kind == "started":  # the worker's spec: params of any size travel here, not in its environment
+            return pb.ReportTaskResponse(task=task_to_pb(self.scheduler.get(request.task_id)))
         return pb.ReportTaskResponse()
 
 

@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from ai_platform.core.errors import NO_SPACE, InsufficientStorage, no_space
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 _COLUMNS = [f.name for f in dataclasses.fields(Task)]
 _JSON = {"params", "resources", "result", "progress"}
 MAX_METRIC_POINTS = 100_000  # per task: the first ones are kept, later ones counted in metrics_dropped
 MAX_METRIC_SERIES = 100  # per task: points of a further series are dropped
+T = TypeVar("T")
+
+
+def _full(exc: sqlite3.Error) -> InsufficientStorage:
+    return InsufficientStorage(f"scheduler_svc: {NO_SPACE} for the task records ({exc}); tasks already recorded "
+                               f"are kept, and submitting works again once space is freed")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """A write that a full disk refuses raises InsufficientStorage, which the scheduler turns into a clear answer."""
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> T:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if no_space(exc) or "disk i/o error" in str(exc).lower():
+                raise _full(exc) from exc
+            raise
+
+    return guarded
 
 
 class TaskStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db = sqlite3.connect(path, isolation_level=None)
+        path.chmod(0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
@@ -38,6 +64,7 @@ class TaskStore:
         self.db.execute("CREATE INDEX IF NOT EXISTS metrics_task ON metrics (task_id, seq)")
         self.db.execute("CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC)")
 
+    @_guarded
     def save(self, task: Task) -> None:
         values = []
         for name in _COLUMNS:
@@ -61,9 +88,14 @@ class TaskStore:
         return self._task(row) if row else None
 
     def list(
-        self, statuses: list[TaskStatus] | None = None, name: str = "", limit: int = 50, offset: int = 0
+        self, statuses: list[TaskStatus] | None = None, name: str = "", limit: int = 50,
+        after: tuple[float, str] | None = None,
     ) -> list[Task]:
+        """Newest first (then by id); ``after``: the (created_at, id) where the previous page ended."""
         where, args = [], []
+        if after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            args += [after[0], after[0], after[1]]
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += [str(s) for s in statuses]
@@ -72,14 +104,15 @@ class TaskStore:
             args.append(name)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self.db.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM tasks {clause} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-            [*args, limit, offset],
+            f"SELECT {','.join(_COLUMNS)} FROM tasks {clause} ORDER BY created_at DESC, id LIMIT ?",
+            [*args, limit],
         ).fetchall()
         return [self._task(r) for r in rows]
 
     def unfinished(self) -> list[Task]:
         return self.list([TaskStatus.PENDING, TaskStatus.RUNNING], limit=1_000_000)[::-1]
 
+    @_guarded
     def add_metrics(self, task_id: str, points: list[MetricPoint]) -> int:
         """Keep what fits under the task's caps; returns how many points were dropped."""
         count, = self.db.execute("SELECT COUNT(*) FROM metrics WHERE task_id = ?", (task_id,)).fetchone()
@@ -97,10 +130,11 @@ class TaskStore:
         try:
             self.db.executemany("INSERT INTO metrics (task_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)",
                                 [(task_id, p.key, p.step, p.value, p.time) for p in kept])
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a COMMIT a full disk refused leaves the transaction open
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
         return len(points) - len(kept)
 
     def metrics(self, task_id: str, after: int = 0) -> tuple[list[MetricPoint], int]:

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from enum import StrEnum
 import lance
 import pyarrow as pa
 import pyarrow.fs as pafs
+from lance.fragment import write_fragments
 
 from ai_platform.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ai_platform.core.lakefs import lake_filesystem
@@ -32,6 +34,8 @@ LANCE_UNVERIFIED_AGE_S = 7 * 24 * 3600  # Lance's cleanup removes unreferenced f
 GC_FOLDERS = ("data", "_deletions")  # where a table's row data lives; manifests are Lance's own business
 MAX_MESSAGE_CHARS = 300  # an error may quote Lance, never a whole filter: gRPC metadata has a size limit
 TARGET_BATCH_BYTES = 1024 * 1024  # small messages keep read, encode and send overlapping
+COMMIT_ATTEMPTS = 5  # a commit that keeps losing races with writers outside this service gives up, saying so
+COMMIT_BACKOFF_S = 0.05
 _RUST_LOCATION = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
 
 
@@ -156,6 +160,8 @@ class LakeCatalog:
         self.home = home_uri.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self.fs, self._root = lake_filesystem(self.home, self.storage_options, create_bucket)
+        self._commit_locks: dict[tuple[TableKind, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         for kind in TableKind:
             self.fs.create_dir(self._dir(kind), recursive=True)
 
@@ -444,15 +450,57 @@ class LakeCatalog:
                 raise
 
         reader = pa.RecordBatchReader.from_batches(schema, conformed())
-        lance_mode = "overwrite" if mode is WriteMode.OVERWRITE else ("append" if exists else "create")
-        try:
-            committed = lance.write_dataset(
-                reader, uri, schema=schema, mode=lance_mode, storage_options=self.storage_options or None
-            )
-        except Exception as exc:
+        options = self.storage_options or None
+        try:  # the data files first, outside any lock: writers of one table stream their data side by side
+            fragments = write_fragments(reader, uri, schema=schema, storage_options=options)
+        except Exception:
             if failure:  # the data source failed (corrupt chunk, client gone): report that, not Lance's wrapper
                 raise failure[0] from None
-            if "already exists" in lance_message(exc):
-                raise AlreadyExists(f"{kind.value} '{name}' already exists") from exc
             raise
-        return self.describe(kind, name, committed.version)  # this commit's version, whoever committed after it
+        with self._commit_lock(kind, name):  # then one commit at a time per table, in this service
+            version = self._commit(kind, name, mode, schema, fragments)
+        return self.describe(kind, name, version)  # this commit's version, whoever committed after it
+
+    def _commit_lock(self, kind: TableKind, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._commit_locks.setdefault((kind, name), threading.Lock())
+
+    def _commit(self, kind: TableKind, name: str, mode: WriteMode, schema: pa.Schema,
+                fragments: list) -> int:
+        """Commit written fragments as one new version: ``create`` only while the table does not exist (exactly
+        one of several racing creates wins), ``append`` on whatever version is newest, ``overwrite`` replacing it.
+
+        Writers outside this service (task scripts open Lance directly) can still race a commit: Lance's retryable
+        conflicts are tried again on the newest version (bounded); an append whose table was overwritten meanwhile
+        with another schema is a CONFLICT naming that.
+        """
+        uri, options = self.uri(kind, name), self.storage_options or None
+        for attempt in range(COMMIT_ATTEMPTS):
+            latest = self.open(kind, name).version if self.exists(kind, name) else None
+            if latest is not None and mode is WriteMode.CREATE:
+                raise AlreadyExists(f"{kind.value} '{name}' already exists (another writer created it first; use "
+                                    f"mode append or overwrite)")
+            if latest is not None and mode is WriteMode.APPEND:
+                current = self.open(kind, name, latest).schema
+                if not current.remove_metadata().equals(schema.remove_metadata()):
+                    raise FailedPrecondition(f"cannot append to {kind.value} '{name}': its schema changed while the "
+                                             f"data was written (an overwrite committed version {latest})")
+                operation = lance.LanceOperation.Append(fragments)
+            else:
+                operation = lance.LanceOperation.Overwrite(schema, fragments)
+            try:
+                return lance.LanceDataset.commit(uri, operation, read_version=latest, storage_options=options,
+                                                 max_retries=COMMIT_ATTEMPTS).version
+            except Exception as exc:  # noqa: BLE001 - Lance's conflicts are told apart by their words
+                text = lance_message(exc)
+                conflict = "commit conflict" in text.lower() or "incompatible transaction" in text.lower() \
+                    or "already exists" in text.lower()
+                if not conflict:
+                    raise
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise FailedPrecondition(f"the commit to {kind.value} '{name}' lost {COMMIT_ATTEMPTS} races "
+                                             f"with other writers: {text[:MAX_MESSAGE_CHARS]}") from exc
+                log.info("commit to %s '%s' conflicted (%s); trying again on the newest version", kind.value, name,
+                         text[:120])
+                time.sleep(COMMIT_BACKOFF_S * (attempt + 1))
+        raise AssertionError("unreachable")

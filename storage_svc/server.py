@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ai_platform.core.errors import Cancelled, InvalidArgument, Unavailable
+from ai_platform.core.errors import (
+    NO_SPACE,
+    Cancelled,
+    InsufficientStorage,
+    InvalidArgument,
+    PlatformError,
+    Unavailable,
+    no_space,
+)
 from ai_platform.core.wire import TABLE_KINDS, WRITE_MODES
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
@@ -51,7 +59,11 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.max_message_bytes = max_message_bytes
 
     def translate_error(self, exc: Exception) -> Exception:
-        """I/O failures of a remote lake (object store down or unreachable) are UNAVAILABLE, not a bug here."""
+        """A full disk is RESOURCE_EXHAUSTED saying so; I/O failures of a remote lake (object store down or
+        unreachable) are UNAVAILABLE, not a bug here."""
+        if not isinstance(exc, PlatformError) and no_space(exc):
+            return InsufficientStorage(f"storage_svc: {NO_SPACE} in the lake at {self.catalog.home}; nothing was "
+                                       f"committed, and what was committed before is intact")
         if isinstance(exc, OSError) and self.catalog.remote:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Unavailable(f"the lake at {self.catalog.home} cannot be reached: {detail}")
@@ -155,19 +167,23 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
 async def _payloads(requests: AsyncIterator[pb.WriteTableRequest]) -> AsyncIterator[bytes | Commit]:
     """The messages after the header: each ArrowChunk's bytes, then COMMIT."""
-    number = 1
+    number, chunks = 1, 0
     async for message in requests:
         number += 1
         payload = message.WhichOneof("payload")
         if payload == "chunk":
+            chunks += 1
             yield message.chunk.arrow_ipc
-        elif number == 2:
+        elif payload == "header":
+            raise InvalidArgument(f"message {number} is a second WriteHeader: a write is one WriteHeader, then "
+                                  f"ArrowChunks, then one WriteCommit")
+        elif payload is None:
+            raise InvalidArgument(f"message {number} carries nothing: send an ArrowChunk or the WriteCommit")
+        elif not chunks:
             break
-        elif payload == "commit":
+        else:
             yield COMMIT
             return
-        else:
-            raise InvalidArgument(f"message {number} must be an ArrowChunk or WriteCommit, not a {payload}")
-    if number == 1 or (number == 2 and payload != "chunk"):
+    if not chunks:
         raise InvalidArgument("WriteTable needs at least one ArrowChunk after the header (it carries the schema)")
     raise Cancelled("WriteTable stream ended without a WriteCommit; nothing was committed")

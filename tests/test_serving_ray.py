@@ -160,7 +160,7 @@ def test_bad_loads_are_refused_and_other_models_keep_serving(stub, inference):
     both = rpc_error(lambda: load(stub, "other", replicas=2, max_replicas=3))
     assert both.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in both.details()
     huge = rpc_error(lambda: load(stub, "other", replicas=100))
-    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the Ray cluster has 4" in huge.details()
+    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the whole Ray cluster has 4" in huge.details()
     missing = rpc_error(lambda: load(stub, "absent", replicas=1))
     assert missing.code() == grpc.StatusCode.NOT_FOUND and "absent" in missing.details()
     broken = rpc_error(lambda: load(stub, "broken", replicas=1))
@@ -182,6 +182,42 @@ def test_autoscaling_loads_and_unloading_frees_the_replicas(stub, inference, ray
         time.sleep(0.5)
     assert replica_pids(ray_head, "other") == [], "unloading deleted the application and its replicas"
     assert not stub.ModelReady(pb.ModelReadyRequest(name="other")).ready
+
+
+def test_scaling_a_served_version_happens_in_place_under_load_and_what_cannot_be_placed_ends(stub, inference,
+                                                                                             ray_head):
+    """1 → 2 → 3 → 1 replicas of the version serving, under load: the same application scales (no second copy),
+    no request fails. Then more replicas than the free CPUs hold: RESOURCE_EXHAUSTED naming what is missing within
+    a bounded time, the old replicas serving throughout, nothing half deployed left."""
+    load(stub, "digits")
+    app = stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config.parameters["application"].string_value
+    with Hammer(inference.addr, "digits", images(1, seed=8), clients=2) as hammer:
+        for count in (2, 3, 1):
+            load(stub, "digits", replicas=count)
+            deadline = time.time() + 60
+            while len(replica_pids(ray_head, "digits")) != count and time.time() < deadline:
+                time.sleep(0.5)
+            assert len(replica_pids(ray_head, "digits")) == count
+            now = stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config.parameters["application"]
+            assert now.string_value == app, "scaled in place, not a second application"
+    assert not hammer.failures, hammer.failures[:3]
+    assert len(hammer.versions) > 50
+    load(stub, "other", replicas=4, num_cpus=0.5)  # 2 of the cluster's 4 CPUs; digits holds 0.5
+    try:
+        with Hammer(inference.addr, "digits", images(1, seed=9), clients=4) as hammer:
+            started = time.time()
+            refused = rpc_error(lambda: load(stub, "digits", replicas=5, timeout=120))
+            took = time.time() - started
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details()
+        assert "cannot be placed" in refused.details() and "CPU" in refused.details(), refused.details()
+        assert took < 30, f"it ended in {took:.0f} s"
+        assert not hammer.failures, "the replicas serving before kept serving"
+        deadline = time.time() + 60
+        while len(replica_pids(ray_head, "digits")) != 1 and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(replica_pids(ray_head, "digits")) == 1, "the replicas it could not place are gone"
+    finally:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="other"))
 
 
 def test_a_ray_cluster_that_is_down_is_unavailable_naming_ray(home, storage_service):

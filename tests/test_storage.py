@@ -242,7 +242,9 @@ def test_malformed_write_streams_are_invalid_argument(stub):
         ([chunk], "WriteHeader"),
         ([header], "ArrowChunk"),
         ([header, COMMIT], "ArrowChunk"),
-        ([header, chunk, header, COMMIT], "must be an ArrowChunk or WriteCommit"),
+        ([header, chunk, header, COMMIT], "message 3 is a second WriteHeader"),
+        ([header, header, chunk, COMMIT], "message 2 is a second WriteHeader"),
+        ([header, pb.WriteTableRequest(), COMMIT], "message 2 carries nothing"),
     ):
         code, message = code_of(lambda messages=messages: _raw_write(stub, messages))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and expected in message

@@ -54,6 +54,36 @@ class ResourceExhausted(PlatformError):
     http_status, rest_code = 413, "PAYLOAD_TOO_LARGE"
 
 
+NO_SPACE = "no space left on device"  # how every service words a full disk, so every edge can tell it apart
+
+
+class InsufficientStorage(ResourceExhausted):
+    """A full disk or store: RESOURCE_EXHAUSTED over gRPC, 507 over REST. The message names the service and says
+    ``NO_SPACE``; reads go on, and writing works again once space is freed."""
+
+    http_status, rest_code = 507, "INSUFFICIENT_STORAGE"
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether a failure is a full disk: ENOSPC, or SQLite's and Lance's words for it."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return NO_SPACE in text or "database or disk is full" in text or "disk quota exceeded" in text
+
+
+CANNOT_PLACE = "cannot be placed"  # how a serving change the cluster has no room for is worded, at every edge
+
+
+class NoCapacity(ResourceExhausted):
+    """A serving change the cluster has no room for (replicas that cannot be placed): RESOURCE_EXHAUSTED over gRPC,
+    503 over REST; the message says ``CANNOT_PLACE`` and names the resources missing."""
+
+    http_status, rest_code = 503, "INSUFFICIENT_RESOURCES"
+
+
 class Unavailable(PlatformError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status, rest_code = 503, "SERVICE_UNAVAILABLE"

@@ -14,7 +14,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from prometheus_client.exposition import make_wsgi_app
 
-from ai_platform.core.errors import PlatformError, Unauthenticated
+from ai_platform.core.errors import InvalidArgument, PlatformError, Unauthenticated
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import ServiceSettings, split_addr
 from ai_platform.core.tls import TlsError
@@ -55,7 +55,59 @@ def _status_label(context: grpc.aio.ServicerContext, exc: BaseException | None) 
     return "OK" if exc is None else "UNKNOWN"
 
 
-def instrument(servicer: Any, service: str, method_names: Sequence[str], token: str = "") -> Any:
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request's bytes became when they are not the message they should be: the handler's edge refuses it
+    (INVALID_ARGUMENT naming the message), where gRPC itself would answer UNKNOWN."""
+
+    message: str
+    reason: str
+
+    def error(self, number: int = 0) -> InvalidArgument:
+        where = f"message {number} of the stream" if number else "the request"
+        return InvalidArgument(f"{where} is not a valid {self.message}: {self.reason}")
+
+
+def _safe_deserializer(parse: Callable[[bytes], Any], message: str) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's malformed message
+            return Undecodable(message, str(exc).split(": ", 1)[-1][:300] or type(exc).__name__)
+
+    return deserialize
+
+
+class _Registrar:
+    """Stands in for the server while a generated ``add_*_to_server`` registers a service, so that every method's
+    request deserializer can be made safe (see :class:`Undecodable`) before the real server gets it."""
+
+    def __init__(self, server: grpc.aio.Server, descriptor: ServiceDescriptor) -> None:
+        self.server = server
+        self.inputs = {m.name: m.input_type.full_name for m in descriptor.methods}
+
+    def _safe(self, handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, grpc.RpcMethodHandler]:
+        return {name: handler._replace(request_deserializer=_safe_deserializer(
+            handler.request_deserializer, self.inputs.get(name, "request"))) for name, handler in handlers.items()}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        safe = []
+        for handler in handlers:
+            methods = getattr(handler, "_method_handlers", None)
+            if methods is None:
+                safe.append(handler)
+                continue
+            service = handler.service_name()
+            by_name = self._safe({full.rsplit("/", 1)[1]: h for full, h in methods.items()})
+            safe.append(grpc.method_handlers_generic_handler(service, by_name))
+        self.server.add_generic_rpc_handlers(tuple(safe))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.server.add_registered_method_handlers(service, self._safe(handlers))
+
+
+def instrument(servicer: Any, service: str, method_names: Sequence[str], token: str = "",
+               streaming_requests: Sequence[str] = ()) -> Any:
     """Wrap each RPC method of ``servicer``: check the caller's token (when the platform has one) and refuse
     unknown fields, count and time it, and turn PlatformError into a status.
 
@@ -67,18 +119,37 @@ def instrument(servicer: Any, service: str, method_names: Sequence[str], token: 
     """
     translate = getattr(servicer, "translate_error", None)
     for name in method_names:
-        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate, token))
+        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate, token,
+                                      name in streaming_requests))
     return servicer
 
 
 def _admit(request: Any, context: grpc.aio.ServicerContext, expected: bytes, deep: bool) -> None:
-    """Refuse a call without the platform's token, and a request with fields this server does not know."""
+    """Refuse a call without the platform's token, a request that is not its message, and a request with fields this
+    server does not know."""
     if expected:
         given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
         if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
             raise Unauthenticated("missing or wrong bearer token: send the metadata authorization: Bearer <AIP_TOKEN>")
+    if isinstance(request, Undecodable):
+        raise request.error()
     if isinstance(request, Message):
         refuse_unknown_fields(request, deep=deep)
+
+
+async def _checked_stream(requests: AsyncIterator[Any], deep: bool) -> AsyncIterator[Any]:
+    """A request stream whose messages are refused one by one as a unary request is: not decodable, or carrying
+    fields this server does not know (INVALID_ARGUMENT naming the message's place in the stream)."""
+    number = 0
+    async for request in requests:
+        number += 1
+        if isinstance(request, Undecodable):
+            raise request.error(number)
+        try:
+            refuse_unknown_fields(request, deep=deep)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"message {number} of the stream: {exc.message}") from None
+        yield request
 
 
 def _wrap(
@@ -87,9 +158,17 @@ def _wrap(
     behavior: Callable[..., Any],
     translate: Callable[[Exception], Exception] | None = None,
     token: str = "",
+    streaming_request: bool = False,
 ) -> Callable[..., Any]:
     expected = f"Bearer {token}".encode() if token else b""
     deep = method not in HOT_RPCS
+    if streaming_request:  # the stream's messages are checked as they come; the call itself as any other
+        plain = behavior
+
+        def behavior(requests: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: ANN202 - as the handler's
+            return plain(_checked_stream(requests, deep), context)
+
+        behavior = _same_kind(plain, behavior)
 
     def record(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
         code = "OK" if exc is None else _status_label(context, exc)
@@ -129,6 +208,23 @@ def _wrap(
             record(context, started, error)
 
     return wrapper
+
+
+def _same_kind(original: Callable[..., Any], replacement: Callable[..., Any]) -> Callable[..., Any]:
+    """``replacement`` as the kind of callable ``original`` is (an async generator function or a coroutine
+    function), which is how the wrapper below tells streaming answers apart."""
+    if inspect.isasyncgenfunction(original):
+
+        async def generator(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for item in replacement(requests, context):
+                yield item
+
+        return generator
+
+    async def coroutine(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await replacement(requests, context)
+
+    return coroutine
 
 
 def _start_metrics_server(host: str, port: int, token: str) -> Any:
@@ -188,7 +284,9 @@ async def serve(
     server = grpc.aio.server(options=server_options(settings.max_message_bytes))
     for entry in servicers:
         methods = [m.name for m in entry.descriptor.methods]
-        entry.add_to_server(instrument(entry.implementation, service, methods, settings.token), server)
+        streaming = [m.name for m in entry.descriptor.methods if m.client_streaming]
+        entry.add_to_server(instrument(entry.implementation, service, methods, settings.token, streaming),
+                            _Registrar(server, entry.descriptor))
     service_names = [entry.descriptor.full_name for entry in servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

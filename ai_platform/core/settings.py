@@ -431,7 +431,8 @@ class InferenceSettings(ServiceSettings):
     serve_address: str = setting("", "serving=ray: the Ray cluster's GCS address (host:port); `aip up --level 2` "
                                       "sets it")
     replicas: int = setting(1, "serving=ray: default replicas per model version", parse=positive_integer)
-    replica_num_cpus: float = setting(1.0, "serving=ray: default CPUs each replica holds",
+    replica_num_cpus: float = setting(0.5, "serving=ray: default CPUs each replica holds (a fraction: a few replicas "
+                                           "fit beside tasks on a small node; the load parameter num_cpus sets it)",
                                       parse=non_negative_number)
     replica_num_gpus: float = setting(0.0, "serving=ray: default GPUs each replica holds",
                                       parse=non_negative_number)
@@ -448,6 +449,12 @@ class GatewaySettings(ServiceSettings):
     gateway_timeout_s: float = setting(30.0, "deadline of each call to a backend service", parse=positive_number)
     cors_origins: list[str] = setting(doc="comma-separated origins allowed by CORS", parse=comma_list,
                                       factory=list, shown="localhost on any port")
+    header_timeout_s: float = setting(10.0, "a connection whose request headers are not all in this long after it "
+                                            "opened (or the request began) is closed", parse=positive_number)
+    keep_alive_s: int = setting(5, "an idle kept-alive connection is closed after this many seconds",
+                                parse=positive_integer)
+    max_streams_per_client: int = setting(32, "followed streams (logs, metrics) one client address may hold at "
+                                              "once; 429 past it", parse=positive_integer)
     inference_socket: str = _inference_socket_setting()
 
 
@@ -471,7 +478,8 @@ class TaskSettings(BaseSettings):
     """What the worker that runs one task reads: its spec and where to report (set by the scheduler)."""
 
     task_id: str = setting("", "the task's id", flag=False)
-    task_spec: str = setting("", "the task as JSON: script, input, output, params", flag=False)
+    task_script: str = setting("", "the task's script where the worker runs (its spec comes from the scheduler)",
+                               flag=False)
     task_secret: str = setting("", "the task's report secret: ReportTask calls must carry it", flag=False)
     scheduler_addr: str = _addr("scheduler", 50052)
     token: str = _token_setting()

@@ -10,30 +10,13 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai_platform.core.wire import INT64_MAX, TASK_STATUSES
+from ai_platform.core.wire import INT64_MAX, TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, storage_pb2
 
 MODEL_COLUMNS = ["signature", "params", "metrics", "framework", "lineage"]
-
-
-def plain_json(value: Any) -> Any:
-    """Struct numbers are doubles; give whole numbers back as ints so ``range(params["epochs"])`` works."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_json(v) for v in value]
-    return value
-
-
-def struct_value(message: Any) -> Any:
-    """A protobuf Struct or Value as plain JSON."""
-    return plain_json(json_format.MessageToDict(message))
 
 
 def iso(ts: Timestamp) -> str:
@@ -332,5 +315,6 @@ class ProtocolErrorBody(BaseModel):
     error: str = Field(examples=["model 'mnist_cnn' does not exist"])
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503)}
-PROTOCOL_ERRORS = {status: {"model": ProtocolErrorBody} for status in (400, 401, 404, 409, 413, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
+PROTOCOL_ERRORS = {status: {"model": ProtocolErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
+STREAM_ERRORS = {429: {"model": ErrorBody, "description": "the client follows too many streams already"}}

@@ -15,11 +15,15 @@ import grpc
 from google.protobuf import unknown_fields
 
 from ai_platform.core.errors import (
+    CANNOT_PLACE,
+    NO_SPACE,
     AlreadyExists,
     Cancelled,
     FailedPrecondition,
+    InsufficientStorage,
     Internal,
     InvalidArgument,
+    NoCapacity,
     NotFound,
     PermissionDenied,
     PlatformError,
@@ -98,6 +102,10 @@ def error_from_status(code: grpc.StatusCode, details: str, peer: str, tls: bool 
         return Unavailable(f"{peer} is unavailable: {explain_unavailable(details, tls)}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return _ERRORS[code](f"{peer} refused the call: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and NO_SPACE in details.lower():
+        return InsufficientStorage(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and CANNOT_PLACE in details:
+        return NoCapacity(details)
     error = _ERRORS.get(code)
     if error is not None:
         return error(details)
@@ -246,6 +254,25 @@ def refuse_unknown_fields(message: Any, path: str = "", deep: bool = True) -> No
             continue
         for item in value if descriptor.is_repeated else [value]:
             refuse_unknown_fields(item, f"{path}.{descriptor.name}")
+
+
+# -- JSON in protobuf -----------------------------------------------------------------------------------------------
+def plain_json(value: Any) -> Any:
+    """Struct numbers are doubles; give whole numbers back as ints so ``range(params["epochs"])`` works."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    return value
+
+
+def struct_value(message: Any) -> Any:
+    """A protobuf Struct or Value as plain JSON."""
+    from google.protobuf import json_format
+
+    return plain_json(json_format.MessageToDict(message))
 
 
 # -- enum tables -----------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ what it trained with :func:`save_model` so that inference_svc can serve it.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -16,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ai_platform.core.settings import ClientSettings, TaskSettings
+from ai_platform.core.settings import ClientSettings
 from ai_platform.sdk import report
 
 
@@ -49,7 +48,7 @@ def open_dataset(uri: str, version: int | None = None) -> Any:
 
 
 def _task_spec() -> dict[str, Any]:
-    return json.loads(TaskSettings.from_env().task_spec or "{}")
+    return report.spec()
 
 
 def _lineage() -> dict[str, Any] | None:

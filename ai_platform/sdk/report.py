@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -65,20 +66,21 @@ class Reporter:
             raise ValueError(f"unknown report kind {kind!r}")
         return request
 
-    def deliver(self, kind: str, request: Any) -> bool:
-        patience = FINAL_PATIENCE_S if kind in ("result", "error") else PROGRESS_PATIENCE_S
+    def deliver(self, kind: str, request: Any) -> Any:
+        """The scheduler's answer to a report, retried with backoff while it cannot be reached; None when it was
+        not delivered (said on stderr)."""
+        patience = FINAL_PATIENCE_S if kind in ("result", "error", "started") else PROGRESS_PATIENCE_S
         deadline, delay = time.monotonic() + patience, RETRY_FIRST_S
         retryable = (self.grpc.StatusCode.UNAVAILABLE, self.grpc.StatusCode.DEADLINE_EXCEEDED)
         while True:
             try:
-                self.stub.ReportTask(request, timeout=REPORT_TIMEOUT_S, metadata=self.metadata)
-                return True
+                return self.stub.ReportTask(request, timeout=REPORT_TIMEOUT_S, metadata=self.metadata)
             except self.grpc.RpcError as exc:
                 if exc.code() not in retryable or time.monotonic() + delay > deadline:
                     print(f"[platform] the {kind} report did not reach the scheduler at "
                           f"{self.settings.scheduler_addr}: {exc.code().name}: {exc.details()}", file=sys.stderr,
                           flush=True)
-                    return False
+                    return None
             time.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
@@ -93,7 +95,7 @@ def _reporter() -> Reporter | None:
 
 
 def send(kind: str, value: Any) -> bool:
-    """Send one report (``started``, ``progress``, ``result`` or ``error``) to the scheduler.
+    """Send one report (``progress``, ``result``, ``error`` or ``metrics``) to the scheduler.
 
     Returns False when not running as a platform task, or when the report could not be delivered (said on
     stderr). Raises TypeError or ValueError when ``value`` is not plain JSON.
@@ -101,7 +103,34 @@ def send(kind: str, value: Any) -> bool:
     reporter = _reporter()
     if reporter is None:
         return False
-    return reporter.deliver(kind, reporter.request(kind, value))
+    return reporter.deliver(kind, reporter.request(kind, value)) is not None
+
+
+_spec: dict[str, Any] = {}
+
+
+def start(started_at: float) -> dict[str, Any] | None:
+    """Tell the scheduler the task began; the task's spec in return (script, input, output, params, the pinned
+    input), or None when the scheduler could not be told (said on stderr)."""
+    from ai_platform.core.wire import struct_value
+
+    reporter = _reporter()
+    if reporter is None:
+        return None
+    answer = reporter.deliver("started", reporter.request("started", started_at))
+    if answer is None:
+        return None
+    task = answer.task
+    _spec.update({"id": task.id, "script": os.path.abspath(reporter.settings.task_script),
+                  "input": task.resolved_input, "output": task.resolved_output,
+                  "params": struct_value(task.params) if task.HasField("params") else {},
+                  "input_table": task.input_table, "input_version": task.input_version})
+    return _spec
+
+
+def spec() -> dict[str, Any]:
+    """The running task's spec ({} outside a platform task, or before it started)."""
+    return _spec
 
 
 class MetricBuffer:

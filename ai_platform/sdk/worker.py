@@ -1,14 +1,14 @@
 """Task entry point: ``python -m ai_platform.sdk.worker`` runs one user script's ``run`` and reports the outcome.
 
 The same entry point runs under the local backend (a child process) and as a Ray job, on any node.
-The task spec comes as JSON in ``AIP_TASK_SPEC``; reports go to the scheduler over gRPC
-(``ai_platform.sdk.report``). Nothing heavier than gRPC is imported before the script's own imports.
+The worker's environment names the task and its script; the rest of the spec comes from the scheduler in answer to
+the worker's first report, and reports go to the scheduler over gRPC (``ai_platform.sdk.report``). Nothing heavier
+than gRPC is imported before the script's own imports.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -104,12 +104,15 @@ def main() -> int:
 
 def _run_task() -> int:
     settings = TaskSettings.from_env()
-    spec = json.loads(settings.task_spec)
     if settings.die_with_parent:
         _die_with_parent()
-    report.send("started", time.time())
+    spec = report.start(time.time())
+    if spec is None:
+        print(f"task failed: the scheduler at {settings.scheduler_addr} could not be told the task started, so its "
+              f"spec did not arrive", file=sys.stderr, flush=True)
+        return 1
     print(f"[platform] task {settings.task_id} runs on {socket.gethostname()} (pid {os.getpid()})", flush=True)
-    script = os.path.abspath(spec["script"])  # relative: in the job's working directory (shipped by Ray)
+    script = spec["script"]  # relative to the job's working directory (shipped by Ray) when it was given so
     sys.path.insert(0, os.path.dirname(script))
     sys.argv = [script]
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ from typing import Any, Protocol
 from ai_platform.core.settings import platform_pythonpath
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
+
+log = logging.getLogger("scheduler_svc")
+LOST_NOTICE = b"\n[platform] %d bytes of this task's output were lost: %s\n"
 
 
 @dataclass
@@ -28,6 +32,26 @@ class RunContext:
     error: dict[str, str] | None = None
     has_result: bool = False
     started_at: float | None = None  # when the worker began, by its own clock (a queued Ray job starts late)
+    log_lost: int = 0  # bytes of output that could not be written to the log (a full disk, its folder removed)
+    log_error: str = ""  # why, the first time
+
+    def write_log(self, data: bytes) -> None:
+        """Append the task's output to its log. A log that cannot be written loses that output (counted, said in
+        the scheduler's log and, once it can be written again, in the task's), never the task: its output keeps
+        being read, so the task runs on and ends as it would have."""
+        try:
+            self.log.write(data)
+        except OSError as exc:
+            if not self.log_lost:
+                self.log_error = f"LogWriteFailed: {(exc.strerror or str(exc)).lower()}"
+                log.warning("task %s: its log cannot be written (%s); output is dropped until it can",
+                            self.task.id, self.log_error)
+            self.log_lost += len(data)
+            return
+        if self.log_lost and self.log_error:  # writable again: say what is missing, once
+            with contextlib.suppress(OSError):
+                self.log.write(LOST_NOTICE % (self.log_lost, self.log_error))
+                self.log_error = ""
 
     def report(self, kind: str, value: Any) -> None:
         """One report from the task's worker (ReportTask): ``started``, ``progress``, ``result`` or ``error``."""
@@ -81,22 +105,14 @@ class Backend(Protocol):
 
 
 def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], script: str = "") -> dict[str, str]:
-    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the spec, the
-    secret its reports must carry, and the platform importable. ``script``: the script's path where the worker
-    runs, when that is not the scheduler's (a Ray job's working directory)."""
-    spec = {
-        "id": task.id,
-        "script": script or task.script,
-        "input": task.resolved_input,
-        "output": task.resolved_output,
-        "params": task.params,
-        "input_table": task.input_table,
-        "input_version": task.input_version,
-    }
+    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the task's id and
+    script, the secret its reports must carry, and the platform importable. ``script``: the script's path where the
+    worker runs, when that is not the scheduler's (a Ray job's working directory). The rest of the spec (params of
+    any size, the resolved input and output) the worker gets from the scheduler in answer to its first report."""
     return {
         **platform_env,
         "AIP_TASK_ID": task.id,
-        "AIP_TASK_SPEC": json.dumps(spec),
+        "AIP_TASK_SCRIPT": script or task.script,
         "AIP_TASK_SECRET": task.report_secret,
         "PYTHONPATH": platform_pythonpath(),
         "PYTHONUNBUFFERED": "1",

@@ -121,7 +121,7 @@ class LocalBackend:
     async def _pump_log(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
         assert proc.stdout is not None
         while data := await proc.stdout.read(1 << 16):
-            ctx.log.write(data)
+            ctx.write_log(data)  # never raises: the pipe is drained whatever happens to the log
 
     async def _stop_when_asked(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
         await ctx.stop.wait()

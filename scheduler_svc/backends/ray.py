@@ -176,7 +176,7 @@ class RayBackend:
             async for chunk in client.tail_job_logs(job_id):
                 data = chunk.encode()
                 if new := cursor.take(data, cursor.read):
-                    ctx.log.write(new)
+                    ctx.write_log(new)
                 cursor.read += len(data)
         except asyncio.CancelledError:
             raise
@@ -194,4 +194,4 @@ class RayBackend:
                         str(exc).splitlines()[0][:200])
             return
         if new := cursor.take(data, 0):
-            ctx.log.write(new)
+            ctx.write_log(new)
