@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import logging
 import re
@@ -21,9 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from ai_platform import __version__
+from ai_platform.core import auth
+from ai_platform.core.auth import Authority, allow_route
+from ai_platform.core.errors import PlatformError
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import GatewaySettings
-from ai_platform.core.views import HealthView
+from ai_platform.core.views import ERRORS, HealthView, TokenRequest, TokenView, WhoAmIView, iso
+from ai_platform.protos.aiplatform.v1 import access_pb2
 from gateway import errors
 from gateway.connections import StreamLimit
 from gateway.errors import Message, Receive, Scope, Send
@@ -44,14 +49,23 @@ DOC_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # des
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class GuardMiddleware:
-    """Bearer token, body size limits (413 before reading the rest), per-route metrics, and the direct routes, as
-    plain ASGI."""
+JSON_TYPES = {"application/json"}
+BINARY_INFER_TYPES = {"application/json", "application/octet-stream"}  # the binary tensor extension
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
-    def __init__(self, app: ASGIApp, token: str, body_limit: int, upload_limit: int,
-                 direct_routes: list[DirectRoute]) -> None:
-        self.app, self.token, self.direct_routes = app, token, direct_routes
+
+class GuardMiddleware:
+    """Who calls and whether their role may (the role table in ``ai_platform.core.auth``), the browser door (the
+    Origin of a state-changing request, the content type of a JSON body), body size limits (413 before reading the
+    rest), per-route metrics, and the direct routes, as plain ASGI. The caller's credential is forwarded to the
+    services, which check it on their own."""
+
+    def __init__(self, app: ASGIApp, authority: Authority, body_limit: int, upload_limit: int,
+                 direct_routes: list[DirectRoute], origin_allowed: Callable[[str], bool]) -> None:
+        self.app, self.authority, self.direct_routes = app, authority, direct_routes
         self.body_limit, self.upload_limit = body_limit, upload_limit
+        self.origin_allowed = origin_allowed
+        self.templates: list[tuple[set[str], re.Pattern, str]] = []
         # The page's files (its scripts, styles and vendored libraries, at any depth) and the API's documents load
         # without the token: a <script> tag sends no header, and none of them holds data.
         files = {"/" + p.relative_to(WEB_DIR).as_posix() for p in WEB_DIR.rglob("*") if p.is_file()} \
@@ -78,14 +92,52 @@ class GuardMiddleware:
             template = getattr(route, "path", None) or ("static" if path in self.static else "unmatched")
             HTTP_METRICS.observe((method, template, str(status_holder["status"])), time.perf_counter() - started)
 
+    def template_of(self, scope: Scope) -> str:
+        """The OpenAPI path of the route a request is for ('' when none is): the role table's key."""
+        if not self.templates:  # from the document itself, so that table, document and check agree
+            for template, operations in scope["app"].openapi()["paths"].items():
+                pattern = re.compile("^" + re.sub(r"\\{[^}/]+\\}", "[^/]+", re.escape(template)) + "$")
+                self.templates.append(({m.upper() for m in operations}, pattern, template))
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        return next((template for methods, regex, template in self.templates
+                     if method in methods and regex.match(scope["path"])), "")
+
+    async def _refuse(self, send: Send, path: str, status: int, code: str, message: str) -> None:
+        headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await errors.send_error(send, status, code, message, headers, path)
+
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
-        if self.token and path not in OPEN_PATHS and not (method in ("GET", "HEAD") and path in self.open_get):
-            headers = dict(scope["headers"])
-            if headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
-                await errors.send_error(send, 401, "UNAUTHORIZED",
-                                        "missing or wrong bearer token (Authorization: Bearer …)",
-                                        [(b"www-authenticate", b"Bearer")], path)
+        headers = dict(scope["headers"])
+        if path in OPEN_PATHS or (method in ("GET", "HEAD") and path in self.open_get):
+            await self._limited(scope, receive, send, path, method)
+            return
+        credential = headers.get(b"authorization", b"").decode(errors="replace")
+        template = ""
+        try:
+            principal = self.authority.verify(credential)
+            template = self.template_of(scope)
+            if template:
+                allow_route(principal, "GET" if method == "HEAD" else method, template)
+        except PlatformError as exc:
+            await self._refuse(send, path, exc.http_status, exc.rest_code, exc.message)
+            return
+        if method in STATE_CHANGING:
+            origin = headers.get(b"origin", b"").decode(errors="replace")
+            if origin and not self.origin_allowed(origin):  # another site's page, even a "simple request"
+                await self._refuse(send, path, 403, "FORBIDDEN_ORIGIN",
+                                   f"requests from {origin} may not change anything here (AIP_CORS_ORIGINS)")
                 return
+            declared = headers.get(b"content-type", b"").decode(errors="replace").split(";")[0].strip().lower()
+            wanted = BINARY_INFER_TYPES if template.endswith("/infer") else JSON_TYPES
+            if declared and template and not UPLOAD_ROUTE.match(path) and declared not in wanted:
+                await self._refuse(send, path, 415, "UNSUPPORTED_MEDIA_TYPE",
+                                   f"{template} takes {' or '.join(sorted(wanted))}, not {declared}")
+                return
+        auth.CALLER.set(principal)
+        auth.FORWARDED.set(credential.partition(" ")[2])  # every call to a service carries the caller's own
+        await self._limited(scope, receive, send, path, method)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
         limit = self.upload_limit if method == "POST" and UPLOAD_ROUTE.match(path) else self.body_limit
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -111,12 +163,28 @@ class GuardMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+def whoami_of(principal: auth.Principal, authority: Authority) -> dict:
+    described = principal.describe()
+    expires = described.pop("expires_at")
+    return {"subject": described["subject"], "role": described["role"], "task_id": described.get("task_id", ""),
+            "expires_at": datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat().replace("+00:00", "Z")
+            if expires else None, "open": not authority.enabled}
+
+
+def identity_view(identity: access_pb2.Identity) -> dict:
+    return {"subject": identity.subject, "role": identity.role, "task_id": identity.task_id,
+            "expires_at": iso(identity.expires_at) if identity.HasField("expires_at") else None,
+            "open": identity.open}
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     body_limit, upload_limit = int(settings.body_limit_mb * 2**20), int(settings.upload_limit_mb * 2**20)
+    authority = Authority.of(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstreams = Upstreams(settings)
+        app.state.authority = authority
+        app.state.upstreams = Upstreams(settings, authority)
         app.state.model_cache = {}
         app.state.upload_limit = upload_limit
         app.state.max_message_bytes = settings.max_message_bytes
@@ -146,6 +214,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         services = await request.app.state.upstreams.health()
         return {"status": "ok" if all(s["healthy"] for s in services.values()) else "degraded", "services": services}
 
+    @app.get("/api/v1/whoami", response_model=WhoAmIView, tags=["access"], responses=ERRORS,
+             summary="Who the gateway takes the caller for: subject, role, expiry")
+    async def whoami(request: Request) -> WhoAmIView:
+        return WhoAmIView(**whoami_of(auth.caller(), authority))
+
+    @app.post("/api/v1/tokens", response_model=TokenView, status_code=201, tags=["access"], responses=ERRORS,
+              summary="A signed token for a person with a role (admin)")
+    async def create_token(request: Request, body: TokenRequest) -> TokenView:
+        upstreams = request.app.state.upstreams
+        made = await upstreams.call("scheduler", upstreams.access.CreateToken(access_pb2.CreateTokenRequest(
+            name=body.name, role=body.role, ttl_s=body.ttl_s), timeout=upstreams.timeout_s))
+        return TokenView(token=made.token, identity=WhoAmIView(**identity_view(made.identity)))
+
     @app.get("/metrics", tags=["platform"], summary="Prometheus metrics (AIP_METRICS_TOKEN guards it when set)",
              response_class=Response)
     async def metrics(request: Request) -> Response:
@@ -158,11 +239,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
-    app.add_middleware(GuardMiddleware, token=settings.token, body_limit=body_limit, upload_limit=upload_limit,
-                       direct_routes=DIRECT_ROUTES)
     origins = settings.cors_origins
+    local = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?")
+
+    def origin_allowed(origin: str) -> bool:
+        return origin in origins if origins else bool(local.fullmatch(origin))
+
+    app.add_middleware(GuardMiddleware, authority=authority, body_limit=body_limit, upload_limit=upload_limit,
+                       direct_routes=DIRECT_ROUTES, origin_allowed=origin_allowed)
     app.add_middleware(CORSMiddleware, allow_origins=origins,  # outermost, so errors carry CORS headers too
-                       allow_origin_regex=None if origins else r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?",
-                       allow_methods=["*"], allow_headers=["*"])
+                       allow_origin_regex=None if origins else local.pattern, allow_methods=["*"],
+                       allow_headers=["*"])
     return app
 

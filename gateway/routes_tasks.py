@@ -66,6 +66,7 @@ async def list_tasks(
     http_response: Response,
     status: str = Query("", description="comma-separated states"),
     name: str = "",
+    owner: str = Query("", description="who submitted them"),
     limit: int = Query(50, ge=1, le=1000),
     page_token: str = "",
 ) -> list[dict]:
@@ -77,7 +78,7 @@ async def list_tasks(
     response = await upstreams.call(
         "scheduler",
         upstreams.scheduler.ListTasks(
-            pb.ListTasksRequest(statuses=statuses, name=name, page_size=limit, page_token=page_token),
+            pb.ListTasksRequest(statuses=statuses, name=name, page_size=limit, page_token=page_token, owner=owner),
             timeout=upstreams.timeout_s,
         ),
     )

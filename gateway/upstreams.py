@@ -10,11 +10,12 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ai_platform.core.auth import Authority, forwarded_token
 from ai_platform.core.errors import PlatformError
 from ai_platform.core.infer_socket import InferSocketClient
 from ai_platform.core.settings import MODULES, GatewaySettings
 from ai_platform.core.wire import HEALTH_TIMEOUT_S, Peer
-from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from gateway.errors import from_platform
@@ -24,15 +25,20 @@ UPSTREAMS = ("storage", "scheduler", "inference")
 
 
 class Upstreams:
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, authority: Authority) -> None:
         self.timeout_s = settings.gateway_timeout_s
+        # Each call carries the credential of the request it serves, so every service checks the person's role.
+        token = forwarded_token(lambda: authority.service_token("gateway"))
         self.peers = {name: Peer(MODULES[name], settings.addr_of(name), settings.max_message_bytes, self.timeout_s,
-                                 settings.token, settings.tls()) for name in UPSTREAMS}
+                                 token, settings.tls()) for name in UPSTREAMS}
         self.storage = storage_pb2_grpc.StorageServiceStub(self.peers["storage"].channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.peers["scheduler"].channel)
+        self.access = access_pb2_grpc.AccessServiceStub(self.peers["scheduler"].channel)  # tokens: the scheduler's
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.peers["inference"].channel)
-        self.infer_socket = (InferSocketClient(settings.inference_socket, settings.token, settings.max_message_bytes)
-                             if settings.inference_socket else None)
+        # The socket's one connection says HELLO with the gateway's own credential; it serves only ModelInfer, whose
+        # callers the gateway has checked.
+        self.infer_socket = (InferSocketClient(settings.inference_socket, authority.service_token("gateway"),
+                                               settings.max_message_bytes) if settings.inference_socket else None)
 
     async def call(self, service: str, pending: Awaitable[T], not_found: str = "NOT_FOUND") -> T:
         """Await a gRPC call to ``service``; its failure becomes the matching ApiError (``not_found``: the 404 code)."""

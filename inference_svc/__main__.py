@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ai_platform.core.auth import Authority
 from ai_platform.core.infer_socket import InferSocketServer
 from ai_platform.core.logs import setup_logging
 from ai_platform.core.server import Servicer, serve
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     batching = BatchingConfig(settings.max_batch_size, settings.max_queue_delay_us / 1e6)
 
+    authority = Authority.of(settings)
+
     async def run() -> None:
         if settings.serving == "ray":
             from inference_svc.serving_ray import RayServing
@@ -44,9 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         side_servers = []
         if settings.inference_socket:  # the gateway's hop when it runs on this host
-            side_servers.append(InferSocketServer(settings.inference_socket, implementation.infer, settings.token,
+            side_servers.append(InferSocketServer(settings.inference_socket, implementation.infer, authority,
                                                   settings.max_message_bytes))
-        await serve(settings, [servicer], on_shutdown=repository.close, side_servers=side_servers)
+        await serve(settings, [servicer], on_shutdown=repository.close, side_servers=side_servers,
+                    authority=authority)
 
     asyncio.run(run())
 

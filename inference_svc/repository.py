@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from ai_platform.core.auth import own_token
 from ai_platform.core.errors import FailedPrecondition, InvalidArgument, NotFound, PlatformError
 from ai_platform.core.names import validate_name
 from ai_platform.core.settings import ServiceSettings
@@ -82,7 +83,8 @@ class ModelRepository:
         self.device = device
         self.default_batching = batching
         self.serving: Serving = serving or LocalServing()
-        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token,
+        self._peer = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes,
+                          token=own_token(settings, "inference"),
                           tls=settings.tls())
         self._storage = storage_pb2_grpc.StorageServiceStub(self._peer.channel)
         self._loaded: dict[str, dict[int, ServedModel]] = {}

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from ai_platform.core.auth import allow_serve, caller
 from ai_platform.core.errors import InvalidArgument
 from ai_platform.core.wire import DATATYPES, datatype, decode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
@@ -225,6 +226,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
+        allow_serve(caller(), request.model_name)  # a task serves the model it was given, no other
         await self.dataplane.load(request.model_name, decode_parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from pathlib import Path
 
+from ai_platform.core.auth import Authority
 from ai_platform.core.logs import setup_logging
+from ai_platform.core.procs import not_dumpable
 from ai_platform.core.server import Servicer, serve
 from ai_platform.core.settings import SchedulerSettings
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -18,9 +22,22 @@ from scheduler_svc.server import SchedulerServicer
 from scheduler_svc.store import TaskStore
 
 
+def task_key(state_dir: Path) -> bytes:
+    """The key that signs tasks' credentials where the platform has no key of its own (AIP_AUTH_KEY or AIP_TOKEN):
+    made once and kept with the task records (0600), so tasks re-attached after a restart still report."""
+    path = state_dir / "task-key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = SchedulerSettings.load(argv)
     setup_logging(settings.log_level)
+    not_dumpable()  # the tasks it starts run as its user: they must not read its credentials from /proc
     state_dir = settings.state_path()
     start_dir = Path.cwd()
     if settings.backend == "ray" and not settings.ray_address:
@@ -31,20 +48,26 @@ def main(argv: list[str] | None = None) -> None:
             backend: Backend = RayBackend(settings.ray_address, settings.worker_env())
         else:
             backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel)
+        store = TaskStore(state_dir / "scheduler.db")
+        (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        for private in (state_dir, state_dir / "logs"):
+            private.chmod(0o700)  # task records and logs: this service's user only
+        authority = Authority.of(settings, task_key=task_key(state_dir))
         scheduler = Scheduler(
-            TaskStore(state_dir / "scheduler.db"),
+            store,
             backend,
             Resolver(settings, start_dir),
             log_dir=state_dir / "logs",
             script_roots=[Path(r) for r in settings.script_roots],
             start_dir=start_dir,
             log_cap_bytes=int(settings.log_max_mb * 2**20),
+            authority=authority,
         )
         await scheduler.recover()
 
         servicer = Servicer(SchedulerServicer(scheduler), scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                             scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"])
-        await serve(settings, [servicer], on_shutdown=scheduler.shutdown)
+        await serve(settings, [servicer], on_shutdown=scheduler.shutdown, authority=authority)
 
     asyncio.run(run())
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ai_platform.core.auth import own_token
 from ai_platform.core.errors import InvalidArgument
 from ai_platform.core.names import validate_name
 from ai_platform.core.settings import ServiceSettings
@@ -27,7 +28,8 @@ class Resolver:
     def __init__(self, settings: ServiceSettings, start_dir: Path) -> None:
         self.home = settings.home_uri()
         self.start_dir = start_dir
-        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes, token=settings.token,
+        self._storage = Peer("storage_svc", settings.storage_addr, settings.max_message_bytes,
+                             token=own_token(settings, "scheduler"),
                              tls=settings.tls())
         self._stub = storage_pb2_grpc.StorageServiceStub(self._storage.channel)
 
@@ -48,8 +50,8 @@ class Resolver:
         return TABLE_KINDS.number(match["kind"][:-1]), validate_name(match["name"], f"{match['kind'][:-1]} name")
 
     async def resolve(self, ref: str, role: str) -> tuple[str, LakeVersion | None]:
-        """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``, and for a lake input
-        the table and version it is pinned at (the newest when the task is submitted)."""
+        """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``, and for a lake
+        reference its table (``datasets/NAME``) and, for an input, the version it is pinned at (the newest now)."""
         ref = ref.strip()
         if not ref or "://" in ref:
             return ref, None
@@ -79,8 +81,8 @@ class Resolver:
     async def _resolve_lake(self, kind: int, name: str, role: str) -> tuple[str, LakeVersion | None]:
         request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")
         response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
-        pinned = LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", response.version) if role == "input" else None
-        return response.uri, pinned
+        return response.uri, LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", response.version if role == "input"
+                                         else 0)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import secrets
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai_platform.core.auth import Authority, caller
 from ai_platform.core.errors import (
     FailedPrecondition,
     InsufficientStorage,
@@ -35,6 +35,8 @@ from scheduler_svc.tasks import MetricPoint, Outcome, Resources, Task, TaskStatu
 log = logging.getLogger("scheduler_svc")
 PROGRESS_SAVE_INTERVAL_S = 0.5
 METRICS_POLL_S = 0.25  # a followed metric stream looks for new points this often
+TASK_CREDENTIAL_GRACE_S = 600.0  # past its timeout, a task's credential outlives it by this much (reports, retries)
+TASK_CREDENTIAL_MAX_S = 30 * 24 * 3600.0  # a task without a timeout
 ADMIT_WAIT_S = 5.0  # how long a submit waits to answer "running" (or "pending" for a queued task)
 UNSAVED_RETRY_S = 1.0  # records a full disk refused are saved again this often
 NOT_SCRIPT_DIRS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
@@ -78,8 +80,10 @@ class Scheduler:
         script_roots: list[Path],
         start_dir: Path,
         log_cap_bytes: int,
+        authority: Authority | None = None,
     ) -> None:
         self.store = store
+        self.authority = authority or Authority(task_key=secrets.token_bytes(32))
         self.backend = backend
         self.resolver = resolver
         self.log_dir = log_dir
@@ -137,9 +141,9 @@ class Scheduler:
         script = self._check_script(request.script)
         self._check_resources(request.resources, request.timeout_s)
         resolved_input, pinned = await self.resolver.resolve(request.input, "input")
-        resolved_output, _ = await self.resolver.resolve(request.output, "output")
+        resolved_output, output_table = await self.resolver.resolve(request.output, "output")
         task = Task(
-            report_secret=secrets.token_urlsafe(24),
+            owner=caller().subject,
             id=uuid.uuid4().hex[:16],
             name=name,
             script=str(script),
@@ -149,6 +153,7 @@ class Scheduler:
             resolved_output=resolved_output,
             input_table=pinned.table if pinned else "",
             input_version=pinned.version if pinned else 0,
+            output_table=output_table.table if output_table else "",
             params=request.params,
             resources=request.resources,
             timeout_s=request.timeout_s,
@@ -207,9 +212,9 @@ class Scheduler:
         return task
 
     def list(self, statuses: list[TaskStatus], name: str, page_size: int,
-             after: tuple[float, str] | None = None) -> list[Task]:
+             after: tuple[float, str] | None = None, owner: str = "") -> list[Task]:
         """Tasks newest first, from just after the cursor ``after`` (created_at, id) of the previous page."""
-        listed = self.store.list(statuses, name, page_size, after)
+        listed = self.store.list(statuses, name, page_size, after, owner)
         if self._unsaved:  # the newest state of a record the disk refused
             listed = [self._unsaved.get(t.id, t) for t in listed]
         return listed
@@ -229,14 +234,14 @@ class Scheduler:
                 run.future.cancel()
         return self.get(task_id)
 
-    def report(self, task_id: str, secret: str, kind: str, value: Any) -> None:
-        """A report from the task's worker, wherever it runs; it must carry the task's secret."""
+    def report(self, task_id: str, kind: str, value: Any) -> None:
+        """A report from the task's worker, wherever it runs; it must carry that task's own credential."""
         run = self._runs.get(task_id)
         task = run.task if run else self._unsaved.get(task_id) or self.store.get(task_id)
         if task is None:
             raise NotFound(f"task '{task_id}' does not exist")
-        if not task.report_secret or not hmac.compare_digest(secret.encode(), task.report_secret.encode()):
-            raise PermissionDenied(f"wrong report secret for task '{task_id}'")
+        if caller().task_id != task_id:
+            raise PermissionDenied(f"only task '{task_id}' itself reports for it, with its own credential")
         if run is None or run.context is None or task.status.finished:
             raise FailedPrecondition(f"task '{task_id}' is {task.status.value}: it takes reports only while it runs")
         if kind == "metrics":
@@ -302,6 +307,14 @@ class Scheduler:
         return self.log_dir / f"{task_id}.log"
 
     # -- running -----------------------------------------------------------------
+    def credentials(self, task: Task) -> str:
+        """The task's own credential: report for this task, read the lake, write its lake outputs, serve the model
+        it was given; it expires with the task's timeout (or TASK_CREDENTIAL_MAX_S)."""
+        outputs = [task.output_table] if task.output_table else []
+        serves = [task.input_table] if task.input_table.startswith("models/") else []
+        ttl = task.timeout_s + TASK_CREDENTIAL_GRACE_S if task.timeout_s else TASK_CREDENTIAL_MAX_S
+        return self.authority.task_token(task.id, task.owner, outputs, serves, ttl)
+
     def _launch(self, task: Task, attach: bool = False) -> TaskRun:
         run = self._runs[task.id] = TaskRun(task)
         run.future = asyncio.ensure_future(self._run(run, attach))
@@ -325,6 +338,7 @@ class Scheduler:
                 task_log = TaskLog(self.log_path(task.id), self.log_cap_bytes, task.log_dropped)
                 run.context = RunContext(
                     task=task,
+                    credential=self.credentials(task),
                     log=task_log,
                     on_running=lambda pid, job_id, started_at: self._on_running(run, pid, job_id, started_at),
                     on_progress=lambda p: self._on_progress(run, p),

@@ -12,7 +12,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ai_platform.core.errors import InvalidArgument
+from ai_platform.core import auth
+from ai_platform.core.errors import InvalidArgument, PermissionDenied
 from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
@@ -43,6 +44,8 @@ def task_to_pb(task: Task) -> pb.Task:
         resolved_output=task.resolved_output,
         input_table=task.input_table,
         input_version=task.input_version,
+        owner=task.owner,
+        output_table=task.output_table,
         resources=pb.Resources(
             num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus, memory_mb=task.resources.memory_mb,
             custom=task.resources.custom,
@@ -90,6 +93,10 @@ def _cursor(token: str) -> tuple[float, str] | None:
     raise InvalidArgument(f"invalid page_token {token[:64]!r}: pass back the token a listing answered with")
 
 
+def bearer_token() -> str:
+    return auth.CALLER_CREDENTIAL.get()
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -118,7 +125,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument("page_size must not be negative")
         page_size = min(request.page_size or 50, MAX_PAGE)
         statuses = [TaskStatus(TASK_STATUSES.name(status)) for status in request.statuses]
-        tasks = self.scheduler.list(statuses, request.name, page_size + 1, _cursor(request.page_token))
+        tasks = self.scheduler.list(statuses, request.name, page_size + 1, _cursor(request.page_token),
+                                    request.owner)
         more = len(tasks) > page_size
         return pb.ListTasksResponse(
             tasks=[task_to_pb(t) for t in tasks[:page_size]],
@@ -169,7 +177,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             value = [metric_point(p) for p in request.metrics.points]
         else:
             value = {"type": request.error.type, "message": request.error.message}
-        self.scheduler.report(request.task_id, request.secret, kind, value)
+        if request.secret and request.secret != bearer_token():
+            raise PermissionDenied("secret, when given, must be the task's own credential, the same as the bearer")
+        self.scheduler.report(request.task_id, kind, value)
         if kind == "started":  # the worker's spec: params of any size travel here, not in its environment
             return pb.ReportTaskResponse(task=task_to_pb(self.scheduler.get(request.task_id)))
         return pb.ReportTaskResponse()

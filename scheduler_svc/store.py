@@ -56,9 +56,12 @@ class TaskStore:
         )
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
         for column, kind in (("report_secret", "TEXT DEFAULT ''"), ("metrics_dropped", "INTEGER DEFAULT 0"),
-                             ("input_table", "TEXT DEFAULT ''"), ("input_version", "INTEGER DEFAULT 0")):
+                             ("input_table", "TEXT DEFAULT ''"), ("input_version", "INTEGER DEFAULT 0"),
+                             ("owner", "TEXT DEFAULT ''"), ("output_table", "TEXT DEFAULT ''")):
             if column not in present:  # records written before the column existed
                 self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+        # Tasks prove themselves with signed credentials now; secrets that older versions stored in plain text go.
+        self.db.execute("UPDATE tasks SET report_secret = '' WHERE report_secret != ''")
         self.db.execute("CREATE TABLE IF NOT EXISTS metrics (seq INTEGER PRIMARY KEY, task_id TEXT, key TEXT,"
                         " step INTEGER, value REAL, time REAL)")
         self.db.execute("CREATE INDEX IF NOT EXISTS metrics_task ON metrics (task_id, seq)")
@@ -89,10 +92,13 @@ class TaskStore:
 
     def list(
         self, statuses: list[TaskStatus] | None = None, name: str = "", limit: int = 50,
-        after: tuple[float, str] | None = None,
+        after: tuple[float, str] | None = None, owner: str = "",
     ) -> list[Task]:
         """Newest first (then by id); ``after``: the (created_at, id) where the previous page ended."""
         where, args = [], []
+        if owner:
+            where.append("owner = ?")
+            args.append(owner)
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id > ?))")
             args += [after[0], after[0], after[1]]

@@ -52,10 +52,11 @@ class Task:
     pid: int | None = None  # process group of a local task
     job_id: str = ""  # Ray job of a ray task
     log_dropped: int = 0  # bytes of log dropped from the front to keep the cap
-    report_secret: str = ""  # what the task's worker proves itself with when it reports; never shown
     metrics_dropped: int = 0  # metric points refused because the task was over its cap
     input_table: str = ""  # a lake input ("datasets/NAME"), pinned at input_version when the task was submitted
     input_version: int = 0
+    owner: str = ""  # who submitted it (the credential's subject)
+    output_table: str = ""  # a lake output ("datasets/NAME"): what the task's credential may write
 
 
 @dataclass

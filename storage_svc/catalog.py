@@ -6,7 +6,9 @@ commit, so an interrupted write leaves the last committed version intact.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import math
 import re
@@ -32,6 +34,7 @@ MAX_PREVIEW_ROWS = 1000
 GC_MIN_AGE_S = 3600  # an unreferenced file younger than this may belong to a write still in progress
 LANCE_UNVERIFIED_AGE_S = 7 * 24 * 3600  # Lance's cleanup removes unreferenced files older than this itself
 GC_FOLDERS = ("data", "_deletions")  # where a table's row data lives; manifests are Lance's own business
+ALIAS_FOLDER = "_aip_aliases"  # beside a table's data: who moved each alias (Lance's tags keep only the version)
 MAX_MESSAGE_CHARS = 300  # an error may quote Lance, never a whole filter: gRPC metadata has a size limit
 TARGET_BATCH_BYTES = 1024 * 1024  # small messages keep read, encode and send overlapping
 COMMIT_ATTEMPTS = 5  # a commit that keeps losing races with writers outside this service gives up, saying so
@@ -69,6 +72,8 @@ class TableInfo:
     updated_at: dt.datetime
     metadata: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, int] = field(default_factory=dict)
+    created_by: str = ""  # who wrote this version
+    alias_moves: dict[str, tuple[str, dt.datetime]] = field(default_factory=dict)  # alias -> (who, when)
 
 
 @dataclass
@@ -85,6 +90,7 @@ class VersionInfo:
     version: int
     timestamp: dt.datetime
     metadata: dict[str, str]
+    created_by: str = ""
 
 
 def validate_alias(alias: str) -> str:
@@ -98,6 +104,16 @@ def validate_alias(alias: str) -> str:
 def lance_message(exc: BaseException) -> str:
     """Lance's error text without Rust source locations."""
     return _RUST_LOCATION.sub("", str(exc)).strip()
+
+
+def _created_by(ds: lance.LanceDataset, version: int) -> str:
+    """Who wrote ``version`` ('' when its writer did not say): the ``created_by`` of its transaction."""
+    try:
+        transaction = ds.read_transaction(version)
+    except Exception:  # noqa: BLE001 - a version written before transactions were kept, or cleaned up
+        return ""
+    properties = getattr(transaction, "transaction_properties", None) or {}
+    return str(properties.get("created_by", ""))
 
 
 def _utc(ts: dt.datetime) -> dt.datetime:
@@ -230,6 +246,8 @@ class LakeCatalog:
             updated_at=_utc(versions[-1]["timestamp"]),
             metadata=_schema_metadata(ds.schema),
             aliases={alias: tag["version"] for alias, tag in sorted(ds.tags.list().items())},
+            created_by=_created_by(ds, ds.version),
+            alias_moves=self._alias_moves(kind, name),
         )
 
     def _size_bytes(self, kind: TableKind, name: str, ds: lance.LanceDataset) -> int:
@@ -304,7 +322,8 @@ class LakeCatalog:
     def versions(self, kind: TableKind, name: str) -> list[VersionInfo]:
         ds = self.open(kind, name)
         return [
-            VersionInfo(v["version"], _utc(v["timestamp"]), {k: str(x) for k, x in (v.get("metadata") or {}).items()})
+            VersionInfo(v["version"], _utc(v["timestamp"]), {k: str(x) for k, x in (v.get("metadata") or {}).items()},
+                        _created_by(ds, v["version"]))
             for v in ds.versions()
         ]
 
@@ -333,8 +352,9 @@ class LakeCatalog:
             raise NotFound(f"{kind.value} '{name}' has no alias '{validate_alias(alias)}'")
         return tags[alias]["version"]
 
-    def set_alias(self, kind: TableKind, name: str, alias: str, version: int) -> TableInfo:
-        """Point ``alias`` at ``version`` (an existing one), creating the alias or moving it."""
+    def set_alias(self, kind: TableKind, name: str, alias: str, version: int, by: str = "") -> TableInfo:
+        """Point ``alias`` at ``version`` (an existing one), creating the alias or moving it; who moved it (``by``)
+        is kept beside the table."""
         validate_alias(alias)
         ds = self.open(kind, name)
         if version < 1 or version not in {v["version"] for v in ds.versions()}:
@@ -343,15 +363,40 @@ class LakeCatalog:
             ds.tags.update(alias, version)
         else:
             ds.tags.create(alias, version)
+        move = {"alias": alias, "version": version, "moved_by": by, "moved_at": time.time()}
+        self.fs.create_dir(f"{self._path(kind, name)}/{ALIAS_FOLDER}", recursive=True)
+        with self.fs.open_output_stream(self._alias_file(kind, name, alias)) as out:
+            out.write(json.dumps(move).encode())
+        log.info("alias moved", extra={"table": f"{kind.value}s/{name}", "alias": alias, "version": version,
+                                       "by": by})
         return self.describe(kind, name)
 
-    def delete_alias(self, kind: TableKind, name: str, alias: str) -> TableInfo:
+    def delete_alias(self, kind: TableKind, name: str, alias: str, by: str = "") -> TableInfo:
         validate_alias(alias)
         ds = self.open(kind, name)
         if alias not in ds.tags.list():
             raise NotFound(f"{kind.value} '{name}' has no alias '{alias}'")
         ds.tags.delete(alias)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_file(self._alias_file(kind, name, alias))
+        log.info("alias removed", extra={"table": f"{kind.value}s/{name}", "alias": alias, "by": by})
         return self.describe(kind, name)
+
+    def _alias_file(self, kind: TableKind, name: str, alias: str) -> str:
+        return f"{self._path(kind, name)}/{ALIAS_FOLDER}/{alias}.json"
+
+    def _alias_moves(self, kind: TableKind, name: str) -> dict[str, tuple[str, dt.datetime]]:
+        """Who last moved each alias, and when (kept beside the table: Lance's tags carry neither)."""
+        selector = pafs.FileSelector(f"{self._path(kind, name)}/{ALIAS_FOLDER}", allow_not_found=True)
+        moves = {}
+        for info in self.fs.get_file_info(selector):
+            try:
+                with self.fs.open_input_stream(info.path) as stream:
+                    move = json.loads(stream.read())
+                moves[move["alias"]] = (str(move["moved_by"]), dt.datetime.fromtimestamp(move["moved_at"], dt.UTC))
+            except (OSError, ValueError, KeyError):
+                continue
+        return moves
 
     # -- data -----------------------------------------------------------------
     def preview(
@@ -416,8 +461,10 @@ class LakeCatalog:
         schema: pa.Schema,
         batches: Iterable[pa.RecordBatch],
         metadata: dict[str, str] | None = None,
+        created_by: str = "",
     ) -> TableInfo:
-        """Write ``batches`` as one Lance commit. If ``batches`` raises, nothing is committed."""
+        """Write ``batches`` as one Lance commit, recording ``created_by`` with it. If ``batches`` raises, nothing is
+        committed."""
         uri = self.uri(kind, name)
         exists = self.exists(kind, name)
         if mode is WriteMode.CREATE and exists:
@@ -458,7 +505,7 @@ class LakeCatalog:
                 raise failure[0] from None
             raise
         with self._commit_lock(kind, name):  # then one commit at a time per table, in this service
-            version = self._commit(kind, name, mode, schema, fragments)
+            version = self._commit(kind, name, mode, schema, fragments, created_by)
         return self.describe(kind, name, version)  # this commit's version, whoever committed after it
 
     def _commit_lock(self, kind: TableKind, name: str) -> threading.Lock:
@@ -466,7 +513,7 @@ class LakeCatalog:
             return self._commit_locks.setdefault((kind, name), threading.Lock())
 
     def _commit(self, kind: TableKind, name: str, mode: WriteMode, schema: pa.Schema,
-                fragments: list) -> int:
+                fragments: list, created_by: str = "") -> int:
         """Commit written fragments as one new version: ``create`` only while the table does not exist (exactly
         one of several racing creates wins), ``append`` on whatever version is newest, ``overwrite`` replacing it.
 
@@ -488,8 +535,10 @@ class LakeCatalog:
                 operation = lance.LanceOperation.Append(fragments)
             else:
                 operation = lance.LanceOperation.Overwrite(schema, fragments)
+            transaction = lance.Transaction(read_version=latest or 0, operation=operation,
+                                            transaction_properties={"created_by": created_by} if created_by else {})
             try:
-                return lance.LanceDataset.commit(uri, operation, read_version=latest, storage_options=options,
+                return lance.LanceDataset.commit(uri, transaction, read_version=latest, storage_options=options,
                                                  max_retries=COMMIT_ATTEMPTS).version
             except Exception as exc:  # noqa: BLE001 - Lance's conflicts are told apart by their words
                 text = lance_message(exc)

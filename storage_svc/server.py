@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ai_platform.core.auth import allow_write, caller
 from ai_platform.core.errors import (
     NO_SPACE,
     Cancelled,
@@ -50,7 +52,19 @@ def table_to_pb(info: TableInfo) -> pb.TableInfo:
         updated_at=_timestamp(info.updated_at),
         metadata=info.metadata,
         aliases=info.aliases,
+        created_by=info.created_by,
+        alias_moves={alias: pb.AliasMove(moved_by=by, moved_at=_timestamp(at))
+                     for alias, (by, at) in info.alias_moves.items()},
     )
+
+
+def who() -> str:
+    """How the caller is recorded: a person's name, or a task's owner and the task."""
+    principal = caller()
+    return f"{principal.owner or '?'} (task {principal.task_id})" if principal.is_task else principal.subject
+
+
+log = logging.getLogger("storage_svc")
 
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
@@ -87,7 +101,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         versions = await asyncio.to_thread(self.catalog.versions, _kind(request.kind), request.name)
         return pb.ListVersionsResponse(
             versions=[
-                pb.VersionInfo(version=v.version, timestamp=_timestamp(v.timestamp), metadata=v.metadata)
+                pb.VersionInfo(version=v.version, timestamp=_timestamp(v.timestamp), metadata=v.metadata,
+                               created_by=v.created_by)
                 for v in versions
             ]
         )
@@ -96,6 +111,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: pb.DeleteTableRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteTableResponse:
         await asyncio.to_thread(self.catalog.delete, _kind(request.kind), request.name)
+        log.info("table deleted", extra={"table": f"{_kind(request.kind).value}s/{request.name}", "by": who()})
         return pb.DeleteTableResponse()
 
     async def PreviewRows(
@@ -129,6 +145,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         min_age_s = request.min_age_s if request.HasField("min_age_s") else GC_MIN_AGE_S
         report = await asyncio.to_thread(self.catalog.collect_garbage, _kind(request.kind), request.name,
                                          request.keep_versions, min_age_s, request.dry_run)
+        log.info("garbage collected", extra={"table": f"{_kind(request.kind).value}s/{request.name}", "by": who(),
+                                             "dry_run": report.dry_run, "removed_versions": report.removed_versions,
+                                             "removed_files": report.removed_files})
         return pb.CollectGarbageResponse(
             removed_versions=report.removed_versions, removed_files=report.removed_files,
             removed_bytes=report.removed_bytes, kept_unreferenced_files=report.kept_unreferenced_files,
@@ -136,11 +155,12 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
         info = await asyncio.to_thread(self.catalog.set_alias, _kind(request.kind), request.name, request.alias,
-                                       request.version)
+                                       request.version, who())
         return table_to_pb(info)
 
     async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
-        info = await asyncio.to_thread(self.catalog.delete_alias, _kind(request.kind), request.name, request.alias)
+        info = await asyncio.to_thread(self.catalog.delete_alias, _kind(request.kind), request.name, request.alias,
+                                       who())
         return table_to_pb(info)
 
     async def ReadTable(
@@ -160,8 +180,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             raise InvalidArgument("the first WriteTable message must be a WriteHeader")
         header = first.header
         mode = WriteMode(WRITE_MODES.name(header.mode))
+        allow_write(caller(), f"{_kind(header.kind).value}s/{header.name}")  # a task writes its own outputs only
         info = await write_stream(self.catalog, _kind(header.kind), header.name, mode, dict(header.metadata),
-                                  _payloads(request_iterator))
+                                  _payloads(request_iterator), who())
         return table_to_pb(info)
 
 

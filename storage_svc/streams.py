@@ -79,6 +79,7 @@ async def write_stream(
     mode: WriteMode,
     metadata: dict[str, str],
     messages: AsyncIterator[bytes | Commit],
+    created_by: str = "",
 ) -> TableInfo:
     """Write the Arrow IPC payloads of ``messages`` as one commit, once :data:`COMMIT` arrives.
 
@@ -126,7 +127,8 @@ async def write_stream(
 
     def write() -> None:
         try:
-            loop.call_soon_threadsafe(settle, catalog.write(kind, name, mode, schema, source(), metadata), None)
+            loop.call_soon_threadsafe(settle, catalog.write(kind, name, mode, schema, source(), metadata, created_by),
+                                      None)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             loop.call_soon_threadsafe(settle, None, exc)
         finally:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 
 from ai_platform.core import arrow_ipc
+from ai_platform.protos.aiplatform.v1 import access_pb2 as apb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as spb
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as stpb
 from ai_platform.protos.inference import grpc_service_pb2 as ipb
@@ -124,9 +125,13 @@ REST_CALLS: list[RestCall] = [
     _rest("GET", "/v2/repository/index"),
     _rest("POST", "/v2/repository/index"),
     _rest("POST", "/v2/repository/models/{model}/unload", "/v2/repository/models/cnn/unload"),
+    _rest("GET", "/api/v1/whoami"),
+    _rest("POST", "/api/v1/tokens", json={"name": "carol", "role": "viewer", "ttl_s": 3600}),
     _rest("GET", "/healthz"),
     _rest("GET", "/metrics"),
 ]
+# An open platform (no AIP_TOKEN, no AIP_AUTH_KEY) signs no tokens: the one answer that differs between the modes.
+OPEN_DIFFERS = {("POST", "/api/v1/tokens"): 400, "/aiplatform.v1.AccessService/CreateToken": "INVALID_ARGUMENT"}
 
 
 # -- gRPC -------------------------------------------------------------------------------------------------------------
@@ -161,8 +166,8 @@ def _infer_request() -> ipb.ModelInferRequest:
     return request
 
 
-ST, SC, INF = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
-                                 "/inference.GRPCInferenceService/")
+ST, SC, INF, ACC = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
+                    "/inference.GRPCInferenceService/", "/aiplatform.v1.AccessService/")
 GRPC_CALLS: list[GrpcCall] = [
     GrpcCall("storage", ST + "WriteTable", _write("grpc_points"), stpb.TableInfo, "stream_unary"),
     GrpcCall("storage", ST + "ListTables", lambda r: stpb.ListTablesRequest(kind=stpb.DATASET),
@@ -198,6 +203,9 @@ GRPC_CALLS: list[GrpcCall] = [
     # Only a task's own worker reports; anyone else, whatever their credential, is refused the same way.
     GrpcCall("scheduler", SC + "ReportTask", lambda r: spb.ReportTaskRequest(task_id=r.task_id, secret="not-it",
                                                                             started=1.0), spb.ReportTaskResponse),
+    GrpcCall("scheduler", ACC + "WhoAmI", lambda r: apb.WhoAmIRequest(), apb.Identity),
+    GrpcCall("scheduler", ACC + "CreateToken", lambda r: apb.CreateTokenRequest(name="dave", role="editor", ttl_s=60),
+             apb.CreateTokenResponse),
     GrpcCall("inference", INF + "RepositoryModelLoad", lambda r: ipb.RepositoryModelLoadRequest(model_name="cnn"),
              ipb.RepositoryModelLoadResponse),
     GrpcCall("inference", INF + "ServerLive", lambda r: ipb.ServerLiveRequest(), ipb.ServerLiveResponse),

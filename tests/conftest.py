@@ -149,13 +149,15 @@ class Platform:
             service.stop()
 
 
-def start_platform(project: Path, gateway_env: dict[str, str] | None = None, token: str = "") -> Platform:
+def start_platform(project: Path, gateway_env: dict[str, str] | None = None, token: str = "",
+                   env: dict[str, str] | None = None) -> Platform:
     """The four services from ``project`` (its ``.ai_platform`` home), as `aip up` starts them; with ``token``,
-    every service wants it (AIP_TOKEN), as in a deployment."""
+    every service wants it (AIP_TOKEN), as in a deployment; ``env`` goes to every service."""
     home = project / ".ai_platform"
     addrs = {name: f"127.0.0.1:{free_port()}" for name in ("storage", "scheduler", "inference", "gateway")}
     env = {**{f"AIP_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
-           "AIP_INFERENCE_SOCKET": inference_socket_path(home.resolve()), **({"AIP_TOKEN": token} if token else {})}
+           "AIP_INFERENCE_SOCKET": inference_socket_path(home.resolve()), **({"AIP_TOKEN": token} if token else {}),
+           **(env or {})}
     started: list[ServiceProcess] = []
     try:
         for module, name, extra in (("storage_svc", "storage", {}), ("scheduler_svc", "scheduler", {}),

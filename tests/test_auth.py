@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -234,3 +235,14 @@ def test_the_cli_sends_the_token(platform):
     refused = subprocess.run([str(ROOT / ".venv/bin/aip"), "datasets", "ls"], capture_output=True, text=True,
                              env={**env, "AIP_TOKEN": "wrong"}, timeout=60)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+
+def test_the_inference_socket_takes_a_small_hello_and_only_for_a_while(platform):
+    path = platform["env"]["AIP_INFERENCE_SOCKET"]
+    frames = socket_exchange(path, infer_socket.HEADER.pack(infer_socket.HELLO, 0, 64 << 20))  # a 64 MiB "HELLO"
+    assert len(frames) == 1 and socket_error(frames[0])[0] == "RESOURCE_EXHAUSTED", "refused before reading it"
+    assert "8192 byte limit" in socket_error(frames[0])[1]
+    started = time.monotonic()
+    frames = socket_exchange(path)  # connects, says nothing
+    assert socket_error(frames[0]) == ("UNAUTHENTICATED", f"no HELLO within {infer_socket.HELLO_TIMEOUT_S:g} s")
+    assert time.monotonic() - started < infer_socket.HELLO_TIMEOUT_S + 3

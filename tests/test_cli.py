@@ -111,7 +111,8 @@ def test_lake_and_task_commands(running):
     refused = aip("datasets", "gc", "mnist_clean", "--min-age", "-1", env=env, check=False)
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr and "min_age_s" in refused.stderr
     plain = aip("tasks", "ls", env=env).stdout.splitlines()
-    assert plain[0].split("\t") == ["id", "name", "status", "progress", "created_at", "error"], "plain when piped"
+    assert plain[0].split("\t") == ["id", "name", "status", "progress", "owner", "created_at", "error"], (
+        "plain when piped")
     submitted = aip("tasks", "submit", "--name", "echo", "--script", "mnist/mnist_serve.py", "--input",
                     "models/mnist_cnn", "--wait", "--json", env=env, cwd=running["project"])
     task = json.loads(submitted.stdout)

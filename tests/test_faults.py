@@ -329,7 +329,9 @@ def test_idle_slow_header_and_kept_alive_connections_are_closed(platform):
     for conn in [*idle, *slow, kept]:
         conn.settimeout(max(10 - (time.monotonic() - started), 0.1))
         try:
-            closed.append(conn.recv(1024) == b"")
+            while conn.recv(65536):  # the rest of a response already sent, then the end of the connection
+                pass
+            closed.append(True)
         except (TimeoutError, ConnectionResetError) as exc:
             closed.append(isinstance(exc, ConnectionResetError))
         conn.close()

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from ai_platform.core import infer_socket
+from ai_platform.core.auth import Authority
 from ai_platform.core.errors import InvalidArgument, NotFound, PlatformError, ResourceExhausted, Unavailable
 from ai_platform.core.wire import encode_parameters
 from ai_platform.protos.inference import grpc_service_pb2 as pb
@@ -519,7 +520,7 @@ def test_a_stopping_socket_finishes_calls_in_flight_and_refuses_new_ones(tmp_pat
         return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
 
     async def scenario() -> tuple:
-        server = infer_socket.InferSocketServer(path, slow, "", 1 << 20)
+        server = infer_socket.InferSocketServer(path, slow, Authority(), 1 << 20)
         await server.start()
         client = infer_socket.InferSocketClient(path, "", 1 << 20)
         first = asyncio.ensure_future(client.infer(pb.ModelInferRequest(model_name="m", id="1"), 30))
@@ -545,7 +546,7 @@ def test_a_response_over_the_message_limit_is_refused_and_the_connection_stays(t
         return pb.ModelInferResponse(id=request.id, raw_output_contents=[bytes(int(request.id))])
 
     async def scenario() -> tuple:
-        server = infer_socket.InferSocketServer(path, echo_size, "", 1 << 20)
+        server = infer_socket.InferSocketServer(path, echo_size, Authority(), 1 << 20)
         await server.start()
         client = infer_socket.InferSocketClient(path, "", 1 << 20)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -113,42 +114,53 @@ def test_inputs_and_outputs_are_resolved_through_storage(tasks, lake, project):
     assert task_result(uri)["input"] == "s3://bucket/raw"
 
 
-SECRET_SCRIPT = """
+CREDENTIAL_SCRIPT = """
 import os, time
 def run(input_path, output_path, params):
     time.sleep(params.get("sleep", 0))
-    return {"secret": os.environ["AIP_TASK_SECRET"], "id": os.environ["AIP_TASK_ID"]}
+    with open("/proc/self/environ", "rb") as f:
+        started_with = f.read().decode(errors="replace")
+    return {"credential": os.environ.get("AIP_TOKEN", ""), "id": os.environ["AIP_TASK_ID"],
+            "in_environ": "AIP_TOKEN=" in started_with or "AIP_TASK_TOKEN=" in started_with}
 """
 
 
-def test_reports_travel_over_grpc_and_need_the_task_own_secret(tasks, project, services):
-    (project / "scripts" / "secret.py").write_text(SECRET_SCRIPT)
-    done = tasks.wait(tasks.submit("secret", "scripts/secret.py").id, 30)
-    secret = task_result(done)["secret"]
+def test_reports_travel_over_grpc_and_need_the_task_own_credential(tasks, project, services):
+    (project / "scripts" / "credential.py").write_text(CREDENTIAL_SCRIPT)
+    done = tasks.wait(tasks.submit("credential", "scripts/credential.py").id, 30)
+    credential = task_result(done)["credential"]
+    assert credential.count(".") == 2, "a signed credential of its own"
+    assert not task_result(done)["in_environ"], "it came down a pipe, not in the environment /proc shows"
     shown = pb.Task()
     shown.CopyFrom(done)
     shown.ClearField("result")
-    assert done.id == task_result(done)["id"] and secret and secret not in str(shown)  # never shown on the task
-    running = tasks.submit("secret-running", "scripts/secret.py", params={"sleep": 3})
+    assert done.id == task_result(done)["id"] and credential not in str(shown)  # never shown on the task
+    running = tasks.submit("credential-running", "scripts/credential.py", params={"sleep": 3})
     wait_for(lambda: status_name(tasks.get(running.id)) == "running")
 
     def report(task_id: str, given: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as caught:
-            tasks.stub.ReportTask(pb.ReportTaskRequest(task_id=task_id, secret=given, result={"string_value": "x"}))
+            tasks.stub.ReportTask(pb.ReportTaskRequest(task_id=task_id, result={"string_value": "x"}),
+                                  metadata=[("authorization", f"Bearer {given}")] if given else None)
         return caught.value
 
-    wrong = report(running.id, secret)  # another task's secret
+    wrong = report(running.id, credential)  # another task's credential
     assert wrong.code() == grpc.StatusCode.PERMISSION_DENIED and running.id in wrong.details()
     assert report(running.id, "").code() == grpc.StatusCode.PERMISSION_DENIED
-    assert report("no-such-task", secret).code() == grpc.StatusCode.NOT_FOUND
-    ended = report(done.id, secret)
+    assert report("no-such-task", credential).code() == grpc.StatusCode.NOT_FOUND
+    ended = report(done.id, credential)
     assert ended.code() == grpc.StatusCode.FAILED_PRECONDITION and "completed" in ended.details()
     with pytest.raises(grpc.RpcError) as empty:
-        tasks.stub.ReportTask(pb.ReportTaskRequest(task_id=done.id, secret=secret))
+        tasks.stub.ReportTask(pb.ReportTaskRequest(task_id=done.id),
+                              metadata=[("authorization", f"Bearer {credential}")])
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     final = tasks.wait(running.id, 30)
     assert status_name(final) == "completed" and task_result(final)["id"] == running.id  # the forgery changed nothing
     assert not (project / ".ai_platform" / "reports").exists()
+    record = sqlite3.connect(project / ".ai_platform" / "scheduler.db").execute(
+        "SELECT report_secret FROM tasks").fetchall()
+    assert {row[0] for row in record} <= {"", None}, "no credential is stored"
+    assert oct((project / ".ai_platform" / "scheduler.db").stat().st_mode & 0o777) == "0o600"
 
 
 def test_metrics_are_buffered_sent_in_batches_and_read_sorted(tasks, tmp_path):

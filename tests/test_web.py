@@ -11,6 +11,7 @@ import pytest
 import torch
 from playwright.sync_api import expect, sync_playwright
 
+from ai_platform.core.auth import Authority, Role, derived_key
 from ai_platform.sdk.models import save_model
 from mnist.model import MnistCNN
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS, draw_one, open_page
@@ -66,6 +67,19 @@ def test_draw_a_digit_and_see_the_prediction(platform, browser):
     page.click("#clear")
     expect(page.locator("#digit")).to_have_text("–")
     assert not errors, errors
+
+
+def test_a_viewer_sees_who_is_signed_in_and_no_buttons_it_may_not_use(platform, browser):
+    viewer = Authority(token=TOKEN, key=derived_key(TOKEN)).person_token("vera", Role.VIEWER, 600)
+    page = open_page(browser, viewer, viewport={"width": 1200, "height": 1000})
+    page.goto(platform.url + "/dashboard.html")
+    expect(page.get_by_test_id("who")).to_have_text("signed in as vera · viewer")
+    expect(page.locator("#models tbody tr").first).to_be_visible()
+    assert page.locator("#models button").count() == 0, "a viewer may neither load nor unload"
+    admin = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
+    admin.goto(platform.url + "/dashboard.html")
+    expect(admin.get_by_test_id("who")).to_have_text("signed in as admin · admin")
+    expect(admin.locator("#models button").first).to_be_visible()
 
 
 def test_without_a_token_in_its_settings_the_page_says_it_needs_one(platform, browser):

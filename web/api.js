@@ -74,3 +74,27 @@ export async function follow(path, onData, signal) {
     }
   }
 }
+
+// Who the gateway takes this page for ({subject, role, open}); asked once per page load.
+const RANK = { viewer: 1, editor: 2, admin: 3 };
+let identity = null;
+
+export async function whoami() {
+  if (!identity) identity = api("/api/v1/whoami").catch(() => ({ subject: "", role: "", open: false }));
+  return identity;
+}
+
+// Whether the signed-in person's role may do what needs `role` (the role table of the platform).
+export function can(who, role) {
+  return who.open || (RANK[who.role] || 0) >= RANK[role];
+}
+
+// "alice · editor" in the header's #who, so a person sees who the page acts as.
+export async function showIdentity() {
+  const who = await whoami();
+  const element = document.getElementById("who");
+  if (!element) return who;
+  element.textContent = who.open ? "open platform (no sign-in)" : who.subject ? `signed in as ${who.subject} · ${who.role}` : "not signed in";
+  element.dataset.testid = "who";
+  return who;
+}

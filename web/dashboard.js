@@ -1,6 +1,6 @@
 // The dashboard: datasets, models and tasks, refreshing on their own; a task's log and metric curves follow live;
 // runs compare side by side. Charts are uPlot's (web/vendor, fetched by `make install`).
-import { api, explain, follow } from "./api.js";
+import { api, can, explain, follow, showIdentity } from "./api.js";
 
 const REFRESH_MS = 2000;
 const CHART = { width: 320, height: 180 };
@@ -9,6 +9,7 @@ let selectedTask = null;
 let selectedDataset = null;
 let taskAbort = null;
 const picked = new Set();  // tasks ticked for comparison
+let who = { open: true, role: "admin", subject: "" };  // until the gateway says who the page acts as
 
 const $ = (id) => document.getElementById(id);
 
@@ -133,7 +134,7 @@ async function refreshTasks() {
     const outcome = t.error || (t.result !== null ? fmt(t.result) : "");
     cell(row, outcome).title = outcome;
     const actions = cell(row, "");
-    if (t.status === "pending" || t.status === "running") {
+    if ((t.status === "pending" || t.status === "running") && can(who, "editor")) {
       actions.appendChild(button("Cancel", async (b) => {
         b.disabled = true;
         try { await api(`/api/v1/tasks/${t.id}/cancel`, { method: "POST" }); } catch (err) { say(explain(err), true); }
@@ -146,8 +147,8 @@ async function refreshTasks() {
 }
 
 function showFacts(task) {
-  facts($("task-info"), [["status", task.status], ["script", task.script], ["input", task.input || "—"],
-                         ["params", task.params], ["result", task.error || task.result]]);
+  facts($("task-info"), [["status", task.status], ["owner", task.owner || "—"], ["script", task.script],
+                         ["input", task.input || "—"], ["params", task.params], ["result", task.error || task.result]]);
 }
 
 async function showTask(task) {
@@ -276,7 +277,7 @@ async function showDataset(dataset) {
       api(`/api/v1/datasets/${dataset.id}/versions`),
       api(`/api/v1/datasets/${dataset.id}/rows?limit=5`),
     ]);
-    $("dataset-versions").textContent = `versions: ${versions.map((v) => v.version).join(", ")} · ${preview.total_rows} rows`;
+    $("dataset-versions").textContent = `versions: ${versions.map((v) => v.created_by ? `${v.version} (${v.created_by})` : v.version).join(", ")} · ${preview.total_rows} rows`;
     const table = $("dataset-rows");
     table.innerHTML = "";
     const columns = Object.keys(dataset.schema);
@@ -311,20 +312,23 @@ async function refreshModels() {
     const state = states[m.id] || "unknown";
     cell(row, state);
     const loaded = state === "READY";
+    if (!can(who, loaded ? "admin" : "editor")) { cell(row, ""); row.addEventListener("click", () => showModel(m)); body.appendChild(row); continue; }
     cell(row, button(loaded ? "Unload" : "Load", async (b) => {
       b.disabled = true;
       try { await api(`/v2/repository/models/${m.id}/${loaded ? "unload" : "load"}`, { method: "POST" }); }
       catch (err) { say(explain(err), true); }
       refresh();
     }));
-    row.addEventListener("click", () => {
-      $("model-detail").hidden = false;
-      $("model-title").textContent = `${m.id} · version ${m.version}`;
-      showLineage(m);
-      $("model-params").textContent = JSON.stringify({ metrics: m.metrics, params: m.params, signature: m.signature }, null, 2);
-    });
+    row.addEventListener("click", () => showModel(m));
     body.appendChild(row);
   }
+}
+
+function showModel(m) {
+  $("model-detail").hidden = false;
+  $("model-title").textContent = `${m.id} · version ${m.version}`;
+  showLineage(m);
+  $("model-params").textContent = JSON.stringify({ metrics: m.metrics, params: m.params, signature: m.signature }, null, 2);
 }
 
 // Where a model version came from, as links: dataset@version → task → model@version.
@@ -368,5 +372,4 @@ async function refresh() {
   }
 }
 
-refresh();
-setInterval(refresh, REFRESH_MS);
+showIdentity().then((seen) => { who = seen; }).finally(() => { refresh(); setInterval(refresh, REFRESH_MS); });

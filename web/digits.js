@@ -1,5 +1,5 @@
 // The digit page: draw, preprocess as MNIST was made, predict through the gateway, show ten bars.
-import { api, explain, saveSettings, settings } from "./api.js";
+import { api, explain, saveSettings, settings, showIdentity } from "./api.js";
 
 const pad = document.getElementById("pad");
 const ctx = pad.getContext("2d");
@@ -177,7 +177,8 @@ document.getElementById("apiBase").value = current.apiBase;
 document.getElementById("token").value = current.token;
 document.getElementById("save").addEventListener("click", () => {
   saveSettings(document.getElementById("apiBase").value, document.getElementById("token").value);
-  loadModels();
+  location.reload();  // the new token may be someone else: ask again who the page acts as
 });
 clearPad();
 loadModels();
+showIdentity();

@@ -246,7 +246,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
         _print_one(client.get_dataset(args.name) if kind == "datasets" else client.get_model(args.name), args.json)
     elif args.action == "versions":
         rows = client.dataset_versions(args.name) if kind == "datasets" else client.model_versions(args.name)
-        _print_rows(rows, ["version", "timestamp"], args.json, f"{args.name} versions")
+        _print_rows(rows, ["version", "timestamp", "created_by"], args.json, f"{args.name} versions")
     elif args.action == "rm":
         (client.delete_dataset if kind == "datasets" else client.delete_model)(args.name)
         print(f"deleted {kind[:-1]} {args.name}")
@@ -285,7 +285,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 # -- tasks -------------------------------------------------------------------------------
 
-TASK_COLUMNS = ["id", "name", "status", "progress", "created_at", "error"]
+TASK_COLUMNS = ["id", "name", "status", "progress", "owner", "created_at", "error"]
 
 
 def _task_row(task: dict) -> dict:
@@ -319,7 +319,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         return 0 if task["status"] != "failed" else 1
     if args.action == "ls":
         rows = [_task_row(t) for t in client.list_tasks(args.status.split(",") if args.status else None, args.name,
-                                                        args.limit)]
+                                                        args.limit, owner=args.owner)]
         _print_rows(rows, TASK_COLUMNS, args.json, "tasks")
     elif args.action == "show":
         _print_one(client.get_task(args.id), args.json)
@@ -344,6 +344,52 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     elif args.action == "watch":
         task = client.wait(args.id, progress=True)
         print(f"{task['name']} {task['status']}" + (f": {task['error']}" if task.get("error") else ""))
+    return 0
+
+
+# -- access -------------------------------------------------------------------------------
+
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or plain seconds."""
+    unit = text[-1:] if text[-1:] in TTL_UNITS else "s"
+    number = text[:-1] if text[-1:] in TTL_UNITS else text
+    try:
+        seconds = float(number) * TTL_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30d, 12h, 90m or 3600 (seconds), got {text!r}") \
+            from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be above 0, got {text!r}")
+    return seconds
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    who = _client().whoami()
+    if args.json:
+        _print_one(who, True)
+    elif who["open"]:
+        print(f"{who['subject']} ({who['role']}): this platform checks no credentials (no AIP_TOKEN or AIP_AUTH_KEY)")
+    else:
+        expires = f", until {who['expires_at']}" if who["expires_at"] else ""
+        print(f"{who['subject']} ({who['role']}{expires})")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from ai_platform.core.auth import Role
+
+    try:
+        Role.named(args.role)
+    except ValueError as exc:
+        print(f"aip tokens create: {exc}", file=sys.stderr)
+        return 2
+    token = _client().create_token(args.name, args.role, args.ttl)
+    print(token)
+    print(f"a token for {args.name} ({args.role}), valid {args.ttl / 86400:g} days: they set AIP_TOKEN to it (or "
+          f"enter it in the page's settings)", file=sys.stderr)
     return 0
 
 
@@ -514,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = actions.add_parser("ls")
     ls.add_argument("--status", default="")
     ls.add_argument("--name", default="")
+    ls.add_argument("--owner", default="", help="only the tasks this person submitted")
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument("--json", action="store_true")
     for action in ("show", "logs", "metrics", "cancel", "watch"):
@@ -523,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "logs":
             a.add_argument("-f", "--follow", action="store_true")
     tasks.set_defaults(func=cmd_tasks)
+
+    whoami = sub.add_parser("whoami", help="who the platform takes you for: name, role, expiry")
+    whoami.add_argument("--json", action="store_true", help="as JSON")
+    whoami.set_defaults(func=cmd_whoami)
+    tokens = sub.add_parser("tokens", help="signed tokens for people, each with a role (admin, or with AIP_AUTH_KEY)")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="print a new token")
+    create.add_argument("--name", required=True, help="who it is for (their name in the audit trail)")
+    create.add_argument("--role", required=True, help="viewer (read, predict), editor (also write and run), or admin")
+    create.add_argument("--ttl", type=_ttl, default=30 * 86400, help="how long it is valid: 30d, 12h, 90m, 3600 "
+                                                                     "(default 30d; at most a year)")
+    tokens.set_defaults(func=cmd_tokens)
 
     demo = sub.add_parser("demo", help="run an example end to end through the running platform")
     demo.add_argument("example", choices=["mnist"])

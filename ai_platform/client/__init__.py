@@ -20,6 +20,7 @@ from ai_platform.core.views import (
     TaskView,
     VersionView,
     as_dict,
+    iso,
     run_matches,
 )
 from ai_platform.core.wire import (
@@ -34,8 +35,9 @@ from ai_platform.core.wire import (
     encode_parameters,
     sync_channel,
 )
+from ai_platform.protos.aiplatform.v1 import access_pb2 as access_pb
+from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as scheduler_pb
-from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
 from ai_platform.protos.inference import grpc_service_pb2 as inference_pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
@@ -184,11 +186,13 @@ class SchedulerClient:
         return self.stub.GetTask(scheduler_pb.GetTaskRequest(id=task_id))
 
     def list(
-        self, statuses: list[str] | None = None, name: str = "", page_size: int = 0, page_token: str = ""
+        self, statuses: list[str] | None = None, name: str = "", page_size: int = 0, page_token: str = "",
+        owner: str = "",
     ) -> scheduler_pb.ListTasksResponse:
         codes = [TASK_STATUSES.number(s) for s in statuses or []]
         return self.stub.ListTasks(
-            scheduler_pb.ListTasksRequest(statuses=codes, name=name, page_size=page_size, page_token=page_token)
+            scheduler_pb.ListTasksRequest(statuses=codes, name=name, page_size=page_size, page_token=page_token,
+                                          owner=owner)
         )
 
     def cancel(self, task_id: str) -> scheduler_pb.Task:
@@ -288,6 +292,12 @@ class InferenceClient:
         return outputs, response.model_version
 
 
+def identity_dict(identity: access_pb.Identity) -> dict:
+    return {"subject": identity.subject, "role": identity.role, "task_id": identity.task_id,
+            "expires_at": iso(identity.expires_at) if identity.HasField("expires_at") else None,
+            "open": identity.open}
+
+
 class Client:
     """The platform from Python, over gRPC: datasets, models, tasks and predictions.
 
@@ -305,6 +315,7 @@ class Client:
         self.storage = StorageClient(storage_addr)
         self.scheduler = SchedulerClient(scheduler_addr)
         self.inference = InferenceClient(inference_addr)
+        self.access = access_pb2_grpc.AccessServiceStub(self.scheduler.channel)
 
     def close(self) -> None:
         for part in (self.storage, self.scheduler, self.inference):
@@ -388,8 +399,23 @@ class Client:
     def get_task(self, task_id: str) -> dict:
         return as_dict(TaskView.from_pb(self.scheduler.get(task_id)))
 
-    def list_tasks(self, status: list[str] | None = None, name: str = "", limit: int = 50) -> list[dict]:
-        return [as_dict(TaskView.from_pb(t)) for t in self.scheduler.list(status, name, limit).tasks]
+    def list_tasks(self, status: list[str] | None = None, name: str = "", limit: int = 50,
+                   owner: str = "") -> list[dict]:
+        return [as_dict(TaskView.from_pb(t)) for t in self.scheduler.list(status, name, limit, owner=owner).tasks]
+
+    def whoami(self) -> dict:
+        """Who the platform takes this client for: ``{"subject", "role", "task_id", "expires_at", "open"}``."""
+        return identity_dict(self.access.WhoAmI(access_pb.WhoAmIRequest()))
+
+    def create_token(self, name: str, role: str, ttl_s: float = 30 * 24 * 3600) -> str:
+        """A signed token for a person (``viewer``, ``editor`` or ``admin``): signed here when ``AIP_AUTH_KEY`` is
+        set, else by the platform (an admin's call)."""
+        settings = ClientSettings.from_env()
+        if settings.auth_key:
+            from ai_platform.core.auth import Authority, Role
+
+            return Authority.of(settings).person_token(name, Role.named(role), ttl_s)
+        return self.access.CreateToken(access_pb.CreateTokenRequest(name=name, role=role, ttl_s=ttl_s)).token
 
     def cancel(self, task_id: str) -> dict:
         return as_dict(TaskView.from_pb(self.scheduler.cancel(task_id)))

@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from ai_platform.core.auth import Authority, allow
 from ai_platform.core.errors import (
     Internal,
     InvalidArgument,
@@ -48,6 +48,9 @@ log = logging.getLogger("ai_platform.core.infer_socket")
 
 HEADER = struct.Struct("<BQI")  # kind, call, length
 HELLO, CALL, REPLY, ERROR = 1, 2, 3, 4
+HELLO_LIMIT = 8192  # bytes a HELLO may hold: a credential
+HELLO_TIMEOUT_S = 5.0  # a connection that has not said HELLO by then is closed
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 RETRY_AFTER_S = 1.0  # after the socket failed to connect, calls go over gRPC this long before it is tried again
 
 SOCKET_METRICS = RequestMetrics("aip_socket_request", "ModelInfer calls over inference's Unix socket",
@@ -71,33 +74,41 @@ class FrameReader:
     def __init__(self, limit: int) -> None:
         self.limit, self.buffer = limit, bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """The whole frames received so far; ResourceExhausted for a frame over the limit."""
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """The whole frames received so far, one at a time (so that the limit may change between two: a HELLO
+        small, the calls after it up to the message limit); ResourceExhausted for a frame over the limit."""
         self.buffer += data
-        frames, start = [], 0
-        while len(self.buffer) - start >= HEADER.size:
-            kind, call, length = HEADER.unpack_from(self.buffer, start)
+        while len(self.buffer) >= HEADER.size:
+            kind, call, length = HEADER.unpack_from(self.buffer, 0)
             if length > self.limit:
                 raise ResourceExhausted(f"a frame of {length} bytes is over the {self.limit} byte limit")
-            end = start + HEADER.size + length
+            end = HEADER.size + length
             if len(self.buffer) < end:
-                break
-            frames.append((kind, call, bytes(self.buffer[start + HEADER.size:end])))
-            start = end
-        del self.buffer[:start]
-        return frames
+                return
+            frame = (kind, call, bytes(self.buffer[HEADER.size:end]))
+            del self.buffer[:end]
+            yield frame
 
 
 # -- the server, in inference_svc ------------------------------------------------------------------------------------
 
 class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: InferSocketServer) -> None:
-        self.server, self.frames = server, FrameReader(server.max_message_bytes)
+        # Until HELLO proves the caller, a frame may hold a token's worth of bytes, not a message's.
+        self.server, self.frames = server, FrameReader(HELLO_LIMIT)
         self.transport: asyncio.Transport | None = None
         self.greeted = False
+        self.hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if not self.greeted:
+            self.send(_error_frame(0, Unauthenticated(f"no HELLO within {HELLO_TIMEOUT_S:g} s")))
+            if self.transport is not None:
+                self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -105,9 +116,13 @@ class _ServerConnection(asyncio.Protocol):
                 if not self.greeted:
                     if kind != HELLO:
                         raise InvalidArgument(f"a connection starts with HELLO ({HELLO}), got frame kind {kind}")
-                    if self.server.token and not hmac.compare_digest(payload, self.server.token):
-                        raise Unauthenticated("missing or wrong token in HELLO (the platform's AIP_TOKEN)")
+                    principal = self.server.authority.verify(f"Bearer {payload.decode(errors='replace')}"
+                                                             if payload else "")
+                    allow(principal, MODEL_INFER)
                     self.greeted = True
+                    self.frames.limit = self.server.max_message_bytes
+                    if self.hello_timer is not None:
+                        self.hello_timer.cancel()
                 elif kind == CALL:
                     if call == 0:
                         raise InvalidArgument("CALL frames are numbered from 1; 0 answers for the connection")
@@ -127,14 +142,17 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
 
 
 class InferSocketServer:
     """Serves ``handler`` (the gRPC servicer's ModelInfer logic) on a Unix socket, with the gRPC edge's checks:
-    the token (once per connection, when the platform has one), unknown fields, the message size limit."""
+    the caller's credential (once per connection, in HELLO: a few KiB at most, within HELLO_TIMEOUT_S), unknown
+    fields, the message size limit."""
 
-    def __init__(self, path: str, handler: Handler, token: str, max_message_bytes: int) -> None:
-        self.path, self.handler, self.token = path, handler, token.encode()
+    def __init__(self, path: str, handler: Handler, authority: Authority, max_message_bytes: int) -> None:
+        self.path, self.handler, self.authority = path, handler, authority
         self.max_message_bytes = max_message_bytes
         self.server: asyncio.AbstractServer | None = None
         self.in_flight: set[asyncio.Task] = set()
@@ -220,7 +238,7 @@ class _ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self.frames.feed(data)
+            frames = list(self.frames.feed(data))
         except ResourceExhausted as exc:
             self.fail(Unavailable(f"{self.client.name} sent {exc.message}"))
             return

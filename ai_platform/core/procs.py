@@ -28,3 +28,14 @@ def group_members(pgid: int) -> list[int]:
 def session_members(sid: int) -> list[int]:
     """PIDs whose session is ``sid``."""
     return _members(_SESSION, sid)
+
+
+def not_dumpable() -> None:
+    """Make this process non-dumpable: other processes of the same user (a task's script) can then read neither its
+    environment (the platform's credentials) nor its memory from /proc. Root still can."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(4, 0)  # PR_SET_DUMPABLE = 0
+    except OSError:
+        pass

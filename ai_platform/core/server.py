@@ -26,7 +26,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from prometheus_client.exposition import make_wsgi_app
 
-from ai_platform.core.errors import InvalidArgument, PlatformError, Unauthenticated
+from ai_platform.core import auth
+from ai_platform.core.access import access_servicer
+from ai_platform.core.auth import Authority, bearer_of
+from ai_platform.core.errors import InvalidArgument, PlatformError
 from ai_platform.core.metrics import RequestMetrics
 from ai_platform.core.settings import ServiceSettings, split_addr
 from ai_platform.core.tls import TlsError
@@ -106,10 +109,11 @@ class _Registrar:
         self.server.add_registered_method_handlers(service, self._safe(handlers))
 
 
-def instrument(servicer: Any, service: str, method_names: Sequence[str], token: str = "",
-               streaming_requests: Sequence[str] = ()) -> Any:
-    """Wrap each RPC method of ``servicer``: check the caller's token (when the platform has one) and refuse
-    unknown fields, count and time it, and turn PlatformError into a status.
+def instrument(servicer: Any, service: str, method_names: Sequence[str], authority: Authority | None = None,
+               streaming_requests: Sequence[str] = (), prefix: str = "") -> Any:
+    """Wrap each RPC method of ``servicer``: check who calls and that their role may (``authority``, the role table
+    in ``ai_platform.core.auth``; ``prefix`` is ``/package.Service/``), refuse unknown fields, count and time it,
+    and turn PlatformError into a status.
 
     A servicer may define ``translate_error(exc) -> exc`` to name failures of what it depends on
     (e.g. its storage being unreachable) before they become a status.
@@ -118,19 +122,22 @@ def instrument(servicer: Any, service: str, method_names: Sequence[str], token: 
     (about 16% of a trivial RPC's throughput in this project's echo measurement).
     """
     translate = getattr(servicer, "translate_error", None)
+    authority = authority or Authority()
     for name in method_names:
-        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate, token,
-                                      name in streaming_requests))
+        setattr(servicer, name, _wrap(service, name, getattr(servicer, name), translate, authority,
+                                      name in streaming_requests, prefix + name))
     return servicer
 
 
-def _admit(request: Any, context: grpc.aio.ServicerContext, expected: bytes, deep: bool) -> None:
-    """Refuse a call without the platform's token, a request that is not its message, and a request with fields this
-    server does not know."""
-    if expected:
-        given = next((v for k, v in context.invocation_metadata() if k == "authorization"), "")
-        if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
-            raise Unauthenticated("missing or wrong bearer token: send the metadata authorization: Bearer <AIP_TOKEN>")
+def _admit(request: Any, context: grpc.aio.ServicerContext, authority: Authority, full_method: str,
+           deep: bool) -> None:
+    """Refuse a call whose caller cannot be told or whose role may not call it (the caller is then known to the
+    handler: ``auth.caller()``), a request that is not its message, and one with fields this server does not know."""
+    credential = bearer_of(context.invocation_metadata() or ())
+    principal = authority.verify(credential)
+    auth.allow(principal, full_method)
+    auth.CALLER.set(principal)
+    auth.CALLER_CREDENTIAL.set(credential.partition(" ")[2])
     if isinstance(request, Undecodable):
         raise request.error()
     if isinstance(request, Message):
@@ -157,10 +164,12 @@ def _wrap(
     method: str,
     behavior: Callable[..., Any],
     translate: Callable[[Exception], Exception] | None = None,
-    token: str = "",
+    authority: Authority | None = None,
     streaming_request: bool = False,
+    full_method: str = "",
 ) -> Callable[..., Any]:
-    expected = f"Bearer {token}".encode() if token else b""
+    authority = authority or Authority()
+    full_method = full_method or method
     deep = method not in HOT_RPCS
     if streaming_request:  # the stream's messages are checked as they come; the call itself as any other
         plain = behavior
@@ -179,7 +188,7 @@ def _wrap(
         async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, error = time.perf_counter(), None
             try:
-                _admit(request, context, expected, deep)
+                _admit(request, context, authority, full_method, deep)
                 async for item in behavior(request, context):
                     yield item
             except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -196,7 +205,7 @@ def _wrap(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, error = time.perf_counter(), None
         try:
-            _admit(request, context, expected, deep)
+            _admit(request, context, authority, full_method, deep)
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             error = exc
@@ -277,16 +286,18 @@ async def serve(
     servicers: Sequence[Servicer],
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     side_servers: Sequence[SideServer] = (),
+    authority: Authority | None = None,
 ) -> None:
     """Run a gRPC service (and ``side_servers``) until SIGTERM/SIGINT, then drain in-flight calls for
     ``settings.grace_s``."""
     service, addr = settings.service, settings.own_addr()
     server = grpc.aio.server(options=server_options(settings.max_message_bytes))
-    for entry in servicers:
+    authority = authority or Authority.of(settings)
+    for entry in [*servicers, access_servicer(authority)]:
         methods = [m.name for m in entry.descriptor.methods]
         streaming = [m.name for m in entry.descriptor.methods if m.client_streaming]
-        entry.add_to_server(instrument(entry.implementation, service, methods, settings.token, streaming),
-                            _Registrar(server, entry.descriptor))
+        entry.add_to_server(instrument(entry.implementation, service, methods, authority, streaming,
+                                       f"/{entry.descriptor.full_name}/"), _Registrar(server, entry.descriptor))
     service_names = [entry.descriptor.full_name for entry in servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -273,8 +273,19 @@ def _addr(service: str, port: int) -> Any:
 
 
 def _token_setting() -> Any:
-    return setting("", "bearer token every call must carry: each gRPC method (not health or reflection) and each "
-                       "gateway route (not /healthz, /metrics or the web page); services pass it on")
+    return setting("", "the admin credential: with it (or AIP_AUTH_KEY) set, every call must carry a bearer token, "
+                       "each gRPC method (not health or reflection) and each gateway route (not /healthz, /metrics, "
+                       "the page's files or the API docs); services use it for their own calls")
+
+
+def _auth_key_setting() -> Any:
+    return setting("", "key that signs and checks people's tokens (aip tokens create) and tasks' credentials; "
+                       "unset, one derived from AIP_TOKEN")
+
+
+def _previous_keys_setting() -> Any:
+    return setting(doc="comma-separated keys that signed tokens still accepted (a key being rotated out)",
+                   parse=comma_list, factory=list)
 
 
 TLS_DOCS = {
@@ -302,6 +313,7 @@ class Addresses(BaseSettings):
     tls_cert: str = _tls_setting("tls_cert")
     tls_key: str = _tls_setting("tls_key")
     tls_ca: str = _tls_setting("tls_ca")
+    auth_key: str = _auth_key_setting()
 
     def addr_of(self, service: str) -> str:
         return getattr(self, f"{service}_addr")
@@ -322,6 +334,7 @@ class ServiceSettings(Addresses):
     metrics_token: str = setting("", "bearer token the Prometheus /metrics endpoints require (open when unset)")
     tls_client_ca: str = setting("", "PEM certificate authority of the clients a gRPC server accepts: set, TLS is "
                                      "mutual and a client without a certificate it signed is refused")
+    auth_previous_keys: list[str] = _previous_keys_setting()
 
     @property
     def max_message_bytes(self) -> int:
@@ -411,9 +424,8 @@ class SchedulerSettings(ServiceSettings):
         return ClientSettings(
             storage_addr=self.storage_addr, scheduler_addr=self.scheduler_public_addr or self.scheduler_addr,
             inference_addr=self.inference_addr,
-            gateway_addr=self.gateway_addr, token=self.token, home=self.home_uri(),
-            storage_options=self.storage_options,
-        ).to_env()  # not the TLS files: a worker uses its own node's (a local task inherits the scheduler's)
+            gateway_addr=self.gateway_addr, home=self.home_uri(), storage_options=self.storage_options,
+        ).to_env()  # no admin token, no signing key (a task holds its own credential); no TLS files (its node's)
 
 
 @dataclass
@@ -480,9 +492,11 @@ class TaskSettings(BaseSettings):
     task_id: str = setting("", "the task's id", flag=False)
     task_script: str = setting("", "the task's script where the worker runs (its spec comes from the scheduler)",
                                flag=False)
-    task_secret: str = setting("", "the task's report secret: ReportTask calls must carry it", flag=False)
+    task_token: str = setting("", "the task's own credential (on Ray: the job's; on the local backend it comes on "
+                                  "the worker's stdin instead, AIP_TASK_TOKEN_STDIN)", flag=False)
+    task_token_stdin: str = setting("", "local backend: the task's credential is the first line of stdin",
+                                    flag=False)
     scheduler_addr: str = _addr("scheduler", 50052)
-    token: str = _token_setting()
     tls_cert: str = _tls_setting("tls_cert")
     tls_key: str = _tls_setting("tls_key")
     tls_ca: str = _tls_setting("tls_ca")
@@ -516,9 +530,14 @@ def platform_pythonpath() -> str:
     return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
-def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment a child process inherits, plus ``extra``, with the platform importable."""
-    return {**os.environ, **extra, "PYTHONPATH": platform_pythonpath()}
+SECRET_VARIABLES = ("AIP_TOKEN", "AIP_AUTH_KEY", "AIP_AUTH_PREVIOUS_KEYS", "AIP_METRICS_TOKEN")
+
+
+def child_environment(extra: Mapping[str, str], secrets: bool = True) -> dict[str, str]:
+    """The environment a child process inherits, plus ``extra``, with the platform importable; without the
+    platform's credentials when ``secrets`` is False (a task's worker)."""
+    inherited = {k: v for k, v in os.environ.items() if secrets or k not in SECRET_VARIABLES}
+    return {**inherited, **extra, "PYTHONPATH": platform_pythonpath()}
 
 
 def markdown_table() -> str:

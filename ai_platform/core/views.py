@@ -40,6 +40,11 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class AliasMoveView(BaseModel):
+    moved_by: str
+    moved_at: str
+
+
 class TableView(BaseModel):
     """A dataset or model table at one version."""
 
@@ -57,6 +62,8 @@ class TableView(BaseModel):
     updated_at: str
     metadata: dict[str, str] = {}
     aliases: dict[str, int] = Field({}, description="alias -> version, e.g. {\"production\": 3}")
+    created_by: str = Field("", description="who wrote this version (a person, or 'OWNER (task ID)')")
+    alias_moves: dict[str, AliasMoveView] = Field({}, description="alias -> who last moved it, and when")
 
     @classmethod
     def fields_from_pb(cls, info: storage_pb2.TableInfo) -> dict[str, Any]:
@@ -64,7 +71,9 @@ class TableView(BaseModel):
                 "num_rows": info.num_rows, "size_bytes": info.size_bytes, "version": info.version,
                 "latest_version": info.latest_version, "num_versions": info.num_versions,
                 "created_at": iso(info.created_at), "updated_at": iso(info.updated_at),
-                "metadata": dict(info.metadata), "aliases": dict(info.aliases)}
+                "metadata": dict(info.metadata), "aliases": dict(info.aliases), "created_by": info.created_by,
+                "alias_moves": {alias: AliasMoveView(moved_by=move.moved_by, moved_at=iso(move.moved_at))
+                                for alias, move in info.alias_moves.items()}}
 
     @classmethod
     def from_pb(cls, info: storage_pb2.TableInfo) -> TableView:
@@ -119,10 +128,12 @@ class VersionView(BaseModel):
     version: int
     timestamp: str
     metadata: dict[str, str] = {}
+    created_by: str = Field("", description="who wrote it ('' for versions written before it was kept)")
 
     @classmethod
     def from_pb(cls, version: storage_pb2.VersionInfo) -> VersionView:
-        return cls(version=version.version, timestamp=iso(version.timestamp), metadata=dict(version.metadata))
+        return cls(version=version.version, timestamp=iso(version.timestamp), metadata=dict(version.metadata),
+                   created_by=version.created_by)
 
 
 class RowsView(BaseModel):
@@ -266,6 +277,7 @@ class TaskView(BaseModel):
     resolved_output: str
     input_table: str = Field("", description="a lake input, e.g. datasets/mnist_clean")
     input_version: int = Field(0, description="the version of input_table the task reads (pinned at submit)")
+    owner: str = Field("", description="who submitted it")
 
     @classmethod
     def from_pb(cls, task: scheduler_pb2.Task) -> TaskView:
@@ -287,7 +299,7 @@ class TaskView(BaseModel):
             resources=Resources(num_cpus=task.resources.num_cpus, num_gpus=task.resources.num_gpus,
                                 memory_mb=task.resources.memory_mb, custom=dict(task.resources.custom)),
             timeout_s=task.timeout_s, resolved_input=task.resolved_input, resolved_output=task.resolved_output,
-            input_table=task.input_table, input_version=task.input_version,
+            input_table=task.input_table, input_version=task.input_version, owner=task.owner,
         )
 
 
@@ -318,3 +330,26 @@ class ProtocolErrorBody(BaseModel):
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
 PROTOCOL_ERRORS = {status: {"model": ProtocolErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
 STREAM_ERRORS = {429: {"model": ErrorBody, "description": "the client follows too many streams already"}}
+
+
+class WhoAmIView(BaseModel):
+    subject: str = Field(examples=["alice"])
+    role: str = Field(examples=["editor"], description="viewer | editor | admin | task")
+    task_id: str = ""
+    expires_at: str | None = None
+    open: bool = Field(False, description="the platform checks no credentials (neither AIP_TOKEN nor AIP_AUTH_KEY)")
+
+
+class TokenRequest(BaseModel):
+    """A token for a person; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(examples=["alice"])
+    role: str = Field(examples=["editor"], description="viewer | editor | admin")
+    ttl_s: float = Field(30 * 24 * 3600, gt=0, le=366 * 24 * 3600, allow_inf_nan=False)
+
+
+class TokenView(BaseModel):
+    token: str
+    identity: WhoAmIView

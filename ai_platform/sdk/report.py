@@ -1,8 +1,9 @@
 """The report channel from a running task to the scheduler: ``ReportTask`` calls over gRPC.
 
-The same path from every backend and every node, authenticated by the task's own secret (``AIP_TASK_SECRET``), so
-nothing travels through a shared disk. A report the scheduler cannot take right now (it is restarting, the network
-blinked) is retried with backoff: progress for a few seconds, the result and the error for minutes.
+The same path from every backend and every node, authenticated by the task's own credential (see
+:func:`credential`), so nothing travels through a shared disk. A report the scheduler cannot take right now (it is
+restarting, the network blinked) is retried with backoff: progress for a few seconds, the result and the error for
+minutes.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ class Reporter:
         self.channel = (grpc.secure_channel(settings.scheduler_addr, credentials) if credentials is not None
                         else grpc.insecure_channel(settings.scheduler_addr))
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
-        self.metadata = [("authorization", f"Bearer {settings.token}")] if settings.token else None
+        self.metadata = [("authorization", f"Bearer {credential()}")]
 
     def request(self, kind: str, value: Any) -> Any:
         """The ReportTaskRequest for one report; TypeError/ValueError when the value is not plain JSON."""
         from google.protobuf import json_format
 
         pb = self.pb
-        request = pb.ReportTaskRequest(task_id=self.settings.task_id, secret=self.settings.task_secret)
+        request = pb.ReportTaskRequest(task_id=self.settings.task_id)
         if kind == "started":
             request.started = float(value)
         elif kind == "progress":
@@ -85,12 +86,27 @@ class Reporter:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
+_credential: list[str] = []
+
+
+def credential() -> str:
+    """This task's own credential ('' outside a task): from the job's environment (Ray), or the first line of the
+    worker's stdin (local backend, read once: the variable would be readable in /proc by the same user)."""
+    if not _credential:
+        settings = TaskSettings.from_env()
+        token = settings.task_token
+        if not token and settings.task_token_stdin:
+            token = sys.stdin.readline().strip()
+        _credential.append(token)
+    return _credential[0]
+
+
 def _reporter() -> Reporter | None:
     global _reporter_or_none
     with _lock:
         if _reporter_or_none is None:
             settings = TaskSettings.from_env()
-            _reporter_or_none = Reporter(settings) if settings.task_secret else False
+            _reporter_or_none = Reporter(settings) if settings.task_id and credential() else False
         return _reporter_or_none or None
 
 

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from ai_platform.core.procs import not_dumpable
 from ai_platform.core.settings import TaskSettings
 from ai_platform.sdk import report
 
@@ -93,9 +94,21 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def _keep_to_itself() -> None:
+    """Take the task's credential in, hand it to the platform's clients in this process (and the processes the
+    script starts), and make this process non-dumpable: other processes of the same user can then read neither its
+    environment nor its memory from /proc."""
+    token = report.credential()
+    if token:
+        os.environ["AIP_TOKEN"] = token  # Client(), sdk.deploy_model(): the task's own, narrow credential
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - the pipe has served its purpose
+    not_dumpable()
+
+
 def main() -> int:
     _adopt_orphans()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _keep_to_itself()
     try:
         return _run_task()
     finally:

@@ -23,6 +23,7 @@ class RunContext:
     """What a backend gets from the scheduler for one run."""
 
     task: Task
+    credential: str  # the task's own (see Scheduler.credentials): for its worker only
     log: TaskLog
     on_running: Callable[[int | None, str, float | None], None]  # (pid, job_id, started_at) once work starts
     on_progress: Callable[[dict[str, Any]], None]
@@ -105,15 +106,15 @@ class Backend(Protocol):
 
 
 def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], script: str = "") -> dict[str, str]:
-    """Environment of the worker entry point: the platform's settings (a Ray job inherits none), the task's id and
-    script, the secret its reports must carry, and the platform importable. ``script``: the script's path where the
-    worker runs, when that is not the scheduler's (a Ray job's working directory). The rest of the spec (params of
-    any size, the resolved input and output) the worker gets from the scheduler in answer to its first report."""
+    """Environment of the worker entry point: the platform's settings (a Ray job inherits none; never the admin
+    token or the signing keys), the task's id and script, and the platform importable. ``script``: the script's path
+    where the worker runs, when that is not the scheduler's (a Ray job's working directory). The rest of the spec
+    (params of any size, the resolved input and output) the worker gets from the scheduler in answer to its first
+    report; its credential each backend hands over its own way (``extra``)."""
     return {
         **platform_env,
         "AIP_TASK_ID": task.id,
         "AIP_TASK_SCRIPT": script or task.script,
-        "AIP_TASK_SECRET": task.report_secret,
         "PYTHONPATH": platform_pythonpath(),
         "PYTHONUNBUFFERED": "1",
         **extra,

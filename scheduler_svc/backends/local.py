@@ -82,16 +82,23 @@ class LocalBackend:
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
+        # The credential goes down a pipe, not the environment: /proc/<pid>/environ is readable by the same user.
         proc = await asyncio.create_subprocess_exec(
             *WORKER_COMMAND,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             cwd=self.cwd,
-            env=child_environment(worker_env(task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1"})),
+            env=child_environment(worker_env(task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1",
+                                                                       "AIP_TASK_TOKEN_STDIN": "1"}), secrets=False),
             limit=1 << 20,
         )
+        assert proc.stdin is not None
+        proc.stdin.write(ctx.credential.encode() + b"\n")
+        with contextlib.suppress(OSError):
+            await proc.stdin.drain()
+        proc.stdin.close()
         ctx.on_running(proc.pid, "", None)
         pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
         over_memory: list[float] = []

@@ -81,7 +81,7 @@ class RayBackend:
                 client.submit_job,
                 entrypoint=shlex.join(WORKER_COMMAND),
                 submission_id=job_id,
-                runtime_env=self.runtime_env(task),
+                runtime_env=self.runtime_env(task, ctx.credential),
                 entrypoint_num_cpus=resources.num_cpus or None,
                 entrypoint_num_gpus=resources.num_gpus or None,
                 entrypoint_memory=resources.memory_mb * 2**20 or None,
@@ -143,11 +143,13 @@ class RayBackend:
         outcome.ended_at = info.end_time / 1000 if info.end_time else None
         return outcome
 
-    def runtime_env(self, task: Task) -> dict:
+    def runtime_env(self, task: Task, credential: str) -> dict:
         """The job's environment: the platform's settings, and the script's directory shipped through Ray (its
         ``working_dir``), so a node that shares no disk with the scheduler runs it all the same."""
         script = Path(task.script)
-        return {"env_vars": worker_env(task, self.platform_env, {}, script=script.name),
+        # The job's environment is readable by whoever reads Ray's job API: it holds the task's own credential
+        # (this task's reports, reading the lake, its outputs), never the platform's.
+        return {"env_vars": worker_env(task, self.platform_env, {"AIP_TASK_TOKEN": credential}, script=script.name),
                 "working_dir": str(script.parent), "excludes": WORKING_DIR_EXCLUDES}
 
     async def _missing_resources(self, wanted: dict[str, float]) -> str:

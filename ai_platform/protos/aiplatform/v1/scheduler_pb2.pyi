@@ -66,7 +66,7 @@ class TaskError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "script", "input", "output", "resolved_input", "resolved_output", "params", "resources", "timeout_s", "status", "backend", "created_at", "started_at", "completed_at", "result", "error", "progress", "input_table", "input_version")
+    __slots__ = ("id", "name", "script", "input", "output", "resolved_input", "resolved_output", "params", "resources", "timeout_s", "status", "backend", "created_at", "started_at", "completed_at", "result", "error", "progress", "input_table", "input_version", "owner", "output_table")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,8 @@ class Task(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TABLE_FIELD_NUMBER: _ClassVar[int]
     INPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TABLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     script: str
@@ -107,7 +109,9 @@ class Task(_message.Message):
     progress: Progress
     input_table: str
     input_version: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., script: _Optional[str] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., resolved_input: _Optional[str] = ..., resolved_output: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., backend: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., input_table: _Optional[str] = ..., input_version: _Optional[int] = ...) -> None: ...
+    owner: str
+    output_table: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., script: _Optional[str] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., resolved_input: _Optional[str] = ..., resolved_output: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., backend: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., input_table: _Optional[str] = ..., input_version: _Optional[int] = ..., owner: _Optional[str] = ..., output_table: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("name", "script", "input", "output", "params", "resources", "timeout_s")
@@ -134,16 +138,18 @@ class GetTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("statuses", "name", "page_size", "page_token")
+    __slots__ = ("statuses", "name", "page_size", "page_token", "owner")
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[TaskStatus]
     name: str
     page_size: int
     page_token: str
-    def __init__(self, statuses: _Optional[_Iterable[_Union[TaskStatus, str]]] = ..., name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[TaskStatus, str]]] = ..., name: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
     __slots__ = ("tasks", "next_page_token")

@@ -122,8 +122,8 @@ class SchedulerServiceServicer:
 
     def ReportTask(self, request, context):
         """A running task's worker reports its start, progress, result or error, from whichever node it runs on.
-        Authenticated by the per-task secret the scheduler put in the worker's environment (AIP_TASK_SECRET):
-        NOT_FOUND for an unknown task, PERMISSION_DENIED for a wrong secret, FAILED_PRECONDITION once it ended.
+        Authenticated by the task's own credential (the bearer token the scheduler gave its worker):
+        NOT_FOUND for an unknown task, PERMISSION_DENIED for another's credential, FAILED_PRECONDITION once it ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,7 @@ class ColumnInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("name", "kind", "uri", "schema", "num_rows", "size_bytes", "version", "latest_version", "num_versions", "created_at", "updated_at", "metadata", "aliases")
+    __slots__ = ("name", "kind", "uri", "schema", "num_rows", "size_bytes", "version", "latest_version", "num_versions", "created_at", "updated_at", "metadata", "aliases", "created_by", "alias_moves")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,13 @@ class TableInfo(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class AliasMovesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: AliasMove
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[AliasMove, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +74,8 @@ class TableInfo(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_MOVES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: TableKind
     uri: str
@@ -80,10 +89,20 @@ class TableInfo(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
     aliases: _containers.ScalarMap[str, int]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., uri: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., num_rows: _Optional[int] = ..., size_bytes: _Optional[int] = ..., version: _Optional[int] = ..., latest_version: _Optional[int] = ..., num_versions: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    created_by: str
+    alias_moves: _containers.MessageMap[str, AliasMove]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TableKind, str]] = ..., uri: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[ColumnInfo, _Mapping]]] = ..., num_rows: _Optional[int] = ..., size_bytes: _Optional[int] = ..., version: _Optional[int] = ..., latest_version: _Optional[int] = ..., num_versions: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Mapping[str, int]] = ..., created_by: _Optional[str] = ..., alias_moves: _Optional[_Mapping[str, AliasMove]] = ...) -> None: ...
+
+class AliasMove(_message.Message):
+    __slots__ = ("moved_by", "moved_at")
+    MOVED_BY_FIELD_NUMBER: _ClassVar[int]
+    MOVED_AT_FIELD_NUMBER: _ClassVar[int]
+    moved_by: str
+    moved_at: _timestamp_pb2.Timestamp
+    def __init__(self, moved_by: _Optional[str] = ..., moved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "timestamp", "metadata")
+    __slots__ = ("version", "timestamp", "metadata", "created_by")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,10 +113,12 @@ class VersionInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     version: int
     timestamp: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, version: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    created_by: str
+    def __init__(self, version: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class ListTablesRequest(_message.Message):
     __slots__ = ("kind",)
