@@ -35,7 +35,22 @@ web/vendor/uPlot.iife.min.js:
 	cp .web-build/package/LICENSE web/vendor/uPlot.LICENSE
 	rm -rf .web-build
 
-install: $(STAMP) web/vendor/uPlot.iife.min.js
+# Swagger UI and ReDoc (Apache-2.0, MIT), the API docs at /docs and /redoc: served by the gateway from web/vendor/
+# like uPlot, so the docs work offline.
+SWAGGER_UI_VERSION := 5.35.0
+REDOC_VERSION := 2.5.0
+web/vendor/swagger-ui/swagger-ui-bundle.js web/vendor/redoc/redoc.standalone.js: web/vendor/uPlot.iife.min.js
+	rm -rf .web-build && mkdir -p .web-build web/vendor/swagger-ui web/vendor/redoc
+	cd .web-build && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) redoc@$(REDOC_VERSION) >/dev/null \
+		&& mkdir swagger redoc && tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz -C swagger \
+		&& tar xzf redoc-$(REDOC_VERSION).tgz -C redoc
+	cp .web-build/swagger/package/swagger-ui-bundle.js .web-build/swagger/package/swagger-ui.css web/vendor/swagger-ui/
+	cp .web-build/swagger/package/LICENSE web/vendor/swagger-ui/LICENSE
+	cp .web-build/redoc/package/bundles/redoc.standalone.js web/vendor/redoc/
+	cp .web-build/redoc/package/LICENSE web/vendor/redoc/LICENSE
+	rm -rf .web-build
+
+install: $(STAMP) web/vendor/uPlot.iife.min.js web/vendor/swagger-ui/swagger-ui-bundle.js
 
 test: install /usr/bin/chromium
 	$(PY) -m ruff check .

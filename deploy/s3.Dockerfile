@@ -6,7 +6,10 @@ FROM ${BASE_IMAGE}
 ARG PIP_FIND_LINKS=
 ARG PIP_EXTRA_INDEX_URL=
 ARG PIP_CERT=
-RUN python3 -m venv /opt/moto && /opt/moto/bin/pip install -q --no-cache-dir "moto[server]==5.2.5"
+ENV VIRTUAL_ENV=/opt/moto UV_NO_CACHE=1
+COPY install-wheels.sh /usr/local/bin/install-wheels
+RUN python3 -m venv /opt/moto && /opt/moto/bin/pip install -q --no-cache-dir uv && \
+    PATH=/opt/moto/bin:$PATH install-wheels "moto[server]==5.2.5"
 COPY s3_server.py /opt/moto/s3_server.py
 EXPOSE 9000
 ENTRYPOINT ["/opt/moto/bin/python", "/opt/moto/s3_server.py"]

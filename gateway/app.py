@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -196,7 +197,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await app.state.upstreams.close()
 
     app = FastAPI(
-        title="AI Platform", version=__version__, lifespan=lifespan,
+        title="AI Platform", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         dependencies=[Depends(errors.refuse_unknown_query)],
         description="REST face of the platform: datasets and models in the Lance lake, tasks, and inference "
                     "(Open Inference Protocol). Every error is `{\"error\": {\"code\", \"message\"}}`.",
@@ -213,6 +214,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def healthz(request: Request) -> dict:
         services = await request.app.state.upstreams.health()
         return {"status": "ok" if all(s["healthy"] for s in services.values()) else "degraded", "services": services}
+
+    # The API's documents with their assets from web/vendor/ (make install), not a CDN: they work offline.
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="AI Platform · API",
+                                   swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/favicon.svg")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_docs() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title="AI Platform · API",
+                              redoc_js_url="/vendor/redoc/redoc.standalone.js", redoc_favicon_url="/favicon.svg",
+                              with_google_fonts=False)
 
     @app.get("/api/v1/whoami", response_model=WhoAmIView, tags=["access"], responses=ERRORS,
              summary="Who the gateway takes the caller for: subject, role, expiry")

@@ -35,7 +35,7 @@ MIRRORS = [
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-FETCH_PARAMS = ("fetch", "mirrors", "checksums", "timeout_s")  # what locate() reads of a task's params
+FETCH_PARAMS = {"fetch": False, "mirrors": None, "checksums": None, "timeout_s": 5}  # locate()'s, with defaults
 
 
 class IdxError(ValueError):
@@ -261,7 +261,7 @@ def locate(input_path: str, params: dict, progress: Callable[[str], None] = prin
             print(f"MNIST files: {source}", flush=True)
             return directory, source
         progress("fetching MNIST")
-        source = fetch(directory, params.get("mirrors"), float(params.get("timeout_s", 5)), params.get("checksums"))
+        source = fetch(directory, params.get("mirrors"), float(params.get("timeout_s") or 5), params.get("checksums"))
         if remote is not None:
             _lake_copy(*remote, directory, [*names, "SOURCE"], upload=True)
         print(f"MNIST files: {source}", flush=True)

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
 
-from ai_platform.sdk import check_params, report_progress, storage_options  # noqa: E402
+from ai_platform.sdk import image_metadata, report_progress, resolve_params, storage_options  # noqa: E402
 
 SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
-                   metadata={"source": "mnist_clean.py", "image_shape": "28,28"})
+                   metadata={"source": "mnist_clean.py", **image_metadata(28, 28)})
 
 
 def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:
@@ -44,14 +44,14 @@ def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:
                     schema=SCHEMA)
 
 
-PARAMS = {"limit", *idx.FETCH_PARAMS}
+PARAMS = {"limit": 0, **idx.FETCH_PARAMS}  # what the script takes, and its defaults
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
-    check_params(params, PARAMS, "mnist_clean.py")
+    params = resolve_params(params, PARAMS, "mnist_clean.py")
     started = time.perf_counter()
     source_dir, source = idx.locate(input_path, params, lambda message: report_progress(0.05, message))
-    limit = int(params.get("limit", 0))
+    limit = int(params["limit"])
     tables, counts = [], {}
     for step, (split, (image_name, label_name)) in enumerate(idx.SPLITS.items()):
         images = idx.read_images(idx.find(source_dir, image_name))

@@ -27,9 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
-from ai_platform.sdk import check_params, log_metrics, open_dataset, report_progress, save_model  # noqa: E402
+from ai_platform.sdk import log_metrics, open_dataset, report_progress, resolve_params, save_model  # noqa: E402
 
-PARAMS = ("epochs", "learning_rate", "batch_size", "device", "seed", "limit", "augment", "labels", "log_every")
+PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_cnn.py` lists them)
+    "epochs": 3, "learning_rate": 2e-3, "batch_size": 64, "device": "auto", "seed": 0, "limit": 0, "augment": True,
+    "labels": None, "log_every": 50,
+}
 EVAL_BATCH = 512  # images per forward pass when testing: 2,000 at once held 200 MB of activations at the peak
 
 def load_split(uri: str, split: str, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +72,12 @@ def end_epoch(epoch: int, epochs: int, train_loss: float, accuracy: float, test_
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
-    check_params(params, PARAMS, "mnist_cnn.py")
-    epochs = int(params.get("epochs", 3))
-    batch_size = int(params.get("batch_size", 64))
-    learning_rate = float(params.get("learning_rate", 2e-3))
-    seed = int(params.get("seed", 0))
-    wanted = params.get("device", "auto")
+    params = resolve_params(params, PARAMS, "mnist_cnn.py")  # recorded with the run, defaults included
+    epochs = int(params["epochs"])
+    batch_size = int(params["batch_size"])
+    learning_rate = float(params["learning_rate"])
+    seed = int(params["seed"])
+    wanted = params["device"]
     device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
                           "cpu" if wanted == "auto" else wanted)
     if not output_path:
@@ -83,7 +86,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     generator = torch.Generator().manual_seed(seed)
 
     started = time.perf_counter()
-    train_x, train_y = load_split(input_path, "train", int(params.get("limit", 0)))
+    train_x, train_y = load_split(input_path, "train", int(params["limit"]))
     test_x, test_y = load_split(input_path, "test")
     load_s = time.perf_counter() - started
     print(f"loaded {len(train_x)} training and {len(test_x)} test images in {load_s:.2f}s; device {device}",
@@ -93,10 +96,10 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate * 3, total_steps=epochs * (
         (len(train_x) + batch_size - 1) // batch_size))
-    augment = bool(params.get("augment", True))
+    augment = bool(params["augment"])
     history = []
     train_seconds = 0.0
-    log_every = int(params.get("log_every", 50))  # batches between points of the batch_loss curve
+    log_every = int(params["log_every"])  # batches between points of the batch_loss curve
     batches = 0
     for epoch in range(epochs):
         model.train()

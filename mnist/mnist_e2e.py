@@ -39,7 +39,7 @@ import idx  # noqa: E402
 from mnist_cnn import EVAL_BATCH, PARAMS, end_epoch  # noqa: E402
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
-from ai_platform.sdk import check_params, log_metrics, report_progress, save_model  # noqa: E402
+from ai_platform.sdk import log_metrics, report_progress, resolve_params, save_model  # noqa: E402
 
 ARROW_SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64())])
 
@@ -186,25 +186,28 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     return correct / seen, loss_sum / seen, seen
 
 
+E2E_PARAMS = {**PARAMS, "chunk_rows": 4096, "window_rows": 32768, "shuffle_buffer": 16384, "ray_runner": False,
+              **idx.FETCH_PARAMS}
+
+
 def run(input_path: str, output_path: str, params: dict) -> dict:
     import daft
 
-    check_params(params, {*PARAMS, "chunk_rows", "window_rows", "shuffle_buffer", "ray_runner", *idx.FETCH_PARAMS},
-                 "mnist_e2e.py")
+    params = resolve_params(params, E2E_PARAMS, "mnist_e2e.py")  # recorded with the run, defaults included
     if not output_path:
         raise ValueError("mnist_e2e needs an output: the model table to write (e.g. models/mnist_e2e)")
-    epochs = int(params.get("epochs", 3))
-    batch_size = int(params.get("batch_size", 64))
-    learning_rate = float(params.get("learning_rate", 2e-3))
-    seed = int(params.get("seed", 0))
-    limit = int(params.get("limit", 0))
-    chunk_rows = int(params.get("chunk_rows", 4096))
-    window_rows = int(params.get("window_rows", 32768))
-    buffer = int(params.get("shuffle_buffer", 16384))
+    epochs = int(params["epochs"])
+    batch_size = int(params["batch_size"])
+    learning_rate = float(params["learning_rate"])
+    seed = int(params["seed"])
+    limit = int(params["limit"])
+    chunk_rows = int(params["chunk_rows"])
+    window_rows = int(params["window_rows"])
+    buffer = int(params["shuffle_buffer"])
     if min(epochs, batch_size, chunk_rows, window_rows, buffer) < 1 or limit < 0:
         raise ValueError("epochs, batch_size, chunk_rows, window_rows and shuffle_buffer must be at least 1, "
                          "limit at least 0")
-    wanted = params.get("device", "auto")
+    wanted = params["device"]
     device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
                           "cpu" if wanted == "auto" else wanted)
     directory, origin = idx.locate(input_path, params, lambda message: report_progress(0.01, message))
@@ -231,8 +234,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     steps = epochs * ((train_images + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate * 3, total_steps=steps)
-    augment = bool(params.get("augment", True))
-    log_every = int(params.get("log_every", 50))
+    augment = bool(params["augment"])
+    log_every = int(params["log_every"])
     history, train_seconds, batches = [], 0.0, 0
     for epoch in range(epochs):
         model.train()

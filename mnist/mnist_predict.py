@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ai_platform.core.settings import ClientSettings  # noqa: E402
-from ai_platform.sdk import check_params, report_progress, storage_options  # noqa: E402
+from ai_platform.sdk import report_progress, resolve_params, storage_options  # noqa: E402
 from ai_platform.sdk.models import ModelRecord, load_program, read_model  # noqa: E402
 
 PIXELS = 784
@@ -73,11 +73,14 @@ class Predictor:
                                           names=["prediction", "confidence"])
 
 
+PARAMS = {"model": "", "version": None, "image_column": "image", "batch_size": 256, "ray_runner": False}
+
+
 def run(input_path: str, output_path: str, params: dict) -> dict:
     import daft
     from daft import DataType, col
 
-    check_params(params, ("model", "version", "image_column", "batch_size", "ray_runner"), "mnist_predict.py")
+    params = resolve_params(params, PARAMS, "mnist_predict.py")  # recorded with the run, defaults included
     if not params.get("model"):
         raise ValueError("mnist_predict needs params.model: the name of the model to predict with")
     if not output_path:
@@ -86,8 +89,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     inputs = record.signature["inputs"]
     if len(inputs) != 1 or int(np.prod(inputs[0]["shape"][1:])) != PIXELS:
         raise ValueError(f"model '{params['model']}' takes {inputs}, not one 28x28 image")
-    image_column = params.get("image_column", "image")
-    batch_size = int(params.get("batch_size", 256))
+    image_column = params["image_column"]
+    batch_size = int(params["batch_size"])
     if params.get("ray_runner"):
         daft.set_runner_ray()  # the cluster this Ray job runs on
     from ai_platform.sdk import open_dataset

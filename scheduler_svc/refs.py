@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ai_platform.core.auth import own_token
-from ai_platform.core.errors import InvalidArgument
+from ai_platform.core.errors import InvalidArgument, NotFound
 from ai_platform.core.names import validate_name
 from ai_platform.core.settings import ServiceSettings
 from ai_platform.core.wire import TABLE_KINDS, Peer
@@ -51,7 +51,7 @@ class Resolver:
 
     async def resolve(self, ref: str, role: str) -> tuple[str, LakeVersion | None]:
         """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``, and for a lake
-        reference its table (``datasets/NAME``) and, for an input, the version it is pinned at (the newest now)."""
+        reference its table (``datasets/NAME``); an input's version is pinned later (:meth:`pin`)."""
         ref = ref.strip()
         if not ref or "://" in ref:
             return ref, None
@@ -79,10 +79,23 @@ class Resolver:
         return str(path) if path.exists() else ref
 
     async def _resolve_lake(self, kind: int, name: str, role: str) -> tuple[str, LakeVersion | None]:
-        request = pb.ResolveUriRequest(kind=kind, name=name, must_exist=role == "input")
+        """The table's URI and its reference; the version is not pinned yet (an input is pinned when its task
+        starts: a task may be queued behind the task that makes its input)."""
+        request = pb.ResolveUriRequest(kind=kind, name=name)
         response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
-        return response.uri, LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", response.version if role == "input"
-                                         else 0)
+        return response.uri, LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", 0)
+
+    async def pin(self, table: str) -> LakeVersion:
+        """``table`` ("datasets/NAME") at its newest version now: what a task starting now reads. NotFound naming
+        it when nothing has written it."""
+        kind, _, name = table.partition("/")
+        request = pb.ResolveUriRequest(kind=TABLE_KINDS.number(kind[:-1]), name=name, must_exist=True)
+        try:
+            response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
+        except NotFound:
+            raise NotFound(f"the task's input {table} does not exist (nothing wrote it before the task started)") \
+                from None
+        return LakeVersion(table, response.version)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ai_platform.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PlatformError,
 )
 from ai_platform.core.limits import check_params, check_task_fields
 from ai_platform.core.names import validate_name
@@ -67,6 +68,7 @@ class TaskRun:
     stop_reason: str = ""
     last_progress_save: float = 0.0
     admitted: asyncio.Event = field(default_factory=asyncio.Event)  # started, queued for a slot, or ended
+    producers: list[TaskRun] = field(default_factory=list)  # queued or running tasks writing its input: it waits
 
 
 class Scheduler:
@@ -113,8 +115,8 @@ class Scheduler:
                         error_message="the scheduler stopped while the task was running; its processes were ended",
                     ),
                 )
-            else:
-                self._launch(task)
+            else:  # queued: again behind any task in flight that writes its input
+                self._launch(task, producers=self._producers(task.input_table) if task.input_table else [])
 
     async def shutdown(self) -> None:
         """Stop work that cannot outlive the scheduler; stop watching detached work (re-attached after a restart)."""
@@ -142,6 +144,7 @@ class Scheduler:
         self._check_resources(request.resources, request.timeout_s)
         resolved_input, pinned = await self.resolver.resolve(request.input, "input")
         resolved_output, output_table = await self.resolver.resolve(request.output, "output")
+        producers = self._producers(pinned.table) if pinned else []
         task = Task(
             owner=caller().subject,
             id=uuid.uuid4().hex[:16],
@@ -152,7 +155,6 @@ class Scheduler:
             resolved_input=resolved_input,
             resolved_output=resolved_output,
             input_table=pinned.table if pinned else "",
-            input_version=pinned.version if pinned else 0,
             output_table=output_table.table if output_table else "",
             params=request.params,
             resources=request.resources,
@@ -160,7 +162,7 @@ class Scheduler:
             backend=self.backend.name,
         )
         self.store.save(task)
-        run = self._launch(task)
+        run = self._launch(task, producers=producers)
         log.info("task submitted", extra={"task": task.id, "task_name": name, "script": task.script})
         try:  # answer with the state the task is in: running once it started, pending while it waits
             await asyncio.wait_for(asyncio.shield(run.admitted.wait()), ADMIT_WAIT_S)
@@ -244,6 +246,10 @@ class Scheduler:
             raise PermissionDenied(f"only task '{task_id}' itself reports for it, with its own credential")
         if run is None or run.context is None or task.status.finished:
             raise FailedPrecondition(f"task '{task_id}' is {task.status.value}: it takes reports only while it runs")
+        if kind == "params":
+            task.effective_params = value
+            self._changed_task(task)
+            return
         if kind == "metrics":
             dropped = self.store.add_metrics(task_id, value)
             if dropped:
@@ -315,30 +321,66 @@ class Scheduler:
         ttl = task.timeout_s + TASK_CREDENTIAL_GRACE_S if task.timeout_s else TASK_CREDENTIAL_MAX_S
         return self.authority.task_token(task.id, task.owner, outputs, serves, ttl)
 
-    def _launch(self, task: Task, attach: bool = False) -> TaskRun:
-        run = self._runs[task.id] = TaskRun(task)
+    def _producers(self, table: str) -> list[TaskRun]:
+        """The queued or running tasks that write ``table``: a task reading it waits for them (a chain of tasks
+        submitted at once), and is pinned to what they wrote."""
+        return [r for r in self._runs.values() if r.task.output_table == table and not r.task.status.finished]
+
+    def _launch(self, task: Task, attach: bool = False, producers: list[TaskRun] = ()) -> TaskRun:
+        run = self._runs[task.id] = TaskRun(task, producers=list(producers))
         run.future = asyncio.ensure_future(self._run(run, attach))
         run.future.add_done_callback(lambda _: self._forget(run))
         return run
 
     def _forget(self, run: TaskRun) -> None:
         run.admitted.set()
+        failure = None if run.future is None or run.future.cancelled() else run.future.exception()
+        if failure is not None and not run.task.status.finished:  # a bug here must not leave the task hanging
+            log.error("running task %s failed in the scheduler", run.task.id, exc_info=failure)
+            self._finish(run.task, Outcome(TaskStatus.FAILED, error_type="SchedulerError",
+                                           error_message=f"the scheduler failed running the task: {failure}"))
         if self._runs.get(run.task.id) is run:
             del self._runs[run.task.id]
 
     async def _run(self, run: TaskRun, attach: bool) -> None:
         task = run.task
         slots = self.backend.slots
-        if slots is not None and slots.locked():
-            run.admitted.set()  # it waits for a slot: pending
+        waiting = [p.future for p in run.producers if p.future is not None and not p.future.done()]
+        if waiting or (slots is not None and slots.locked()):
+            run.admitted.set()  # it waits for the tasks writing its input or for a slot: pending
         try:
+            if waiting:
+                await asyncio.wait(waiting)
+            upstream = [p.task for p in run.producers if p.task.status is not TaskStatus.COMPLETED]
+            run.producers.clear()
+            if upstream and not task.status.finished:
+                names = ", ".join(f"{t.name} ({t.id}) {t.status.value}" for t in upstream)
+                self._finish(task, Outcome(TaskStatus.FAILED, error_type="UpstreamFailed",
+                                           error_message=f"the task writing its input {task.input_table} did not "
+                                                         f"complete: {names}"))
+                return
             async with slots or contextlib.nullcontext():
                 if task.status.finished:
                     return
+                if task.input_table and not task.input_version and not attach:
+                    try:  # pinned as it starts: the task reads exactly this version, whatever is written meanwhile
+                        task.input_version = (await self.resolver.pin(task.input_table)).version
+                    except PlatformError as exc:
+                        self._finish(task, Outcome(TaskStatus.FAILED, error_type=type(exc).__name__,
+                                                   error_message=exc.message))
+                        return
+                    self._changed_task(task)
                 task_log = TaskLog(self.log_path(task.id), self.log_cap_bytes, task.log_dropped)
+                try:
+                    credential = self.credentials(task)
+                except Exception as exc:  # noqa: BLE001 - a task that cannot be launched fails, it never hangs
+                    log.exception("task %s could not be given its credential", task.id)
+                    self._finish(task, Outcome(TaskStatus.FAILED, error_type=type(exc).__name__,
+                                               error_message=f"the task could not be launched: {exc}"))
+                    return
                 run.context = RunContext(
                     task=task,
-                    credential=self.credentials(task),
+                    credential=credential,
                     log=task_log,
                     on_running=lambda pid, job_id, started_at: self._on_running(run, pid, job_id, started_at),
                     on_progress=lambda p: self._on_progress(run, p),

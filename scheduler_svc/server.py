@@ -58,6 +58,8 @@ def task_to_pb(task: Task) -> pb.Task:
         completed_at=_timestamp(task.completed_at),
     )
     message.params.update(task.params)
+    if task.effective_params is not None:
+        message.effective_params.update(task.effective_params)
     if task.result is not None:
         json_format.ParseDict(task.result, message.result)
     if task.error_type:
@@ -175,6 +177,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             value = struct_value(request.result)
         elif kind == "metrics":
             value = [metric_point(p) for p in request.metrics.points]
+        elif kind == "params":
+            value = struct_value(request.params)
         else:
             value = {"type": request.error.type, "message": request.error.message}
         if request.secret and request.secret != bearer_token():

@@ -14,7 +14,7 @@ from ai_platform.core.errors import NO_SPACE, InsufficientStorage, no_space
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 _COLUMNS = [f.name for f in dataclasses.fields(Task)]
-_JSON = {"params", "resources", "result", "progress"}
+_JSON = {"params", "resources", "result", "progress", "effective_params"}
 MAX_METRIC_POINTS = 100_000  # per task: the first ones are kept, later ones counted in metrics_dropped
 MAX_METRIC_SERIES = 100  # per task: points of a further series are dropped
 T = TypeVar("T")
@@ -57,7 +57,8 @@ class TaskStore:
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
         for column, kind in (("report_secret", "TEXT DEFAULT ''"), ("metrics_dropped", "INTEGER DEFAULT 0"),
                              ("input_table", "TEXT DEFAULT ''"), ("input_version", "INTEGER DEFAULT 0"),
-                             ("owner", "TEXT DEFAULT ''"), ("output_table", "TEXT DEFAULT ''")):
+                             ("owner", "TEXT DEFAULT ''"), ("output_table", "TEXT DEFAULT ''"),
+                             ("effective_params", "TEXT")):
             if column not in present:  # records written before the column existed
                 self.db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
         # Tasks prove themselves with signed credentials now; secrets that older versions stored in plain text go.

@@ -57,6 +57,7 @@ class Task:
     input_version: int = 0
     owner: str = ""  # who submitted it (the credential's subject)
     output_table: str = ""  # a lake output ("datasets/NAME"): what the task's credential may write
+    effective_params: dict[str, Any] | None = None  # what the script ran with, defaults included (sdk.log_params)
 
 
 @dataclass

@@ -400,8 +400,11 @@ def test_cancel_and_task_errors(http):
     error_of(http.get("/api/v1/tasks/nope"), 404, "TASK_NOT_FOUND")
     error_of(http.get("/api/v1/tasks/nope/logs"), 404, "TASK_NOT_FOUND")
     error_of(http.post("/api/v1/tasks/nope/cancel"), 404, "TASK_NOT_FOUND")
-    error_of(http.post("/api/v1/tasks", json={"name": "t", "script": "scripts/trivial.py", "input": "datasets/nope"}),
-             404, "DATASET_NOT_FOUND")
+    queued = http.post("/api/v1/tasks", json={"name": "t", "script": "scripts/trivial.py", "input": "datasets/nope"})
+    assert queued.status_code == 201, "an input is resolved when the task starts, as in the seed"
+    missing = wait_task(http, queued.json()["id"])
+    assert missing["status"] == "failed" and missing["error_type"] == "NotFound"
+    assert "datasets/nope does not exist" in missing["error"]
     assert "outside" in error_of(http.post("/api/v1/tasks", json={"name": "t", "script": "../../etc/passwd.py"}),
                                  400, "INVALID_REQUEST")
     error_of(http.get("/api/v1/tasks?status=sleeping"), 400, "INVALID_REQUEST")

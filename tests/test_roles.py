@@ -25,7 +25,7 @@ from tests.calls import GRPC_CALLS, REST_CALLS, Prepared, arrow_body, grpc_call,
 from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts
 
-TOKEN, KEY, OLD_KEY = "roles-admin-t0ken", "roles-signing-key", "roles-old-key"
+TOKEN, KEY, OLD_KEY = "roles-admin-t0ken", "roles-signing-key-" + "k" * 16, "roles-old-key-" + "o" * 20
 DESCRIPTORS = [storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
                scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
@@ -148,7 +148,7 @@ def forged(token: str, **claims: object) -> str:
 
 
 def test_bad_tokens_are_refused_saying_why(platform, people, authority):
-    other = Authority(key=b"somebody-else's-key")
+    other = Authority(key=b"somebody-else's-key-of-32-bytes!")
     cases = {
         "expired": (Authority(TOKEN, KEY.encode()).person_token("late", Role.ADMIN, -120), "expired"),
         "tampered": (forged(people[Role.VIEWER], role="admin"), "matches no key"),

@@ -117,6 +117,8 @@ def test_help_lists_every_setting_of_the_service(module):
     ("gateway", "AIP_BODY_LIMIT_MB", "-1", "AIP_BODY_LIMIT_MB must be a finite number >= 0"),
     ("inference_svc", "AIP_INFERENCE_SOCKET", "/tmp/" + "s" * 120,
      "AIP_INFERENCE_SOCKET is 125 bytes long; a Unix socket's path takes at most 107"),
+    ("scheduler_svc", "AIP_AUTH_KEY", "short-key", "AIP_AUTH_KEY must be a signing key of at least 32 bytes"),
+    ("gateway", "AIP_AUTH_PREVIOUS_KEYS", "k" * 40 + ",old", "AIP_AUTH_PREVIOUS_KEYS must be"),
 ])
 def test_a_bad_value_names_the_variable_and_starts_nothing(tmp_path, module, variable, value, says):
     home = tmp_path / "home"
@@ -139,8 +141,9 @@ def test_flags_override_the_environment_and_settings_travel_to_workers():
     scheduler = SchedulerSettings.from_env({"AIP_HOME": "s3://bucket/prefix", "AIP_STORAGE_ADDR": "10.0.0.1:1",
                                             "AIP_STORAGE_OPTIONS": '{"allow_http": true}', "AIP_TOKEN": "t"})
     worker = ClientSettings.from_env(scheduler.worker_env())
-    assert (worker.home, worker.storage_addr, worker.storage_options, worker.token) == (
-        "s3://bucket/prefix", "10.0.0.1:1", {"allow_http": "true"}, "t")
+    assert (worker.home, worker.storage_addr, worker.storage_options) == (
+        "s3://bucket/prefix", "10.0.0.1:1", {"allow_http": "true"})
+    assert worker.token == "", "a task gets its own narrow credential, never the admin token"
     with pytest.raises(SettingsError, match="AIP_GRACE_S"):
         StorageSettings.from_env({"AIP_GRACE_S": "nan"})
 

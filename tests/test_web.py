@@ -151,7 +151,7 @@ def test_task_curves_grow_while_it_runs_and_runs_compare(platform, browser):
     page.screenshot(path=str(ARTIFACTS / "task-curves.png"), full_page=True)
     expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]", timeout=30000)
     expect(chart).to_have_attribute("data-points", "25")
-    expect(page.locator("#task-info")).to_contain_text("logged true")
+    expect(page.locator("#task-info [data-fact='result · logged']")).to_have_text("true")
     for task in done:
         page.locator(f"#tasks tr[data-task-id='{task['id']}'] input[type=checkbox]").check()
     page.locator("#compare-button").click()

@@ -13,10 +13,24 @@ let who = { open: true, role: "admin", subject: "" };  // until the gateway says
 
 const $ = (id) => document.getElementById(id);
 
+// A notice: an error stays until its × is clicked (or the same problem is gone, for a service that came back); a
+// plain message gives way to the next.
+let sticky = "";
 function say(text, isError = false) {
-  $("notice").hidden = !text;
-  $("notice").textContent = text || "";
-  $("notice").classList.toggle("error", isError);
+  const notice = $("notice");
+  if (!text && sticky) return;
+  sticky = isError ? text : "";
+  notice.hidden = !text;
+  notice.textContent = text || "";
+  notice.classList.toggle("error", isError);
+  if (isError) {
+    const close = document.createElement("button");
+    close.className = "dismiss";
+    close.textContent = "×";
+    close.title = "dismiss";
+    close.addEventListener("click", () => { sticky = ""; say(""); });
+    notice.appendChild(close);
+  }
 }
 
 function cell(row, content) {
@@ -42,6 +56,7 @@ function facts(container, entries) {
     const shown = document.createElement("div");
     shown.textContent = value === null || value === undefined ? "—" : typeof value === "object" && !Array.isArray(value)
       ? Object.entries(value).map(([k, v]) => `${k} ${fmt(v)}`).join(", ") || "—" : fmt(value);
+    shown.dataset.fact = key;
     container.append(name, shown);
   }
 }
@@ -61,9 +76,23 @@ function lineChart(container, title, names) {
   }
   const series = [{ label: "step" }, ...names.map((name, i) => ({
     label: name, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, points: { show: false } }))];
-  const plot = new uPlot({ ...CHART, scales: { x: { time: false } }, legend: { show: names.length > 1 }, series,
+  const plot = new uPlot({ ...CHART, scales: { x: { time: false } }, legend: { show: false }, series,
                           axes: [{ label: "step" }, {}] }, [[], ...names.map(() => [])], box);
   return { box, plot };
+}
+
+// One legend for a group of charts that share their series (the runs compared): a colour swatch per name.
+function legend(container, names) {
+  const box = document.createElement("div");
+  box.className = "legend";
+  box.dataset.testid = "legend";
+  names.forEach((name, i) => {
+    const item = document.createElement("span");
+    item.innerHTML = `<i style="background:${COLOURS[i % COLOURS.length]}"></i>`;
+    item.append(name);
+    box.appendChild(item);
+  });
+  container.appendChild(box);
 }
 
 // A task's metric series, drawn as they arrive (points may come out of order: kept sorted by step).
@@ -87,6 +116,12 @@ class Curves {
       chart.box.dataset.points = String(steps.length);
     }
   }
+}
+
+// A timestamp as people read it: the time today, the date and time before today.
+function when(iso) {
+  const at = new Date(iso);
+  return at.toDateString() === new Date().toDateString() ? at.toLocaleTimeString() : at.toLocaleString();
 }
 
 function bytes(n) {
@@ -130,7 +165,7 @@ async function refreshTasks() {
     bar.innerHTML = `<span style="width:${((t.progress?.fraction ?? (t.status === "completed" ? 1 : 0)) * 100).toFixed(0)}%"></span>`;
     const progress = cell(row, bar);
     if (t.progress?.message) progress.append(" ", t.progress.message);
-    cell(row, new Date(t.created_at).toLocaleTimeString());
+    cell(row, when(t.created_at)).title = new Date(t.created_at).toLocaleString();
     const outcome = t.error || (t.result !== null ? fmt(t.result) : "");
     cell(row, outcome).title = outcome;
     const actions = cell(row, "");
@@ -147,8 +182,12 @@ async function refreshTasks() {
 }
 
 function showFacts(task) {
-  facts($("task-info"), [["status", task.status], ["owner", task.owner || "—"], ["script", task.script],
-                         ["input", task.input || "—"], ["params", task.params], ["result", task.error || task.result]]);
+  const result = task.error ? [["error", task.error]] : task.result && typeof task.result === "object"
+    && !Array.isArray(task.result) ? Object.entries(task.result).filter(([k]) => k !== "history")
+      .map(([k, v]) => [`result · ${k}`, v]) : [["result", task.result]];
+  facts($("task-info"), [["status", task.status], ["owner", task.owner || "—"], ["created", when(task.created_at)],
+                         ["script", task.script], ["input", task.input || "—"],
+                         ["params", task.effective_params || task.params], ...result]);
 }
 
 async function showTask(task) {
@@ -186,6 +225,7 @@ async function compareRuns() {
   const charts = $("compare-charts");
   charts.innerHTML = "";
   const names = runs.map((r) => `${r.name} (${r.id.slice(0, 6)})`);
+  legend(charts, names);
   for (const key of [...new Set(runs.flatMap((r) => Object.keys(r.series)))].sort()) {
     const steps = [...new Set(runs.flatMap((r) => (r.series[key] || []).map(([step]) => step)))].sort((a, b) => a - b);
     const lines = runs.map((r) => {
@@ -242,14 +282,24 @@ function thumbnail(pixels, shape) {
   return canvas;
 }
 
+// An image column's [height, width]: from the table's image_shape ("28,28", as the platform writes it, or a JSON
+// list), else a square side; {error} when image_shape is malformed or does not fit the column.
 function imageShape(type, metadata) {
   const match = /^fixed_size_list<.*>\[(\d+)\]$/.exec(type);
   if (!match) return null;
-  if (metadata?.image_shape) {
-    const shape = JSON.parse(metadata.image_shape);
-    return shape.slice(-2);
+  const size = Number(match[1]);
+  const given = metadata?.image_shape;
+  if (given) {
+    const dims = given.trim().replace(/^\[|\]$/g, "").split(",").map((d) => Number(d.trim()));
+    if (dims.length < 2 || dims.some((d) => !Number.isInteger(d) || d < 1)) {
+      return { error: `image_shape ${JSON.stringify(given)} is not "height,width"` };
+    }
+    if (dims.reduce((a, b) => a * b, 1) !== size) {
+      return { error: `image_shape ${JSON.stringify(given)} does not fit ${size} values` };
+    }
+    return dims.slice(0, 2);
   }
-  const side = Math.sqrt(Number(match[1]));
+  const side = Math.sqrt(size);
   return Number.isInteger(side) && side >= 8 ? [side, side] : null;
 }
 
@@ -288,7 +338,8 @@ async function showDataset(dataset) {
       const row = table.insertRow();
       columns.forEach((c) => {
         const value = r[c];
-        if (shapes[c] && Array.isArray(value)) cell(row, thumbnail(value, shapes[c]));
+        if (shapes[c]?.error) cell(row, shapes[c].error).className = "muted";
+        else if (shapes[c] && Array.isArray(value)) cell(row, thumbnail(value, shapes[c]));
         else cell(row, Array.isArray(value) ? `[${value.length} values]` : fmt(value));
       });
     }
@@ -299,7 +350,7 @@ async function showDataset(dataset) {
 
 async function refreshModels() {
   const [models, index] = await Promise.all([api("/api/v1/models"), api("/v2/repository/index").catch(() => [])]);
-  const states = Object.fromEntries(index.map((m) => [m.name, m.state]));
+  const states = Object.fromEntries(index.map((m) => [m.name, m]));
   const body = $("models").querySelector("tbody");
   body.innerHTML = "";
   $("models-empty").hidden = models.length > 0;
@@ -307,11 +358,12 @@ async function refreshModels() {
     const row = document.createElement("tr");
     row.className = "selectable";
     cell(row, m.id);
-    cell(row, `${m.version} of ${m.num_versions}`);
-    cell(row, Object.entries(m.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(", "));
-    const state = states[m.id] || "unknown";
-    cell(row, state);
-    const loaded = state === "READY";
+    const aliases = Object.entries(m.aliases || {}).map(([alias, v]) => `${alias}→${v}`).join(" ");
+    cell(row, `v${m.version} of ${m.num_versions}${aliases ? ` · ${aliases}` : ""}`);
+    cell(row, compactMetrics(m.metrics)).title = Object.entries(m.metrics || {}).map(([k, v]) => `${k} ${fmt(v)}`).join("\n");
+    const served = states[m.id];
+    const loaded = served?.state === "READY";
+    cell(row, serving(served)).className = loaded ? "serving" : "muted";
     if (!can(who, loaded ? "admin" : "editor")) { cell(row, ""); row.addEventListener("click", () => showModel(m)); body.appendChild(row); continue; }
     cell(row, button(loaded ? "Unload" : "Load", async (b) => {
       b.disabled = true;
@@ -322,6 +374,25 @@ async function refreshModels() {
     row.addEventListener("click", () => showModel(m));
     body.appendChild(row);
   }
+}
+
+// The few metrics that say how good a model is, in one short line; the rest in the row's tooltip.
+function compactMetrics(metrics) {
+  const keys = Object.keys(metrics || {});
+  const chosen = ["accuracy", "test_loss", "f1", "auc"].filter((k) => keys.includes(k));
+  const shown = (chosen.length ? chosen : keys).slice(0, 2);
+  return shown.map((k) => `${k} ${fmt(metrics[k])}`).join(" · ") + (keys.length > shown.length ? " …" : "");
+}
+
+// A model's serving state in words: serving v3 (2 replicas), loading, not loaded, or why it failed.
+function serving(entry) {
+  if (!entry) return "not loaded";
+  if (entry.state === "READY") {
+    const replicas = /(\d+) RUNNING/.exec(entry.reason || "");
+    return `serving v${entry.version}` + (replicas ? ` · ${replicas[1]} replica${replicas[1] === "1" ? "" : "s"}` : "");
+  }
+  if (entry.state === "LOADING") return `loading v${entry.version}`;
+  return entry.reason && !["not loaded", "unloaded"].includes(entry.reason) ? `not serving: ${entry.reason}` : "not loaded";
 }
 
 function showModel(m) {
@@ -354,7 +425,15 @@ function showLineage(model) {
 
 async function refreshHealth() {
   const health = await api("/healthz");
-  $("health").textContent = Object.values(health.services).map((s) => `${s.service} ${s.healthy ? "●" : "○ down"}`).join("  ");
+  const dots = $("health");
+  dots.innerHTML = "";
+  for (const s of Object.values(health.services)) {
+    const item = document.createElement("span");
+    item.className = s.healthy ? "dot up" : "dot down";
+    item.title = s.healthy ? `${s.service} at ${s.addr}: healthy` : `${s.service} at ${s.addr}: ${s.error || "down"}`;
+    item.textContent = `${s.service}${s.healthy ? "" : " down"}`;
+    dots.appendChild(item);
+  }
   const down = Object.values(health.services).filter((s) => !s.healthy).map((s) => s.service);
   return down;
 }

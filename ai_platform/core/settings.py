@@ -117,6 +117,20 @@ def comma_list(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
+SIGNING_KEY_MIN_BYTES = 32  # HS256's key should be as long as its hash (RFC 7518 3.2)
+
+
+def signing_key(value: str) -> str:
+    if value and len(value.encode()) < SIGNING_KEY_MIN_BYTES:
+        raise ValueError(f"must be a signing key of at least {SIGNING_KEY_MIN_BYTES} bytes, got one of "
+                         f"{len(value.encode())} (make one with: openssl rand -hex 32)")
+    return value
+
+
+def signing_keys(value: str) -> list[str]:
+    return [signing_key(key) for key in comma_list(value)]
+
+
 def storage_options(value: str) -> dict[str, str]:
     """Lance (object_store) storage options from a JSON object, e.g. ``{"aws_endpoint": "http://host:9000"}``."""
     try:
@@ -279,13 +293,13 @@ def _token_setting() -> Any:
 
 
 def _auth_key_setting() -> Any:
-    return setting("", "key that signs and checks people's tokens (aip tokens create) and tasks' credentials; "
-                       "unset, one derived from AIP_TOKEN")
+    return setting("", "key that signs and checks people's tokens (aip tokens create) and tasks' credentials, at "
+                       "least 32 bytes (openssl rand -hex 32); unset, one derived from AIP_TOKEN", parse=signing_key)
 
 
 def _previous_keys_setting() -> Any:
     return setting(doc="comma-separated keys that signed tokens still accepted (a key being rotated out)",
-                   parse=comma_list, factory=list)
+                   parse=signing_keys, factory=list)
 
 
 TLS_DOCS = {

@@ -236,7 +236,9 @@ class RunView(BaseModel):
     name: str
     script: str
     status: str
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(description="what the run ran with: the script's defaults included when it said "
+                                               "them (sdk.log_params), else the params given")
+    given: dict[str, Any] = Field({}, description="the params the run was submitted with")
     result: Any = None
     final: dict[str, float]
     series: dict[str, list[tuple[int, float, float]]]
@@ -245,7 +247,8 @@ class RunView(BaseModel):
     def from_pb(cls, task: scheduler_pb2.Task, metrics: list[scheduler_pb2.MetricPoints]) -> RunView:
         series = MetricsView.from_pb(metrics).series
         return cls(id=task.id, name=task.name, script=task.script, status=TASK_STATUSES.name(task.status),
-                   params=struct_value(task.params),
+                   params=struct_value(task.effective_params if task.HasField("effective_params") else task.params),
+                   given=struct_value(task.params),
                    result=struct_value(task.result) if task.HasField("result") else None,
                    final={key: points[-1][1] for key, points in series.items()}, series=series)
 
@@ -276,8 +279,10 @@ class TaskView(BaseModel):
     resolved_input: str
     resolved_output: str
     input_table: str = Field("", description="a lake input, e.g. datasets/mnist_clean")
-    input_version: int = Field(0, description="the version of input_table the task reads (pinned at submit)")
+    input_version: int = Field(0, description="the version of input_table the task reads (pinned when the task starts)")
     owner: str = Field("", description="who submitted it")
+    effective_params: dict[str, Any] | None = Field(None, description="what the script ran with, its defaults "
+                                                                      "included (sdk.log_params)")
 
     @classmethod
     def from_pb(cls, task: scheduler_pb2.Task) -> TaskView:
@@ -300,6 +305,7 @@ class TaskView(BaseModel):
                                 memory_mb=task.resources.memory_mb, custom=dict(task.resources.custom)),
             timeout_s=task.timeout_s, resolved_input=task.resolved_input, resolved_output=task.resolved_output,
             input_table=task.input_table, input_version=task.input_version, owner=task.owner,
+            effective_params=struct_value(task.effective_params) if task.HasField("effective_params") else None,
         )
 
 

@@ -79,6 +79,33 @@ def check_params(params: dict[str, Any], known: Iterable[str], script: str) -> d
     return params
 
 
+IMAGE_SHAPE = "image_shape"  # a table's schema metadata: its image column's shape as "HEIGHT,WIDTH" (thumbnails)
+
+
+def image_metadata(height: int, width: int) -> dict[str, str]:
+    """Schema metadata that says a table's fixed-size-list column holds ``height`` x ``width`` images: the dashboard
+    previews such a column as thumbnails."""
+    return {IMAGE_SHAPE: f"{height},{width}"}
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Record the params the script runs with, its defaults included, with the task: runs then compare what each
+    really used (``GET /api/v1/runs``, the dashboard, ``aip runs compare``). Outside a task they are printed."""
+    if report.is_task():
+        report.send("params", params)
+    else:
+        print(f"[params] {params}", file=sys.stderr)
+
+
+def resolve_params(params: dict[str, Any], defaults: dict[str, Any], script: str) -> dict[str, Any]:
+    """The params a script runs with: ``defaults`` (its ``PARAMS``, which ``aip tasks params`` lists) overridden by
+    those given, recorded with :func:`log_params`; ValueError naming any it does not take (:func:`check_params`)."""
+    check_params(params, defaults, script)
+    effective = {**defaults, **params}
+    log_params(effective)
+    return effective
+
+
 def storage_options() -> dict[str, str] | None:
     """The lake's storage options (endpoint, keys) for a script's own Lance reads and writes, e.g.
     ``lance.dataset(input_path, storage_options=sdk.storage_options())``; None for a lake on local disk."""

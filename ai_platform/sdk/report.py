@@ -63,6 +63,8 @@ class Reporter:
             request.error.CopyFrom(pb.TaskError(type=value["type"], message=value["message"]))
         elif kind == "metrics":
             request.metrics.points.extend(pb.MetricPoint(key=k, step=st, value=v, time=t) for k, st, v, t in value)
+        elif kind == "params":
+            request.params.update(json.loads(json.dumps(value, allow_nan=False)))
         else:
             raise ValueError(f"unknown report kind {kind!r}")
         return request

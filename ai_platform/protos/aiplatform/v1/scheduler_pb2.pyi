@@ -66,7 +66,7 @@ class TaskError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "script", "input", "output", "resolved_input", "resolved_output", "params", "resources", "timeout_s", "status", "backend", "created_at", "started_at", "completed_at", "result", "error", "progress", "input_table", "input_version", "owner", "output_table")
+    __slots__ = ("id", "name", "script", "input", "output", "resolved_input", "resolved_output", "params", "resources", "timeout_s", "status", "backend", "created_at", "started_at", "completed_at", "result", "error", "progress", "input_table", "input_version", "owner", "output_table", "effective_params")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class Task(_message.Message):
     INPUT_VERSION_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TABLE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_PARAMS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     script: str
@@ -111,7 +112,8 @@ class Task(_message.Message):
     input_version: int
     owner: str
     output_table: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., script: _Optional[str] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., resolved_input: _Optional[str] = ..., resolved_output: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., backend: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., input_table: _Optional[str] = ..., input_version: _Optional[int] = ..., owner: _Optional[str] = ..., output_table: _Optional[str] = ...) -> None: ...
+    effective_params: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., script: _Optional[str] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., resolved_input: _Optional[str] = ..., resolved_output: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., backend: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., input_table: _Optional[str] = ..., input_version: _Optional[int] = ..., owner: _Optional[str] = ..., output_table: _Optional[str] = ..., effective_params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("name", "script", "input", "output", "params", "resources", "timeout_s")
@@ -190,7 +192,7 @@ class WatchTaskRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ReportTaskRequest(_message.Message):
-    __slots__ = ("task_id", "secret", "started", "progress", "result", "error", "metrics")
+    __slots__ = ("task_id", "secret", "started", "progress", "result", "error", "metrics", "params")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,7 @@ class ReportTaskRequest(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     secret: str
     started: float
@@ -205,7 +208,8 @@ class ReportTaskRequest(_message.Message):
     result: _struct_pb2.Value
     error: TaskError
     metrics: MetricPoints
-    def __init__(self, task_id: _Optional[str] = ..., secret: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., metrics: _Optional[_Union[MetricPoints, _Mapping]] = ...) -> None: ...
+    params: _struct_pb2.Struct
+    def __init__(self, task_id: _Optional[str] = ..., secret: _Optional[str] = ..., started: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., metrics: _Optional[_Union[MetricPoints, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("key", "step", "value", "time")
