@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE := ai-platform:$(VERSION)
 
-.PHONY: install test demo down lint protos bench clean image
+.PHONY: install test demo down lint protos bench clean image lab
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,9 @@ web/vendor/swagger-ui/swagger-ui-bundle.js web/vendor/redoc/redoc.standalone.js:
 		&& tar xzf redoc-$(REDOC_VERSION).tgz -C redoc
 	cp .web-build/swagger/package/swagger-ui-bundle.js .web-build/swagger/package/swagger-ui.css web/vendor/swagger-ui/
 	cp .web-build/swagger/package/LICENSE web/vendor/swagger-ui/LICENSE
-	cp .web-build/redoc/package/bundles/redoc.standalone.js web/vendor/redoc/
+	# ReDoc's sidebar shows a logo from its CDN: the page's own icon instead, so nothing leaves the gateway.
+	sed 's#https://cdn.redoc.ly/redoc/logo-mini.svg#/favicon.svg#g' .web-build/redoc/package/bundles/redoc.standalone.js \
+		> web/vendor/redoc/redoc.standalone.js
 	cp .web-build/redoc/package/LICENSE web/vendor/redoc/LICENSE
 	rm -rf .web-build
 
@@ -56,14 +58,26 @@ test: install /usr/bin/chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-# Start the whole platform (reused when it is already up) and run the MNIST example through it.
+# Start the whole platform (reused when it is already up) and run the MNIST example through it. PORT=BASE moves
+# all seven ports together (gateway BASE, storage BASE+1, scheduler BASE+2, inference BASE+3, metrics BASE+4..6).
+PORT ?=
 demo: install
-	@$(VENV)/bin/aip status >/dev/null 2>&1 || $(VENV)/bin/aip up --detach
+	@$(VENV)/bin/aip status >/dev/null 2>&1 || \
+		$(VENV)/bin/aip up --detach $(if $(PORT),--port '$(PORT)' --port-hint PORT)
 	$(VENV)/bin/aip demo mnist
-	@echo "The platform keeps serving. Stop it with: make down"
+	@echo
+	@echo "The platform keeps serving; stop it with: make down"
+	@echo "Use aip from this directory: source .venv/bin/activate (then aip status, aip models ls, aip --help),"
+	@echo "or call it as .venv/bin/aip. The Python client and the notebooks find the platform the same way."
 
 down: install
 	$(VENV)/bin/aip down
+
+# JupyterLab (and ipywidgets, for the notebooks' progress bars) in the venv, opened on notebooks/. The notebooks use
+# the platform `make demo` left running, or start one themselves.
+lab: install
+	$(PY) -m pip install -q 'jupyterlab>=4' 'ipywidgets>=8'
+	cd notebooks && ../$(VENV)/bin/jupyter lab
 
 # The platform's image, $(IMAGE), with docker where a Docker engine runs, else podman (installed and set up for
 # this host with apt); without an image registry the base comes from Debian's packages. See deploy/image.sh.

@@ -35,7 +35,12 @@ MIRRORS = [
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
-FETCH_PARAMS = {"fetch": False, "mirrors": None, "checksums": None, "timeout_s": 5}  # locate()'s, with defaults
+FETCH_PARAMS = {  # what locate() takes, with its defaults
+    "fetch": False,  # download into the input directory even when it is not the home's download area
+    "mirrors": None,  # base URLs to fetch the four files from (default: the canonical mirrors, then offline digits)
+    "checksums": None,  # sha256 per file name for the mirrors given (default: the canonical files' sums)
+    "timeout_s": 5,  # seconds each download may take before the next mirror is tried
+}
 
 
 class IdxError(ValueError):

@@ -26,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
 
-from ai_platform.sdk import image_metadata, report_progress, resolve_params, storage_options  # noqa: E402
+from ai_platform.sdk import (  # noqa: E402
+    commit_properties,
+    image_metadata,
+    report_progress,
+    resolve_params,
+    storage_options,
+)
 
 SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
                    metadata={"source": "mnist_clean.py", **image_metadata(28, 28)})
@@ -44,7 +50,10 @@ def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:
                     schema=SCHEMA)
 
 
-PARAMS = {"limit": 0, **idx.FETCH_PARAMS}  # what the script takes, and its defaults
+PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_clean.py` lists them)
+    "limit": 0,  # rows per split to keep (0: all)
+    **idx.FETCH_PARAMS,
+}
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
@@ -72,7 +81,8 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         mode = "overwrite"
     except (ValueError, OSError):
         mode = "create"
-    dataset = lance.write_dataset(table, output_path, mode=mode, max_rows_per_file=1 << 20, storage_options=options)
+    dataset = lance.write_dataset(table, output_path, mode=mode, max_rows_per_file=1 << 20, storage_options=options,
+                                  transaction_properties=commit_properties())
     seconds = time.perf_counter() - started
     report_progress(1.0, f"wrote {table.num_rows} rows", {"rows": table.num_rows, "seconds": round(seconds, 3)})
     return {"rows": table.num_rows, "splits": counts, "source": source, "version": dataset.version,

@@ -30,8 +30,15 @@ from model import MnistCNN, Normalized, random_affine  # noqa: E402
 from ai_platform.sdk import log_metrics, open_dataset, report_progress, resolve_params, save_model  # noqa: E402
 
 PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_cnn.py` lists them)
-    "epochs": 3, "learning_rate": 2e-3, "batch_size": 64, "device": "auto", "seed": 0, "limit": 0, "augment": True,
-    "labels": None, "log_every": 50,
+    "epochs": 3,  # passes over the training images
+    "learning_rate": 2e-3,  # Adam's step size
+    "batch_size": 64,  # images per optimiser step
+    "device": "auto",  # "auto" (cuda when available), "cpu" or "cuda"
+    "seed": 0,  # seeds torch and numpy: the same seed, the same model
+    "limit": 0,  # training images to use (0: all)
+    "augment": True,  # random shifts, rotations and scaling, so drawn digits are recognised
+    "labels": None,  # the class names served with the model (default: "0" to "9")
+    "log_every": 50,  # batches between batch_loss points
 }
 EVAL_BATCH = 512  # images per forward pass when testing: 2,000 at once held 200 MB of activations at the peak
 

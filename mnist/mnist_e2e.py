@@ -186,8 +186,14 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     return correct / seen, loss_sum / seen, seen
 
 
-E2E_PARAMS = {**PARAMS, "chunk_rows": 4096, "window_rows": 32768, "shuffle_buffer": 16384, "ray_runner": False,
-              **idx.FETCH_PARAMS}
+E2E_PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_e2e.py` lists them)
+    **PARAMS,
+    "chunk_rows": 4096,  # images per record batch the source decodes
+    "window_rows": 32768,  # images per execution of the plan
+    "shuffle_buffer": 16384,  # images shuffled together; the stream is never held whole
+    "ray_runner": False,  # Daft's Ray runner inside the task's Ray job (the workers must see the input)
+    **idx.FETCH_PARAMS,
+}
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:

@@ -73,7 +73,13 @@ class Predictor:
                                           names=["prediction", "confidence"])
 
 
-PARAMS = {"model": "", "version": None, "image_column": "image", "batch_size": 256, "ray_runner": False}
+PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_predict.py` lists them)
+    "model": "",  # the model table's name (required)
+    "version": None,  # a version number or an alias (default: the newest)
+    "image_column": "image",  # the column of 784 uint8 pixels
+    "batch_size": 256,  # images per forward pass
+    "ray_runner": False,  # Daft's Ray runner inside the task's Ray job
+}
 
 
 def run(input_path: str, output_path: str, params: dict) -> dict:

@@ -193,3 +193,47 @@ def socket_error(frame: tuple[int, int, bytes]) -> tuple[str, str]:
     assert frame[0] == infer_socket.ERROR, frame
     body = json.loads(frame[2])
     return body["code"], body["message"]
+
+
+# -- the demo, as a user runs it ------------------------------------------------------------------------------------
+
+DEMO_TOKEN = "demo-t0ken"
+AIP = str(Path(sys.executable).with_name("aip"))
+
+
+@dataclass
+class Demo:
+    """A platform started as `make demo` starts it (`aip up --port BASE`, then `aip demo mnist`) with a token: what
+    the shipped scripts wrote is there (datasets/mnist_clean, models/mnist_cnn served, their runs)."""
+
+    project: Path
+    url: str
+    addrs: dict[str, str]
+    token: str
+    env: dict[str, str]  # a user's shell in the project: the token, no AIP_*_ADDR (platform.json finds it)
+
+    def aip(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        done = subprocess.run([AIP, *args], cwd=self.project, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0 or not check, f"aip {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    from ai_platform.cli.launcher import read_state
+    from ai_platform.core.ports import free_port_block
+
+    project = tmp_path_factory.mktemp("demo-project")
+    (project / "mnist").symlink_to(ROOT / "mnist")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIP_")}
+    env.update(AIP_TOKEN=DEMO_TOKEN)
+    running = Demo(project, "", {}, DEMO_TOKEN, env)
+    running.aip("up", "--detach", "--port", str(free_port_block(7)), timeout=180)
+    try:
+        state = read_state(project / ".ai_platform")
+        running.url, running.addrs = state.url, state.addrs
+        running.aip("demo", "mnist")
+        yield running
+    finally:
+        running.aip("down", check=False)

@@ -8,10 +8,11 @@ import nbformat
 from nbclient import NotebookClient
 
 from ai_platform.cli import launcher
-from tests.conftest import ROOT, free_port
+from ai_platform.core.ports import free_port_block
+from tests.conftest import ROOT
 
 
-def execute(name: str, tmp_path, **parameters) -> nbformat.NotebookNode:
+def execute(name: str, tmp_path, stop: bool = True, **parameters) -> nbformat.NotebookNode:
     notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "committed without outputs"
     index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
@@ -22,7 +23,8 @@ def execute(name: str, tmp_path, **parameters) -> nbformat.NotebookNode:
         NotebookClient(notebook, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     finally:
-        launcher.down(home)  # the notebook stops the platform itself; this only runs if it did not get there
+        if stop:
+            launcher.down(home)  # the notebook stops a platform it started itself; this is for one that failed
     nbformat.write(notebook, tmp_path / name)
     return notebook
 
@@ -35,27 +37,33 @@ def outputs(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(text)
 
 
-def ports() -> dict[str, int]:
-    return {name: free_port() for name in ("storage", "scheduler", "inference", "gateway")}
+def progress_bars(notebook: nbformat.NotebookNode) -> int:
+    """How many progress bars rendered as widgets (rich's live display in Jupyter)."""
+    return sum("application/vnd.jupyter.widget-view+json" in out.get("data", {})
+               for cell in notebook.cells for out in cell.get("outputs", []))
 
 
-def test_level1_notebook(tmp_path):
-    home = tmp_path / "nb1" / ".ai_platform"
-    notebook = execute("01_level1_local.ipynb", tmp_path, HOME=str(home), PORTS=ports(), EPOCHS=1,
-                       LIMIT=1500)
+def test_level1_notebook_uses_the_platform_the_demo_left_running(tmp_path, demo, monkeypatch):
+    monkeypatch.setenv("AIP_TOKEN", demo.token)
+    home = demo.project / ".ai_platform"
+    before = launcher.read_state(home)
+    notebook = execute("01_level1_local.ipynb", tmp_path, HOME=str(home), PORTS={}, EPOCHS=3, LIMIT=0, stop=False)
     text = outputs(notebook)
-    assert "platform up at level 1" in text and "accuracy" in text and "test digits right" in text
+    assert "platform up at level 1 (already running)" in text and demo.url in text
+    assert "accuracy" in text and "test digits right" in text
     assert any(out.get("data", {}).get("image/png") for c in notebook.cells for out in c.get("outputs", [])), \
         "the digits were plotted"
-    assert "stopped" in text and launcher.read_state(home) is None
+    assert progress_bars(notebook) >= 2 and 'install "ipywidgets"' not in text, "progress bars render"
+    assert "left running, as it was before" in text
+    assert launcher.read_state(home).pids == before.pids, "the demo's platform keeps running"
 
 
 def test_level2_notebook_runs_several_trainings_on_ray(tmp_path):
     home = tmp_path / "nb2" / ".ai_platform"
     notebook = execute("02_level2_distributed.ipynb", tmp_path, HOME=str(home),
-                       PORTS=ports(), EPOCHS=1, LIMIT=800, LEARNING_RATES=[1e-3, 3e-3])
+                       PORT=free_port_block(7), EPOCHS=1, LIMIT=800, LEARNING_RATES=[1e-3, 3e-3])
     text = outputs(notebook)
-    assert "platform up at level 2" in text and "ray: accuracy" in text
+    assert "platform up at level 2 (started here)" in text and "ray: accuracy" in text
     assert "pair(s) of runs overlapped" in text and "'CPU'" in text
     assert "2 RUNNING" in text and "served by 2 replicas:" in text
     assert text.count("final accuracy") == 2, "the runs compared through client.runs"

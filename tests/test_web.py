@@ -1,5 +1,6 @@
-"""The web page in a real headless Chromium (Debian's), driven by Playwright, against a running platform whose every
-service wants a token: the page and the dashboard take it from their settings."""
+"""The web page and the dashboard in a real headless Chromium (Debian's), driven by Playwright, on what the demo
+wrote: `aip up` with a token, then `aip demo mnist` (the shipped scripts' dataset, trained model and runs). Each
+page fails its test on a console error or a failed request; screenshots of each view land in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -7,32 +8,30 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow as pa
 import pytest
-import torch
 from playwright.sync_api import expect, sync_playwright
 
+from ai_platform.client import StorageClient
 from ai_platform.core.auth import Authority, Role, derived_key
-from ai_platform.sdk.models import save_model
-from mnist.model import MnistCNN
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS, draw_one, open_page
-from tests.conftest import ROOT, start_platform
-from tests.task_scripts import write_scripts
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, DRAWN_DIGITS, draw_one, open_page, stroke, watch
+from tests.conftest import ROOT, Demo
 
 ARTIFACTS = ROOT / "test-artifacts"
-TOKEN = "web-t0ken"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def token(demo: Demo):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIP_TOKEN", demo.token)
+        yield demo.token
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory):
-    project = tmp_path_factory.mktemp("web-project")
-    write_scripts(project / "scripts")
-    torch.manual_seed(0)
-    save_model(MnistCNN().eval(), str(project / ".ai_platform/models/digits.lance"), torch.zeros(1, 1, 28, 28),
-               labels=list(range(10)), metrics={"accuracy": 0.5})
-    running = start_platform(project, token=TOKEN)
-    yield running
-    running.stop()
+def http(demo: Demo):
+    with httpx.Client(base_url=demo.url, timeout=60, headers={"Authorization": f"Bearer {demo.token}"}) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -45,197 +44,235 @@ def browser():
         chromium.close()
 
 
-def test_draw_a_digit_and_see_the_prediction(platform, browser):
-    page = open_page(browser, TOKEN, viewport={"width": 1100, "height": 800})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(platform.url + "/")
-    expect(page.locator("#model option")).to_have_text("digits (v1 · acc 50.0%)")
-    draw_one(page)
-    page.click("#predict")
-    expect(page.locator("[data-testid=bar]")).to_have_count(10)
-    digit = page.locator("#digit").inner_text()
-    assert digit.isdigit(), digit
-    expect(page.locator("#confidence")).to_contain_text("confidence")
+def wait_task(http: httpx.Client, task_id: str, timeout: float = 180) -> dict:
+    deadline = time.time() + timeout
+    while (task := http.get(f"/api/v1/tasks/{task_id}").json())["status"] not in ("completed", "failed", "cancelled"):
+        assert time.time() < deadline, f"task {task_id} did not end"
+        time.sleep(0.3)
+    return task
+
+
+def test_drawn_digits_get_the_right_prediction_from_the_demo_model(demo, browser):
+    page = open_page(browser, demo.token, viewport={"width": 1100, "height": 800})
+    problems = watch(page)
+    page.goto(demo.url + "/")
+    expect(page.locator("#model option", has_text="mnist_cnn (v")).to_have_count(1)
+    page.select_option("#model", "mnist_cnn")
+    got = {}
+    for name, digit, strokes in DRAWN_DIGITS:
+        page.click("#clear")
+        expect(page.locator("#digit")).to_have_text("–")
+        for points in strokes:
+            stroke(page, points)
+        page.click("#predict")
+        expect(page.locator("#digit")).not_to_have_text("–")
+        expect(page.locator("[data-testid=bar]")).to_have_count(10)
+        got[name] = (digit, page.locator("#digit").inner_text())
+        page.screenshot(path=str(ARTIFACTS / f"digits-{name.replace(' ', '-')}.png"))
+    wrong = {name: answer for name, (want, answer) in got.items() if answer != str(want)}
+    assert not wrong, f"drawn digits the demo's model got wrong: {wrong}"
     widths = page.locator("[data-testid=bar] > span").evaluate_all("els => els.map(e => parseFloat(e.style.width))")
-    assert abs(sum(widths) - 100) < 1 and max(widths) == widths[int(digit)]
+    assert abs(sum(widths) - 100) < 1
     seen = page.locator("#preview").evaluate(
         "c => Array.from(c.getContext('2d').getImageData(0, 0, 84, 84).data).filter((v, i) => i % 4 == 0 && v > 0)"
         ".length")
     assert seen > 50, "the 28x28 the model saw has ink in it"
-    page.screenshot(path=str(ARTIFACTS / "digits.png"))
-    page.click("#clear")
-    expect(page.locator("#digit")).to_have_text("–")
-    assert not errors, errors
+    expect(page.locator("#notice")).to_be_hidden()
+    assert not problems, problems
 
 
-def test_a_viewer_sees_who_is_signed_in_and_no_buttons_it_may_not_use(platform, browser):
-    viewer = Authority(token=TOKEN, key=derived_key(TOKEN)).person_token("vera", Role.VIEWER, 600)
+def test_a_viewer_sees_who_is_signed_in_and_no_buttons_it_may_not_use(demo, browser):
+    viewer = Authority(token=demo.token, key=derived_key(demo.token)).person_token("vera", Role.VIEWER, 600)
     page = open_page(browser, viewer, viewport={"width": 1200, "height": 1000})
-    page.goto(platform.url + "/dashboard.html")
+    problems = watch(page)
+    page.goto(demo.url + "/dashboard.html")
     expect(page.get_by_test_id("who")).to_have_text("signed in as vera · viewer")
     expect(page.locator("#models tbody tr").first).to_be_visible()
     assert page.locator("#models button").count() == 0, "a viewer may neither load nor unload"
-    admin = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
-    admin.goto(platform.url + "/dashboard.html")
+    admin = open_page(browser, demo.token, viewport={"width": 1200, "height": 1000})
+    admin.goto(demo.url + "/dashboard.html")
     expect(admin.get_by_test_id("who")).to_have_text("signed in as admin · admin")
     expect(admin.locator("#models button").first).to_be_visible()
+    assert not problems, problems
 
 
-def test_without_a_token_in_its_settings_the_page_says_it_needs_one(platform, browser):
+def test_without_a_token_in_its_settings_the_page_says_it_needs_one(demo, browser):
     page = open_page(browser, "")
-    page.goto(platform.url + "/")
+    page.goto(demo.url + "/")
     expect(page.locator("#notice")).to_contain_text("needs a token")
 
 
-def test_page_says_what_to_do_without_a_model(platform, browser):
-    page = open_page(browser, TOKEN)
+def test_page_says_what_to_do_without_a_model(demo, browser):
+    page = open_page(browser, demo.token)
+    problems = watch(page)
     page.route("**/api/v1/models", lambda route: route.fulfill(status=200, body="[]",
                                                                 content_type="application/json"))
-    page.goto(platform.url + "/")
+    page.goto(demo.url + "/")
     expect(page.locator("#notice")).to_contain_text("No model yet")
     page.click("#predict")
     expect(page.locator("#notice")).to_contain_text("train one")
+    assert not problems, problems
 
 
-def test_dashboard_shows_datasets_models_and_a_task_log(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
-        import io
+def test_the_dashboard_on_the_demo_data(demo, browser, http):
+    """Each view, as a person goes through it after `make demo`: the lists, the dataset's preview with its digits,
+    the model's facts and lineage, a task's facts, curves and log."""
+    model = http.get("/api/v1/models/mnist_cnn").json()
+    page = open_page(browser, demo.token, viewport={"width": 1280, "height": 1000})
+    problems = watch(page)
+    page.goto(demo.url + "/dashboard.html")
+    expect(page.locator("#health .dot.up")).to_have_count(3)
+    models = page.locator("#models tbody tr", has_text="mnist_cnn").first
+    expect(models).to_contain_text("accuracy 0.")
+    expect(models.locator("td.serving")).to_have_text(f"serving v{model['version']}"), "the newest, followed"
+    box = page.locator("#models").bounding_box()
+    card = page.locator("#models").locator("xpath=ancestor::section").bounding_box()
+    assert box["x"] + box["width"] <= card["x"] + card["width"] + 1, "the models table fits its card"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
 
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    page.locator("#datasets tbody tr", has_text="mnist_clean").click()
+    rows = page.locator("#dataset-rows tbody tr")
+    expect(rows.first).to_be_visible()
+    assert rows.count() >= 5
+    thumbs = page.locator("#dataset-rows canvas.thumb")
+    expect(thumbs.first).to_be_visible()
+    shades = thumbs.first.evaluate("c => new Set(Array.from(c.getContext('2d').getImageData(0, 0, c.width, "
+                                   "c.height).data).filter((v, i) => i % 4 == 0)).size")
+    assert shades > 2, "a thumbnail shows a digit, not one flat colour"
+    expect(page.locator("#dataset-versions")).to_contain_text("admin (task ")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-dataset.png"), full_page=True)
 
-        sink = io.BytesIO()
-        pq.write_table(pa.table({"label": [1, 2, 3], "split": ["train", "train", "test"]}), sink)
-        assert http.post("/api/v1/datasets/shown", content=sink.getvalue(),
-                         headers={"content-type": "application/vnd.apache.parquet"}).status_code == 201
-        task = http.post("/api/v1/tasks", json={"name": "visible", "script": "scripts/progress.py",
-                                                "params": {"steps": 4, "pause": 0.5}}).json()
-    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
-    page.goto(platform.url + "/dashboard.html")
-    expect(page.locator("#datasets tbody tr", has_text="shown")).to_have_count(1)
-    expect(page.locator("#models tbody tr", has_text="digits")).to_have_count(1)
-    row = page.locator(f"#tasks tr[data-task-id='{task['id']}']")
-    expect(row).to_have_count(1)
-    row.click()
-    expect(page.locator("[data-testid=task-log]")).to_contain_text("epoch 0 starting", timeout=15000)
-    expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]", timeout=30000)
-    expect(page.locator(f"#tasks tr[data-task-id='{task['id']}'] .status")).to_have_text("completed", timeout=10000)
-    page.locator("#datasets tbody tr", has_text="shown").click()
-    expect(page.locator("#dataset-versions")).to_contain_text("3 rows")
-    expect(page.locator("#dataset-rows")).to_contain_text("train")
-    time.sleep(0.3)
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    page.locator("#models tbody tr", has_text="mnist_cnn").first.click()
+    lineage = page.locator("[data-testid=model-lineage]")
+    source = model["lineage"]["input"]
+    expect(lineage).to_contain_text(f"mnist_clean@{source['version']} → task {model['lineage']['task_id'][:8]} → "
+                                    f"mnist_cnn@{model['version']}")
+    info = page.locator("[data-testid=model-info]")
+    expect(info.locator("[data-fact='written by']")).to_have_text(f"admin (task {model['lineage']['task_id']})")
+    expect(info.locator("[data-fact=inputs]")).to_have_text("input FP32 [-1, 1, 28, 28]")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-model.png"), full_page=True)
+
+    lineage.get_by_text(f"task {model['lineage']['task_id'][:8]}").click()
+    expect(page.locator("#task-title")).to_contain_text(model["lineage"]["task_id"])
+    facts = page.locator("#task-info")
+    expect(facts.locator("[data-fact='result · accuracy']")).to_have_text(f"{model['metrics']['accuracy']:.3g}")
+    expect(facts.locator("[data-fact=params]")).to_contain_text("batch_size 64"), "defaults shown, as the run used"
+    expect(page.locator("[data-testid=chart-accuracy]")).to_have_attribute("data-points", "3")
+    expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
+    assert not problems, problems
 
 
-def test_task_curves_grow_while_it_runs_and_runs_compare(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
-        done = [http.post("/api/v1/tasks", json={"name": f"sweep-{i}", "script": "scripts/metrics.py",
-                                                   "params": {"points": 20 * (i + 1)}}).json() for i in range(2)]
-        for task in done:
-            deadline = time.time() + 30
-            while http.get(f"/api/v1/tasks/{task['id']}").json()["status"] != "completed" and time.time() < deadline:
-                time.sleep(0.2)
-        live = http.post("/api/v1/tasks", json={"name": "live-curve", "script": "scripts/metrics.py",
-                                                "params": {"points": 5, "live": 25}}).json()
-    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1400})
-    page.goto(platform.url + "/dashboard.html")
+def test_a_training_run_draws_its_curves_as_it_runs_and_compares_with_the_demo_run(demo, browser, http):
+    demo_run = next(t for t in http.get("/api/v1/tasks?name=mnist_cnn").json() if t["status"] == "completed")
+    live = http.post("/api/v1/tasks", json={"name": "mnist_cnn_sweep", "script": "mnist/mnist_cnn.py",
+                                            "input": "datasets/mnist_clean", "output": "models/mnist_cnn_sweep",
+                                            "params": {"epochs": 6, "log_every": 2, "learning_rate": 0.001}})
+    assert live.status_code == 201, live.text
+    live = live.json()
+    page = open_page(browser, demo.token, viewport={"width": 1280, "height": 1400})
+    problems = watch(page)
+    page.goto(demo.url + "/dashboard.html")
     page.locator(f"#tasks tr[data-task-id='{live['id']}']").click()
-    chart = page.locator("[data-testid=chart-live]")
-    expect(chart).to_have_count(1, timeout=15000)
+    chart = page.locator("[data-testid=chart-batch_loss]")
+    expect(chart).to_have_count(1, timeout=60000)
     expect(chart.locator("canvas")).to_have_count(1)
     first = int(chart.get_attribute("data-points"))
-    time.sleep(1.5)
+    time.sleep(2)
     grown = int(chart.get_attribute("data-points"))
     assert grown > first, f"the curve grew while the task ran ({first} -> {grown} points)"
-    page.screenshot(path=str(ARTIFACTS / "task-curves.png"), full_page=True)
-    expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]", timeout=30000)
-    expect(chart).to_have_attribute("data-points", "25")
-    expect(page.locator("#task-info [data-fact='result · logged']")).to_have_text("true")
-    for task in done:
+    page.screenshot(path=str(ARTIFACTS / "dashboard-live-curves.png"), full_page=True)
+    expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]", timeout=120000)
+    expect(page.locator("[data-testid=chart-accuracy]")).to_have_attribute("data-points", "6")
+
+    for task in (demo_run, live):
         page.locator(f"#tasks tr[data-task-id='{task['id']}'] input[type=checkbox]").check()
     page.locator("#compare-button").click()
-    loss = page.locator("[data-testid=compare-charts] [data-testid=chart-loss]")
-    expect(loss).to_have_attribute("data-points", "40")
+    expect(page.locator("[data-testid=compare-charts] [data-testid=chart-accuracy]")).to_have_attribute(
+        "data-points", "6")
+    expect(page.locator("[data-testid=compare-charts] [data-testid=legend]")).to_have_count(1)
     table = page.locator("[data-testid=compare-table]")
     expect(table.locator("tr")).to_have_count(3)
-    expect(table).to_contain_text("points")
-    best = table.locator("td.best")
-    expect(best.first).to_be_visible()
     header = [h.strip() for h in table.locator("th").all_inner_texts()]
-    loss_column = header.index("loss (final)")
-    winner = table.locator("tr").nth(2).locator("td").nth(loss_column)
-    expect(winner).to_have_class("best"), "the longer run ends with the lower loss"
-    page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+    runs = {r["id"]: r for r in http.get(f"/api/v1/runs?ids={demo_run['id']},{live['id']}").json()}
+    assert all(r["params"]["batch_size"] == 64 for r in runs.values()), "effective params, defaults included"
+    batch = header.index("batch_size")
+    for row in (1, 2):
+        expect(table.locator("tr").nth(row).locator("td").nth(batch)).to_have_text("64")
+    best = max(runs.values(), key=lambda r: r["final"]["accuracy"])
+    column = header.index("accuracy (final)")
+    winner = 1 + [r["id"] for r in (demo_run, live)].index(best["id"])
+    expect(table.locator("tr").nth(winner).locator("td").nth(column)).to_have_class("best")
+    scroller = table.locator("xpath=..")
+    assert scroller.evaluate("e => getComputedStyle(e).overflowX") == "auto", "the table scrolls inside its card"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
+    assert not problems, problems
 
 
-def test_image_columns_preview_as_thumbnails(platform, browser):
-    import io
-
-    import numpy as np
-    import pyarrow as pa
-
-    pixels = np.zeros((3, 784), np.uint8)
-    pixels[:, 300:500] = 255
-    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 784),
-                      "label": [7, 1, 4]})
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
-        assert http.post("/api/v1/datasets/pictures", content=sink.getvalue(),
-                         headers={"content-type": "application/vnd.apache.arrow.stream"}).status_code == 201
-    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
-    page.goto(platform.url + "/dashboard.html")
-    page.locator("#datasets tbody tr", has_text="pictures").click()
-    expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(3)
-    expect(page.locator("#dataset-rows")).to_contain_text("7")
-    page.screenshot(path=str(ARTIFACTS / "dataset-thumbnails.png"), full_page=True)
-
-
-def test_model_lineage_links_to_its_dataset_version_and_task(platform, browser):
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = io.BytesIO()
-    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0]}), sink)
-    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
-        http.post("/api/v1/datasets/source", content=sink.getvalue(),
-                  headers={"content-type": "application/vnd.apache.parquet"}).raise_for_status()
-        task = http.post("/api/v1/tasks", json={"name": "lineage", "script": "scripts/lineage.py",
-                                                "input": "datasets/source", "output": "models/traced"}).json()
-        deadline = time.time() + 60
-        while http.get(f"/api/v1/tasks/{task['id']}").json()["status"] != "completed":
-            assert time.time() < deadline, "the lineage task did not complete"
-            time.sleep(0.3)
-    page = open_page(browser, TOKEN, viewport={"width": 1200, "height": 1000})
-    page.goto(platform.url + "/dashboard.html")
-    page.locator("#models tbody tr", has_text="traced").click()
-    lineage = page.locator("[data-testid=model-lineage]")
-    expect(lineage).to_contain_text(f"source@1 → task {task['id'][:8]} → traced@1")
-    lineage.get_by_text("source@1").click()
-    expect(page.locator("#dataset-title")).to_have_text("source · version 1")
-    lineage.get_by_text(f"task {task['id'][:8]}").click()
-    expect(page.locator("#task-title")).to_contain_text(task["id"])
-    page.screenshot(path=str(ARTIFACTS / "lineage.png"), full_page=True)
+def test_a_malformed_image_shape_is_said_in_place(demo, browser):
+    pixels = np.arange(3 * 784, dtype=np.uint8).reshape(3, 784)
+    images = pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 784)
+    lake = StorageClient(demo.addrs["storage"])
+    for name, shape in (("odd_shape", "28,x"), ("wrong_shape", "20,20"), ("json_shape", "[28, 28]")):
+        lake.write(name, pa.table({"image": images, "label": [1, 2, 3]}), mode="overwrite",
+                   metadata={"image_shape": shape})
+    lake.close()
+    page = open_page(browser, demo.token, viewport={"width": 1200, "height": 1000})
+    problems = watch(page)
+    page.goto(demo.url + "/dashboard.html")
+    for name, says in (("odd_shape", 'image_shape "28,x" is not "height,width"'),
+                       ("wrong_shape", 'image_shape "20,20" does not fit 784 values')):
+        page.locator("#datasets tbody tr", has_text=name).click()
+        expect(page.locator("#dataset-title")).to_contain_text(name)
+        expect(page.locator("#dataset-rows")).to_contain_text(says)
+        expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(0)
+    page.locator("#datasets tbody tr", has_text="json_shape").click()
+    expect(page.locator("#dataset-title")).to_contain_text("json_shape")
+    expect(page.locator("#dataset-rows canvas.thumb")).to_have_count(3), "the JSON form is read too"
+    expect(page.locator("#notice")).to_be_hidden()
+    assert not problems, problems
 
 
-def test_the_digit_page_picks_a_model_by_alias(platform, browser):
-    with httpx.Client(base_url=platform.url, timeout=30, headers=AUTH) as http:
-        http.put("/api/v1/models/digits/aliases/production", json={"version": 1}).raise_for_status()
-    page = open_page(browser, TOKEN, viewport={"width": 1100, "height": 800})
+def test_the_digit_page_picks_a_model_by_alias(demo, browser, http):
+    http.put("/api/v1/models/mnist_cnn/aliases/production", json={"version": 1}).raise_for_status()
+    page = open_page(browser, demo.token, viewport={"width": 1100, "height": 800})
+    problems = watch(page)
     sent: list[dict] = []
     page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/predict") else None)
-    page.goto(platform.url + "/")
-    expect(page.locator("#model option", has_text="digits@production (v1)")).to_have_count(1)
-    page.select_option("#model", "digits@production")
-    pad = page.locator("#pad").bounding_box()
-    page.mouse.move(pad["x"] + 150, pad["y"] + 50)
-    page.mouse.down()
-    page.mouse.move(pad["x"] + 150, pad["y"] + 230, steps=10)
-    page.mouse.up()
+    page.goto(demo.url + "/")
+    expect(page.locator("#model option", has_text="mnist_cnn@production (v1)")).to_have_count(1)
+    page.select_option("#model", "mnist_cnn@production")
+    draw_one(page)
     page.click("#predict")
-    expect(page.locator("[data-testid=bar]")).to_have_count(10)
+    expect(page.locator("#digit")).to_have_text("1")
     assert sent and sent[-1]["version"] == "production" and len(sent[-1]["image"]) == 784
+    assert not problems, problems
+
+
+def offline_page(browser, demo: Demo) -> tuple:
+    """A page that may reach the gateway and nothing else; the URLs it tried elsewhere."""
+    page = open_page(browser, demo.token, viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+
+    def only_the_gateway(route, request) -> None:
+        if request.url.startswith(demo.url):
+            route.continue_()
+        else:
+            outside.append(request.url)
+            route.abort()
+
+    page.route("**/*", only_the_gateway)
+    return page, outside
+
+
+def test_the_api_docs_work_offline(demo, browser):
+    """Swagger UI at /docs and ReDoc at /redoc, from the gateway alone: any request elsewhere is refused."""
+    for path, ready in (("/docs", ".opblock"), ("/redoc", "[role=menuitem], .menu-content li")):
+        page, outside = offline_page(browser, demo)
+        problems = watch(page)
+        page.goto(demo.url + path)
+        expect(page.locator(ready).first).to_be_visible(timeout=30000)
+        assert page.locator(ready).count() > 10, f"{path} lists the API's operations"
+        page.screenshot(path=str(ARTIFACTS / f"api-docs-{path.strip('/')}.png"))
+        assert not outside, f"{path} asked for {outside}"
+        assert not problems, problems

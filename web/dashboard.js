@@ -61,6 +61,9 @@ function facts(container, entries) {
   }
 }
 
+// Steps (epochs, batches) are whole numbers: ticks only at whole steps.
+const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 1e5, 1e6];
+
 // One line chart; `names` are its series. Returns the box and the uPlot (or a stand-in that says what is missing).
 function lineChart(container, title, names) {
   const box = document.createElement("div");
@@ -77,7 +80,8 @@ function lineChart(container, title, names) {
   const series = [{ label: "step" }, ...names.map((name, i) => ({
     label: name, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, points: { show: false } }))];
   const plot = new uPlot({ ...CHART, scales: { x: { time: false } }, legend: { show: false }, series,
-                          axes: [{ label: "step" }, {}] }, [[], ...names.map(() => [])], box);
+                          axes: [{ label: "step", incrs: STEP_INCREMENTS, values: (u, ticks) => ticks.map(String) }, {}] },
+                         [[], ...names.map(() => [])], box);
   return { box, plot };
 }
 
@@ -166,8 +170,8 @@ async function refreshTasks() {
     const progress = cell(row, bar);
     if (t.progress?.message) progress.append(" ", t.progress.message);
     cell(row, when(t.created_at)).title = new Date(t.created_at).toLocaleString();
-    const outcome = t.error || (t.result !== null ? fmt(t.result) : "");
-    cell(row, outcome).title = outcome;
+    const outcome = t.error || summary(t.result);
+    cell(row, outcome).title = t.error || (t.result !== null ? fmt(t.result) : "");
     const actions = cell(row, "");
     if ((t.status === "pending" || t.status === "running") && can(who, "editor")) {
       actions.appendChild(button("Cancel", async (b) => {
@@ -179,6 +183,16 @@ async function refreshTasks() {
     row.addEventListener("click", () => showTask(t));
     body.appendChild(row);
   }
+}
+
+// A run's result in a few words: its first numbers and names ("accuracy 0.962 · epochs 3"); the whole in the tooltip.
+function summary(result) {
+  if (result === null || result === undefined) return "";
+  if (typeof result !== "object" || Array.isArray(result)) return fmt(result);
+  const simple = Object.entries(result).filter(([, v]) => v === null || typeof v !== "object");
+  const first = ["accuracy", "rows", "model", "version"].filter((k) => k in result && typeof result[k] !== "object");
+  const keys = [...first, ...simple.map(([k]) => k).filter((k) => !first.includes(k))].slice(0, 3);
+  return keys.map((k) => `${k} ${fmt(result[k])}`).join(" · ");
 }
 
 function showFacts(task) {
@@ -399,7 +413,12 @@ function showModel(m) {
   $("model-detail").hidden = false;
   $("model-title").textContent = `${m.id} · version ${m.version}`;
   showLineage(m);
-  $("model-params").textContent = JSON.stringify({ metrics: m.metrics, params: m.params, signature: m.signature }, null, 2);
+  const tensors = (list) => (list || []).map((t) => `${t.name} ${t.datatype} [${t.shape.join(", ")}]`).join("; ");
+  facts($("model-info"), [["metrics", m.metrics], ["params", m.params], ["inputs", tensors(m.signature?.inputs)],
+                          ["outputs", tensors(m.signature?.outputs)], ["labels", (m.labels || []).join(" ") || "—"],
+                          ["aliases", Object.entries(m.aliases || {}).map(([a, v]) => `${a} → v${v}`).join(", ") || "—"],
+                          ["written by", m.created_by || "—"], ["saved", when(m.updated_at)],
+                          ["framework", m.framework || "—"], ["size", bytes(m.size_bytes)]]);
 }
 
 // Where a model version came from, as links: dataset@version → task → model@version.

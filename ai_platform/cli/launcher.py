@@ -25,6 +25,7 @@ from ai_platform import __version__
 from ai_platform.core.ports import bindable
 from ai_platform.core.settings import MODULES as SERVICES
 from ai_platform.core.settings import (
+    PLATFORM_FILE,
     REPO_ROOT,
     SUN_PATH_MAX,
     ClientSettings,
@@ -50,6 +51,7 @@ class PlatformState:
     ray: dict | None = None
     started_at: float = field(default_factory=time.time)
     lake: str = ""  # an object-store lake (s3://...) when the lake is not the home directory itself
+    metrics: dict[str, str] = field(default_factory=dict)  # each gRPC service's Prometheus address
 
     @property
     def url(self) -> str:
@@ -61,7 +63,7 @@ class PlatformState:
 
 
 def state_file(home: Path) -> Path:
-    return home / "platform.json"
+    return home / PLATFORM_FILE
 
 
 def read_state(home: Path) -> PlatformState | None:
@@ -77,6 +79,22 @@ def _ours(pid: int, module: str) -> bool:
         return f"-m\0{module}\0" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") + "\0"
     except OSError:
         return False
+
+
+SERVICE_ORDER = ("gateway", "storage", "scheduler", "inference")  # the order of the ports from a base port
+PORT_SPAN = 7  # gateway, storage, scheduler, inference, then the three services' metrics
+
+
+def ports_from(base: int, hint: str = "--port") -> tuple[dict[str, int], dict[str, int]]:
+    """All seven ports from one base: gateway ``base``, storage ``base+1``, scheduler ``+2``, inference ``+3``, and
+    the metrics of storage, scheduler and inference at ``+4``, ``+5``, ``+6``. ``hint``: how the caller chose it."""
+    if not 1024 <= base <= 65535 - (PORT_SPAN - 1):
+        raise LaunchError(f"{hint}={base} is out of range: the platform takes {PORT_SPAN} ports from it, so "
+                          f"it must be 1024-{65535 - (PORT_SPAN - 1)} (ports below 1024 need root; 20000-32767 stay "
+                          f"clear of Ray's and the ephemeral ports)")
+    services = {name: base + i for i, name in enumerate(SERVICE_ORDER)}
+    metrics = {name: base + len(SERVICE_ORDER) + i for i, name in enumerate(SERVICE_ORDER[1:])}
+    return services, metrics
 
 
 def _port_free(addr: str) -> bool:
@@ -142,11 +160,13 @@ def inference_socket_path(home: Path) -> str:
 
 def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None, level: int = 1,
        ray_address: str | None = None, cwd: Path | None = None, timeout_s: float = 90,
-       lake: str = "") -> PlatformState:
+       lake: str = "", base_port: int | None = None, port_hint: str = "--port") -> PlatformState:
     """Start storage, scheduler, inference and gateway; return once each reports healthy.
 
     ``home`` holds the lake and the platform's own state (logs, task records, ``platform.json``);
     with ``lake`` (an ``s3://`` URI) the lake lives there instead and ``home`` keeps only the state.
+    ``base_port`` moves all seven ports together (:func:`ports_from`); ``ports`` names single ones.
+    ``port_hint`` is how the caller chooses the base port, for the message when one is taken.
     """
     home = home.expanduser().resolve()
     cwd = (cwd or Path.cwd()).resolve()
@@ -160,15 +180,22 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
         probe.unlink()
     except OSError as exc:
         raise LaunchError(f"the home {home} is not writable: {exc}") from None
-    ports = {**{n: split_addr(a)[1] for n, a in default_addrs().items()}, **(ports or {})}
-    addrs = {name: f"{host}:{ports[name]}" for name in SERVICES}
-    for name, addr in addrs.items():
-        wanted = [addr] + ([default_metrics_addr(addr)] if name != "gateway" else [])
-        for candidate in wanted:
-            if not _port_free(candidate):
-                raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use "
-                                  f"(choose another with --{name}-port)")
-    state = PlatformState(str(home), level, addrs, lake=lake)
+    if base_port is not None:
+        chosen, metric_ports = ports_from(base_port, port_hint)
+        chosen.update(ports or {})
+    else:
+        chosen = {**{n: split_addr(a)[1] for n, a in default_addrs().items()}, **(ports or {})}
+        metric_ports = {n: split_addr(default_metrics_addr(f"{host}:{chosen[n]}"))[1] for n in SERVICE_ORDER[1:]}
+    addrs = {name: f"{host}:{chosen[name]}" for name in SERVICES}
+    metrics = {name: f"{host}:{port}" for name, port in metric_ports.items()}
+    for name in SERVICES:
+        for what, candidate in (("", addrs[name]), (" metrics", metrics.get(name))):
+            if candidate and not _port_free(candidate):
+                how = f"{port_hint}=BASE moves all seven ports" if base_port is not None else \
+                    f"--{name}-port, or --port for all seven"
+                raise LaunchError(f"{SERVICES[name]} cannot start: {candidate} is already in use (the {name}{what} "
+                                  f"port; choose others: {how})")
+    state = PlatformState(str(home), level, addrs, lake=lake, metrics=metrics)
     procs: dict[str, subprocess.Popen] = {}
     script_roots = ClientSettings.from_env().script_roots or [str(cwd), str(REPO_ROOT / "mnist")]
     env = child_environment({**state.env(), "AIP_SCRIPT_ROOTS": os.pathsep.join(script_roots)})
@@ -194,7 +221,8 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
             state.ray = state.ray or {"dashboard_url": env["RAY_ADDRESS"], "started_here": False}
         for name, module in SERVICES.items():
             log = open(home / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-            procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, stdout=log,
+            own = {**env, "AIP_METRICS_ADDR": metrics[name]} if name in metrics else env
+            procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=own, stdout=log,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             log.close()
             state.pids[name] = procs[name].pid
@@ -227,6 +255,21 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
     return state
 
 
+def attach_or_up(home: Path, *, level: int = 1, **options: object) -> tuple[PlatformState, bool]:
+    """The platform running from ``home`` when there is one (a notebook beside `make demo`), else one started as
+    :func:`up` starts it. Returns it and whether it was started here (then the caller stops it when done).
+    A running platform below ``level`` is a LaunchError saying so: level 2 needs Ray."""
+    home = home.expanduser().resolve()
+    state = read_state(home)
+    if state and all(_ours(pid, SERVICES[n]) for n, pid in state.pids.items()) and \
+            all(healthy(n, a) for n, a in state.addrs.items()):
+        if state.level < level:
+            raise LaunchError(f"the platform running from {home} is level {state.level} and this needs level "
+                              f"{level}: stop it (aip down) or use another home (and ports) for this one")
+        return state, False
+    return up(home, level=level, **options), True
+
+
 def _stop_ray(state: PlatformState) -> None:
     if state.ray and state.ray.get("started_here"):
         from ai_platform.cli.ray_cluster import RayHead
@@ -248,12 +291,29 @@ def down(home: Path) -> PlatformState | None:
 
 
 def status(home: Path) -> list[dict]:
+    """One row per service (and the Ray head at level 2): pid, address, metrics address, health, version."""
     home = home.expanduser().resolve()
     state = read_state(home)
     addrs = state.addrs if state else default_addrs()
     rows = []
     for name, module in SERVICES.items():
         pid = state.pids.get(name) if state else None
+        metrics = (state.metrics.get(name) if state else None) or (
+            default_metrics_addr(addrs[name]) if name != "gateway" else f"{addrs[name]}/metrics")
         rows.append({"service": module, "pid": pid if pid and _ours(pid, module) else None, "address": addrs[name],
-                     "healthy": healthy(name, addrs[name]), "version": __version__})
+                     "metrics": metrics, "healthy": healthy(name, addrs[name]), "version": __version__})
+    if state and state.ray:
+        rows.append(ray_status(state.ray))
     return rows
+
+
+def ray_status(ray: dict) -> dict:
+    """The Ray cluster a level-2 platform runs on, as its dashboard answers: healthy with the Ray version."""
+    url = ray["dashboard_url"]
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=HEALTH_TIMEOUT_S) as answer:
+            version, healthy_now = json.loads(answer.read()).get("ray_version", "?"), True
+    except (OSError, ValueError):
+        version, healthy_now = "", False
+    return {"service": "ray head" if ray.get("started_here") else "ray cluster", "pid": None,
+            "address": ray.get("gcs_address") or url, "metrics": url, "healthy": healthy_now, "version": version}

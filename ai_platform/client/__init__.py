@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-from google.protobuf import json_format
 
 from ai_platform.core import arrow_ipc
 from ai_platform.core.settings import ClientSettings
@@ -33,6 +32,7 @@ from ai_platform.core.wire import (
     WRITE_BATCH_BYTES,
     WRITE_MODES,
     encode_parameters,
+    struct_value,
     sync_channel,
 )
 from ai_platform.protos.aiplatform.v1 import access_pb2 as access_pb
@@ -132,8 +132,8 @@ FINISHED = {scheduler_pb.COMPLETED, scheduler_pb.FAILED, scheduler_pb.CANCELLED}
 
 
 def task_result(task: scheduler_pb.Task) -> Any:
-    """The JSON value that the task's ``run`` returned (None if none)."""
-    return json_format.MessageToDict(task.result) if task.HasField("result") else None
+    """The JSON value that the task's ``run`` returned (None if none); whole numbers stay integers."""
+    return struct_value(task.result) if task.HasField("result") else None
 
 
 def status_name(task: scheduler_pb.Task) -> str:

@@ -49,3 +49,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:  # every candidate taken: fall back to the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive free ports (``aip up --port BASE`` takes seven from its base)."""
+    ephemeral_low, ephemeral_high = _ephemeral_range()
+    starts = [p for p in range(LOW, HIGH + 2 - count)
+              if not any(ephemeral_low <= q <= ephemeral_high for q in (p, p + count - 1))]
+    with _lock:
+        for start in random.sample(starts, min(len(starts), 200)):
+            block = range(start, start + count)
+            if not _given.intersection(block) and all(bindable(port, host) for port in block):
+                _given.update(block)
+                return start
+    raise OSError(f"no {count} consecutive free ports between {LOW} and {HIGH}")

@@ -498,6 +498,36 @@ class ClientSettings(Addresses):
     def state_path(self) -> Path:
         return state_dir_for(self.state_dir, self.home)
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
+        """As :meth:`BaseSettings.from_env`; an address that neither the environment nor ``overrides`` give is the
+        one of the platform ``aip up`` started from the home (its ``platform.json``), as ``aip status`` finds it,
+        so a notebook or a new shell in that directory reaches it with no variables set."""
+        settings = super().from_env(environ, **overrides)
+        environ = os.environ if environ is None else environ
+        for name, addr in running_platform(settings.state_path()).items():
+            if not environ.get(f"AIP_{name.upper()}_ADDR") and overrides.get(f"{name}_addr") is None:
+                setattr(settings, f"{name}_addr", addr)
+        return settings
+
+
+PLATFORM_FILE = "platform.json"  # what `aip up` writes in its home: the running platform's pids and addresses
+
+
+def given_addresses(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``AIP_*_ADDR`` variables that are set (those win over platform.json), for messages."""
+    environ = os.environ if environ is None else environ
+    return [f"AIP_{name.upper()}_ADDR" for name in SERVICES if environ.get(f"AIP_{name.upper()}_ADDR")]
+
+
+def running_platform(home: Path) -> dict[str, str]:
+    """The addresses (service -> HOST:PORT) in ``home``'s platform.json; {} when there is none."""
+    try:
+        addrs = json.loads((home / PLATFORM_FILE).read_text()).get("addrs", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {name: addr for name, addr in addrs.items() if name in SERVICES and isinstance(addr, str)}
+
 
 @dataclass
 class TaskSettings(BaseSettings):

@@ -29,6 +29,7 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
 
     options.setdefault("storage_options", storage_options())
     options.setdefault("lineage", _lineage())
+    options.setdefault("transaction_properties", commit_properties())
     return models.save_model(model, output, example_inputs, labels, params, metrics, **options)
 
 
@@ -49,6 +50,14 @@ def open_dataset(uri: str, version: int | None = None) -> Any:
 
 def _task_spec() -> dict[str, Any]:
     return report.spec()
+
+
+def commit_properties() -> dict[str, str]:
+    """What a task records with each Lance commit it makes itself (``lance.write_dataset(...,
+    transaction_properties=sdk.commit_properties())``): who wrote the version, shown as its ``created_by`` as for
+    writes through the platform ("alice (task 3f2a...)"). Empty outside a task."""
+    spec = _task_spec()
+    return {"created_by": f"{spec.get('owner') or '?'} (task {spec['id']})"} if spec.get("id") else {}
 
 
 def _lineage() -> dict[str, Any] | None:

@@ -85,8 +85,10 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
                params: dict | None = None, metrics: dict | None = None, *, input_names: list[str] | None = None,
                output_names: list[str] | None = None, program_format: str = "torchscript",
                scores: str | None = None, storage_options: dict[str, str] | None = None,
-               lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+               lineage: dict[str, Any] | None = None,
+               transaction_properties: dict[str, str] | None = None) -> dict[str, Any]:
     """Save a PyTorch model as a new version of the model table at ``output`` (a Lance URI or path).
+    ``transaction_properties`` go with the Lance commit (``created_by``: who wrote the version).
 
     ``example_inputs`` is a tensor (or tuple of tensors) with the batch dimension first; it
     fixes the signature. ``labels`` name the classes of the first output and ``scores`` says what
@@ -136,7 +138,8 @@ def save_model(model: Any, output: str, example_inputs: Any, labels: list[str] |
         mode = "overwrite"
     except (ValueError, OSError):
         mode = "create"
-    dataset = lance.write_dataset(row, output, mode=mode, storage_options=storage_options)
+    dataset = lance.write_dataset(row, output, mode=mode, storage_options=storage_options,
+                                  transaction_properties=transaction_properties or None)
     return {"uri": output, "version": dataset.version, "signature": signature}
 
 

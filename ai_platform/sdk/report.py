@@ -142,7 +142,7 @@ def start(started_at: float) -> dict[str, Any] | None:
     _spec.update({"id": task.id, "script": os.path.abspath(reporter.settings.task_script),
                   "input": task.resolved_input, "output": task.resolved_output,
                   "params": struct_value(task.params) if task.HasField("params") else {},
-                  "input_table": task.input_table, "input_version": task.input_version})
+                  "input_table": task.input_table, "input_version": task.input_version, "owner": task.owner})
     return _spec
 
 
