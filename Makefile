@@ -66,7 +66,7 @@ demo: install
 		$(VENV)/bin/aip up --detach $(if $(PORT),--port '$(PORT)' --port-hint PORT)
 	$(VENV)/bin/aip demo mnist
 	@echo
-	@echo "The platform keeps serving; stop it with: make down"
+	@echo "The platform keeps serving; stop it with: make down (or aip down)"
 	@echo "Use aip from this directory: source .venv/bin/activate (then aip status, aip models ls, aip --help),"
 	@echo "or call it as .venv/bin/aip. The Python client and the notebooks find the platform the same way."
 

@@ -30,6 +30,12 @@ def wait_port(port: int, timeout: float = 90) -> None:
 
 def stop_and_clean(procs: list[subprocess.Popen], work: Path) -> None:
     """End the servers a benchmark started (SIGTERM, then SIGKILL after 30 s) and remove its folder."""
+    stop(procs)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """End the servers a benchmark started: SIGTERM, then SIGKILL after 30 s."""
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -38,7 +44,6 @@ def stop_and_clean(procs: list[subprocess.Popen], work: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         if settings.backend == "ray":
             backend: Backend = RayBackend(settings.ray_address, settings.worker_env())
         else:
-            backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel)
+            backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel,
+                                   warm_start=settings.warm_start, warm_imports=settings.warm_imports)
         store = TaskStore(state_dir / "scheduler.db")
         (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         for private in (state_dir, state_dir / "logs"):
@@ -63,10 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             log_cap_bytes=int(settings.log_max_mb * 2**20),
             authority=authority,
         )
-        await scheduler.recover()
-
         servicer = Servicer(SchedulerServicer(scheduler), scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                             scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"])
+        await scheduler.recover()
         await serve(settings, [servicer], on_shutdown=scheduler.shutdown, authority=authority)
 
     asyncio.run(run())

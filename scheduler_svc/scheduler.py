@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import logging
 import secrets
 import time
@@ -97,6 +99,8 @@ class Scheduler:
         # Records a full disk refused: served from here and saved again every UNSAVED_RETRY_S until the disk has room.
         self._unsaved: dict[str, Task] = {}
         self._saver: asyncio.Task | None = None
+        # Reports on a forked task's own socket, answered as ReportTask is (set by the gRPC edge, server.py).
+        self.local_reports: Callable[[Task, bytes], tuple[bool, bytes]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     async def recover(self) -> None:
@@ -273,15 +277,16 @@ class Scheduler:
 
     # -- streams -----------------------------------------------------------------
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
-        """The task now, then again after every change, until it has finished."""
-        task = self.get(task_id)
+        """The task now, then again after every change, until it has finished. Each is a copy taken when it is
+        sent: the live record may change while one is on its way, and the last one sent must be the finished one."""
+        task = copy.copy(self.get(task_id))
         while True:
             yield task
             if task.status.finished:
                 return
             async with self._changed:
                 await self._changed.wait_for(self._change_of(task))
-            task = self.get(task_id)
+            task = copy.copy(self.get(task_id))
 
     def _change_of(self, task: Task) -> Callable[[], bool]:
         seen = (task.status, task.progress, task.started_at)
@@ -385,6 +390,7 @@ class Scheduler:
                     on_running=lambda pid, job_id, started_at: self._on_running(run, pid, job_id, started_at),
                     on_progress=lambda p: self._on_progress(run, p),
                     on_submitted=lambda job_id: self._on_submitted(run, job_id),
+                    answer_report=functools.partial(self.local_reports, task) if self.local_reports else None,
                 )
                 if attach and task.status is TaskStatus.RUNNING:
                     self._arm_timeout(task)

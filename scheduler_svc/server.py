@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core import auth
-from ai_platform.core.errors import InvalidArgument, PermissionDenied
+from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
 from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
@@ -102,6 +103,7 @@ def bearer_token() -> str:
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        scheduler.local_reports = self.local_report  # the other edge reports arrive at: a forked task's socket
 
     async def SubmitTask(self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         resources = request.resources
@@ -164,29 +166,53 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def ReportTask(
         self, request: pb.ReportTaskRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportTaskResponse:
-        kind = request.WhichOneof("report")
-        if kind is None:
-            raise InvalidArgument("a report needs one of started, progress, result, error or metrics")
-        if kind == "started":
-            value: Any = request.started
-        elif kind == "progress":
-            p = request.progress
-            value = {"fraction": p.fraction, "message": p.message, "metrics": struct_value(p.metrics),
-                     "time": p.updated_at.ToNanoseconds() / 1e9 if p.HasField("updated_at") else time.time()}
-        elif kind == "result":
-            value = struct_value(request.result)
-        elif kind == "metrics":
-            value = [metric_point(p) for p in request.metrics.points]
-        elif kind == "params":
-            value = struct_value(request.params)
-        else:
-            value = {"type": request.error.type, "message": request.error.message}
         if request.secret and request.secret != bearer_token():
             raise PermissionDenied("secret, when given, must be the task's own credential, the same as the bearer")
-        self.scheduler.report(request.task_id, kind, value)
-        if kind == "started":  # the worker's spec: params of any size travel here, not in its environment
-            return pb.ReportTaskResponse(task=task_to_pb(self.scheduler.get(request.task_id)))
-        return pb.ReportTaskResponse()
+        return answer_report(self.scheduler, request)
+
+    def local_report(self, task: Task, data: bytes) -> tuple[bool, bytes]:
+        """A report on a forked task's own socket (``RunContext.answer_report``): the same message and answer as
+        ReportTask, from the one task the socket belongs to. (ok, the answer's bytes or the error's text)."""
+        try:
+            request = pb.ReportTaskRequest.FromString(data)
+            if request.task_id != task.id:
+                raise PermissionDenied(f"task {task.id}'s channel reports for task {task.id} only")
+            who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id,
+                                                 owner=task.owner))
+            try:
+                return True, answer_report(self.scheduler, request).SerializeToString()
+            finally:
+                auth.CALLER.reset(who)
+        except PlatformError as exc:
+            return False, f"{exc.grpc_code.name}: {exc.message}".encode()
+        except DecodeError:
+            return False, b"INVALID_ARGUMENT: not a ReportTaskRequest"
+
+
+def answer_report(scheduler: Scheduler, request: pb.ReportTaskRequest) -> pb.ReportTaskResponse:
+    """One report from a task's worker, over gRPC or its own socket: recorded, and answered (``started`` with the
+    task's spec: params of any size travel here, not in the worker's environment)."""
+    kind = request.WhichOneof("report")
+    if kind is None:
+        raise InvalidArgument("a report needs one of started, progress, result, error or metrics")
+    if kind == "started":
+        value: Any = request.started
+    elif kind == "progress":
+        p = request.progress
+        value = {"fraction": p.fraction, "message": p.message, "metrics": struct_value(p.metrics),
+                 "time": p.updated_at.ToNanoseconds() / 1e9 if p.HasField("updated_at") else time.time()}
+    elif kind == "result":
+        value = struct_value(request.result)
+    elif kind == "metrics":
+        value = [metric_point(p) for p in request.metrics.points]
+    elif kind == "params":
+        value = struct_value(request.params)
+    else:
+        value = {"type": request.error.type, "message": request.error.message}
+    scheduler.report(request.task_id, kind, value)
+    if kind == "started":
+        return pb.ReportTaskResponse(task=task_to_pb(scheduler.get(request.task_id)))
+    return pb.ReportTaskResponse()
 
 
 def metric_point(point: pb.MetricPoint) -> MetricPoint:

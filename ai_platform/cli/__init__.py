@@ -46,7 +46,7 @@ def _unreachable_hint(source: str) -> str:
     tried = ", ".join(f"{name} {settings.addr_of(name)}" for name in ("storage", "scheduler", "inference"))
     return (f"aip tried {tried} ({source}). Start a platform with `aip up` (or `make demo`), run aip from the "
             f"directory it was started in, or point aip at it: AIP_HOME=/its/home (the platform.json there), or "
-            f"AIP_STORAGE_ADDR, AIP_SCHEDULER_ADDR and AIP_INFERENCE_ADDR=HOST:PORT")
+            f"AIP_STORAGE_ADDR=HOST:PORT (and AIP_SCHEDULER_ADDR, AIP_INFERENCE_ADDR)")
 
 
 def build_parser() -> argparse.ArgumentParser:

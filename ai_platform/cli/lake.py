@@ -173,7 +173,7 @@ def _predict(client: Any, args: argparse.Namespace, fmt: str) -> int:
             return 2
         pixels = table.column(args.column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         batch = pixels.astype(np.float32) / (255 if pixels.dtype == np.uint8 else 1)
-        sources = [f"{args.dataset}[{i}]" for i in range(table.num_rows)]
+        sources = [f"#{i}" for i in range(table.num_rows)]  # the order read, after the filter
         truth = table.column("label").to_pylist() if "label" in table.column_names else [None] * table.num_rows
     per_item = int(np.prod([d for d in shape[1:] if d > 0])) if len(shape) > 1 else batch[0].size
     if batch.size % per_item:
@@ -191,7 +191,8 @@ def _predict(client: Any, args: argparse.Namespace, fmt: str) -> int:
             row.update(label=label, correct=str(label) == str(shown))
         rows.append(row)
     columns = PREDICTION_COLUMNS if any(r.get("label") is not None for r in rows) else PREDICTION_COLUMNS[:3]
-    print_rows(rows, columns, fmt, f"{args.name} predictions")
+    where = f" on {args.dataset}" + (f" where {args.filter}" if args.filter else "") if args.dataset else ""
+    print_rows(rows, columns, fmt, f"{args.name} predictions{where}")
     judged = [r["correct"] for r in rows if "correct" in r]
     if judged and fmt not in ("json", "yaml"):
         print(f"accuracy {sum(judged) / len(judged):.2%} on {len(judged)} rows", file=sys.stderr)

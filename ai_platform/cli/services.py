@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     out.print(f"[green]AI Platform is up[/green] (level {state.level}, {where})")
     out.print(f"  web page        {state.url}/")
     out.print(f"  dashboard       {state.url}/dashboard.html")
-    out.print(f"  REST docs       {state.url}/docs")
+    out.print(f"  REST docs       {state.url}/docs  ·  {state.url}/redoc")
     for name in ("storage", "scheduler", "inference"):
         out.print(f"  {name + ' gRPC':<15} {state.addrs[name]}  (metrics http://{state.metrics[name]}/metrics)")
     if state.ray:
@@ -103,11 +103,18 @@ STATUS_COLUMNS = [Column("service"), Column("pid", priority=3), Column("address"
 def cmd_status(args: argparse.Namespace) -> int:
     from ai_platform.cli import launcher
 
-    rows = launcher.status(home_and_lake(args.home)[0])
+    home = home_and_lake(args.home)[0]
+    rows = launcher.status(home)
     for row in rows:
         row["healthy"] = "healthy" if row["healthy"] else "down"
     print_rows(rows, STATUS_COLUMNS, chosen_format(args), "AI Platform")
-    return 0 if all(r["healthy"] == "healthy" for r in rows) else 3
+    if any(r["healthy"] != "healthy" for r in rows):
+        if launcher.read_state(home) is None:
+            print(f"no platform was started from {home.resolve()} (no {launcher.state_file(home).name} there): "
+                  f"these are the default addresses. Start one with `aip up` (or `make demo`), or name its home "
+                  f"with --home or AIP_HOME", file=sys.stderr)
+        return 3
+    return 0
 
 
 # -- health, certs, svc ----------------------------------------------------------------------
@@ -249,11 +256,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return 1
             results[name] = task["result"]
     clean, trained, served = results["mnist_clean"], results["mnist_cnn"], results["mnist_serve"]
-    out.print(f"ingested {clean['rows']} digits ({clean['source']})")
+    out.print(f"ingested {clean['rows']} digits from {clean['source']}")
     out.print(f"trained for {trained['epochs']} epoch(s): accuracy {trained['accuracy']:.2%} on "
               f"{trained['test_images']} held-out digits")
     out.print(f"[green]serving[/green] {served['model']} version {served['version']}")
-    out.print(f"draw a digit at http://{gateway}/  ·  dashboard http://{gateway}/dashboard.html")
+    out.print(f"draw a digit at http://{gateway}/  ·  dashboard http://{gateway}/dashboard.html  ·  API docs "
+              f"http://{gateway}/docs")
     return 0
 
 

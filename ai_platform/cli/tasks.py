@@ -89,13 +89,12 @@ METRIC_COLUMNS = [Column("metric"), Column("points"), Column("last step"), Colum
 
 
 def _metrics(client: Any, task_id: str, fmt: str) -> None:
-    frame = client.metrics(task_id)
-    if fmt in ("json", "yaml"):
-        series: dict[str, list] = {}
-        for key, step, value, at in frame.itertuples(index=False):
-            series.setdefault(key, []).append([step, value, at])
-        print_value({"series": series}, fmt)
+    if fmt in ("json", "yaml"):  # GET /api/v1/tasks/{id}/metrics
+        from ai_platform.core.views import MetricsView, as_dict
+
+        print_value(as_dict(MetricsView.from_pb(list(client.scheduler.metrics(task_id)))), fmt)
         return
+    frame = client.metrics(task_id)
     rows = [{"metric": key, "points": len(group), "last step": int(group["step"].iloc[-1]),
              "last": f"{group['value'].iloc[-1]:.6g}", "min": f"{group['value'].min():.6g}",
              "max": f"{group['value'].max():.6g}"} for key, group in frame.groupby("key", sort=True)]
@@ -154,7 +153,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for key in metrics:
         values = {run["id"]: run["final"][key] for run in runs if key in run["final"]}
         pick = min if lower_is_better(key) else max
-        best[key] = pick(values, key=values.get)
+        if len(values) > 1:  # a value only one run has is no one's best
+            best[key] = pick(values, key=values.get)
         rows.append({"what": key, "metric": key, **{i: number(v) for i, v in values.items()}})
     columns = [Column("what", "")] + [Column(run["id"], headings[run["id"]], priority=2 + i)
                                       for i, run in enumerate(runs)]

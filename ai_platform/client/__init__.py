@@ -213,13 +213,13 @@ class SchedulerClient:
     def wait(self, task_id: str, timeout: float | None = None) -> scheduler_pb.Task:
         """Block until the task has finished; returns its final record."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        task = self.get(task_id)
+        task = None
         for task in self.stub.WatchTask(scheduler_pb.WatchTaskRequest(id=task_id), timeout=timeout):
             if task.status in FINISHED:
                 return task
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} did not finish within {timeout}s")
-        return task
+        return task if task is not None else self.get(task_id)
 
 
 def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = WRITE_BATCH_BYTES) -> Iterator[pa.RecordBatch]:
@@ -421,13 +421,14 @@ class Client:
         return as_dict(TaskView.from_pb(self.scheduler.cancel(task_id)))
 
     def metrics(self, task_id: str) -> Any:
-        """The task's metric points as a pandas frame: ``key``, ``step``, ``value``, ``time``, sorted by key and
-        step (``frame.pivot(index="step", columns="key", values="value")`` gives one column per series)."""
+        """The task's metric points as a pandas frame: ``key``, ``step``, ``value``, ``time`` (UTC), sorted by key
+        and step (``frame.pivot(index="step", columns="key", values="value")`` gives one column per series)."""
         import pandas as pd
 
         view = MetricsView.from_pb(list(self.scheduler.metrics(task_id)))
         rows = [(key, step, value, at) for key, points in view.series.items() for step, value, at in points]
         frame = pd.DataFrame(rows, columns=["key", "step", "value", "time"])
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
         return frame.sort_values(["key", "step"], kind="stable", ignore_index=True)
 
     def runs(self, ids: list[str] | None = None, *, name_prefix: str = "", script: str = "",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 _PGRP, _SESSION = 2, 3  # positions after the command name in /proc/<pid>/stat
 
@@ -30,12 +32,31 @@ def session_members(sid: int) -> list[int]:
     return _members(_SESSION, sid)
 
 
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER = 1, 4, 15, 36
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def prctl(option: int, value: int | bytes) -> None:
+    """Linux's prctl(2), quietly nothing where libc cannot be loaded."""
+    try:
+        _libc().prctl(option, value, 0, 0, 0)
+    except OSError:
+        pass
+
+
 def not_dumpable() -> None:
     """Make this process non-dumpable: other processes of the same user (a task's script) can then read neither its
     environment (the platform's credentials) nor its memory from /proc. Root still can."""
-    try:
-        import ctypes
+    prctl(PR_SET_DUMPABLE, 0)
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(4, 0)  # PR_SET_DUMPABLE = 0
-    except OSError:
-        pass
+
+def process_name(task_id: str) -> str:
+    """The name (``comm``) a task process forked by the local backend's fork server carries: its
+    /proc/<pid>/environ is the server's, so this is how the backend finds what is left of a task after a restart."""
+    return f"aip-{task_id}"[:15]

@@ -8,6 +8,8 @@ than gRPC is imported before the script's own imports.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
 import os
 import signal
@@ -17,8 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from ai_platform.core.procs import not_dumpable
-from ai_platform.core.settings import TaskSettings
+from ai_platform.core.procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, not_dumpable, prctl
 from ai_platform.sdk import report
 
 
@@ -46,16 +47,36 @@ def _load(script: str) -> Any:
 
 def _adopt_orphans() -> None:
     """Become a child subreaper: processes the script starts and abandons stay this worker's descendants."""
-    try:
-        import ctypes
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+def _children(pid: int) -> list[int] | None:
+    """``pid``'s children from /proc/PID/task/*/children (None where the kernel does not offer the file)."""
+    found = []
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/children") as listed:
+                found += [int(child) for child in listed.read().split()]
+    except FileNotFoundError:
+        return None if pid == os.getpid() else found
     except OSError:
         pass
+    return found
 
 
 def _end_descendants() -> None:
-    """SIGKILL every process below this one: a task ends when its run returns, and so does all it started."""
+    """SIGKILL every process below this one: a task ends when its run returns, and so does all it started. (This
+    worker is a subreaper, so what the script started and abandoned is still below it.)"""
+    if (mine := _children(os.getpid())) is not None:  # the tree from this process down, not all of /proc
+        pending, found = list(mine), []
+        while pending:
+            child = pending.pop()
+            found.append(child)
+            pending += _children(child) or []
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -79,12 +100,7 @@ def _end_descendants() -> None:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this process if the scheduler that started it dies (then ``_on_sigterm`` runs)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -116,7 +132,7 @@ def main() -> int:
 
 
 def _run_task() -> int:
-    settings = TaskSettings.from_env()
+    settings = report.task_settings()
     if settings.die_with_parent:
         _die_with_parent()
     spec = report.start(time.time())
@@ -154,6 +170,17 @@ def _run_task() -> int:
     return 0 if delivered else 1
 
 
+def leave(code: int) -> None:
+    """End this process once its task has: what the script registered with atexit runs, output is flushed, and
+    threads the script left running end with it (an interpreter's normal exit would wait for them)."""
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
-    sys.exit(main())
+    leave(main())

@@ -28,6 +28,7 @@ class RunContext:
     on_running: Callable[[int | None, str, float | None], None]  # (pid, job_id, started_at) once work starts
     on_progress: Callable[[dict[str, Any]], None]
     on_submitted: Callable[[str], None]  # (job_id) once a cluster accepted the work
+    answer_report: Callable[[bytes], tuple[bool, bytes]] | None = None  # a report on the task's own socket
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # set on cancel or timeout
     result: Any = None
     error: dict[str, str] | None = None
@@ -105,7 +106,8 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
-def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], script: str = "") -> dict[str, str]:
+def worker_env(task: Task | None, platform_env: dict[str, str], extra: dict[str, str], script: str = "") \
+        -> dict[str, str]:
     """Environment of the worker entry point: the platform's settings (a Ray job inherits none; never the admin
     token or the signing keys), the task's id and script, and the platform importable. ``script``: the script's path
     where the worker runs, when that is not the scheduler's (a Ray job's working directory). The rest of the spec
@@ -113,12 +115,24 @@ def worker_env(task: Task, platform_env: dict[str, str], extra: dict[str, str], 
     report; its credential each backend hands over its own way (``extra``)."""
     return {
         **platform_env,
-        "AIP_TASK_ID": task.id,
-        "AIP_TASK_SCRIPT": script or task.script,
+        **(task_variables(task, script) if task is not None else {}),
         "PYTHONPATH": platform_pythonpath(),
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
+
+
+def task_variables(task: Task, script: str = "") -> dict[str, str]:
+    """The variables that name the task in its worker's environment (the rest is the platform's, the same for all)."""
+    return {"AIP_TASK_ID": task.id, "AIP_TASK_SCRIPT": script or task.script}
+
+
+def worker_spec(task: Task) -> dict[str, Any]:
+    """What the worker knows of its task (``ai_platform.sdk.report.spec``): the answer to its ``started`` report, or
+    handed over with the process where the backend can (the local backend's fork server)."""
+    return {"id": task.id, "script": task.script, "input": task.resolved_input, "output": task.resolved_output,
+            "params": task.params or {}, "input_table": task.input_table, "input_version": task.input_version,
+            "owner": task.owner}
 
 
 WORKER_COMMAND = [sys.executable, "-m", "ai_platform.sdk.worker"]

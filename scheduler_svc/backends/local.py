@@ -1,4 +1,5 @@
-"""Level 1: each task is a child process in its own process group, so cancel stops its children too."""
+"""Level 1: each task is a process in its own process group, so cancel stops its children too. Forked from a warm
+fork server (``backends.forkserver``) in milliseconds, or, with AIP_WARM_START=false, a new interpreter."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import os
 import signal
 from pathlib import Path
 
-from ai_platform.core.procs import group_members
+from ai_platform.core.procs import group_members, process_name
 from ai_platform.core.settings import child_environment
-from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
+from scheduler_svc.backends import WORKER_COMMAND, RunContext, task_variables, worker_env, worker_spec
+from scheduler_svc.backends.forkserver import ForkedProcess, ForkServer, ForkServerGone
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.local")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PUMP_DRAIN_S = 2.0  # after the worker exits, how long its output may still arrive
+REPORT_MAX_BYTES = 64 << 20  # one report on a forked task's socket (a result, a batch of metric points)
 
 
 def group_rss_mb(pgid: int) -> float:
@@ -35,12 +38,14 @@ def kill_group(pgid: int, sig: int) -> None:
 
 
 def task_processes(pgid: int, task_id: str) -> list[int]:
-    """Members of ``pgid`` that belong to ``task_id`` (checked by environment), for cleanup after a restart."""
-    marker = f"AIP_TASK_ID={task_id}".encode()
+    """Members of ``pgid`` that belong to ``task_id`` (by environment, or the name a forked task process carries),
+    for cleanup after a restart."""
+    marker, name = f"AIP_TASK_ID={task_id}".encode(), process_name(task_id).encode()
     owned = []
     for pid in group_members(pgid):
         try:
-            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if Path(f"/proc/{pid}/comm").read_bytes().strip() == name or \
+                    marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 owned.append(pid)
         except OSError:
             continue
@@ -62,11 +67,15 @@ class LocalBackend:
     detached = False  # a task's processes end with the scheduler
     custom_resources = False  # one machine, one kind of node
 
-    def __init__(self, cwd: Path, grace_s: float, platform_env: dict[str, str], max_parallel: int) -> None:
+    def __init__(self, cwd: Path, grace_s: float, platform_env: dict[str, str], max_parallel: int,
+                 warm_start: bool = True, warm_imports: list[str] | None = None) -> None:
         self.cwd = cwd
         self.grace_s = grace_s
         self.platform_env = platform_env
         self.slots = asyncio.Semaphore(max_parallel)
+        # The fork server's environment is every task's, less the task's own variables (sent with each spawn).
+        common = child_environment(worker_env(None, platform_env, {"AIP_DIE_WITH_PARENT": "1"}), secrets=False)
+        self.forkserver = ForkServer(cwd, common, warm_imports or []) if warm_start else None
 
     def can_reattach(self, task: Task) -> bool:
         return False
@@ -78,11 +87,18 @@ class LocalBackend:
                     os.kill(pid, signal.SIGKILL)
 
     async def close(self) -> None:
-        return None
+        if self.forkserver is not None:
+            await self.forkserver.close()
 
-    async def run(self, ctx: RunContext, attach: bool) -> Outcome:
-        task = ctx.task
-        # The credential goes down a pipe, not the environment: /proc/<pid>/environ is readable by the same user.
+    async def _start(self, ctx: RunContext) -> asyncio.subprocess.Process | ForkedProcess:
+        """The task's process: forked by the warm fork server, else a new interpreter. Either way its own session,
+        its output on a pipe, and its credential handed over, never in its environment (/proc/<pid>/environ is
+        readable by the same user)."""
+        if self.forkserver is not None:
+            try:
+                return await self.forkserver.spawn(task_variables(ctx.task), ctx.credential, worker_spec(ctx.task))
+            except (ForkServerGone, OSError) as exc:  # a fresh interpreter still runs the task
+                log.warning("task %s: the warm start failed (%s); starting a new interpreter", ctx.task.id, exc)
         proc = await asyncio.create_subprocess_exec(
             *WORKER_COMMAND,
             stdin=asyncio.subprocess.PIPE,
@@ -90,8 +106,9 @@ class LocalBackend:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             cwd=self.cwd,
-            env=child_environment(worker_env(task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1",
-                                                                       "AIP_TASK_TOKEN_STDIN": "1"}), secrets=False),
+            env=child_environment(worker_env(ctx.task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1",
+                                                                           "AIP_TASK_TOKEN_STDIN": "1"}),
+                                  secrets=False),
             limit=1 << 20,
         )
         assert proc.stdin is not None
@@ -99,8 +116,15 @@ class LocalBackend:
         with contextlib.suppress(OSError):
             await proc.stdin.drain()
         proc.stdin.close()
+        return proc
+
+    async def run(self, ctx: RunContext, attach: bool) -> Outcome:
+        task = ctx.task
+        proc = await self._start(ctx)
         ctx.on_running(proc.pid, "", None)
         pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
+        if isinstance(proc, ForkedProcess):
+            pumps.append(asyncio.ensure_future(self._answer_reports(proc, ctx)))
         over_memory: list[float] = []
         watchers = [asyncio.ensure_future(self._stop_when_asked(proc, ctx))]
         if task.resources.memory_mb:
@@ -125,12 +149,40 @@ class LocalBackend:
             )
         return ctx.outcome(describe_exit(returncode))
 
-    async def _pump_log(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
+    async def _answer_reports(self, proc: ForkedProcess, ctx: RunContext) -> None:
+        """The forked task's reports on its own socket (length-prefixed ReportTask messages), each answered with a
+        status byte and the answer's bytes, until the task closes it."""
+        loop = asyncio.get_running_loop()
+
+        async def exactly(size: int) -> bytes:
+            data = b""
+            while len(data) < size:
+                chunk = await loop.sock_recv(proc.reports, size - len(data))
+                if not chunk:
+                    raise ConnectionError
+                data += chunk
+            return data
+
+        try:
+            while True:
+                size = int.from_bytes(await exactly(4), "big")
+                if size > REPORT_MAX_BYTES:
+                    return
+                ok, answer = ctx.answer_report(await exactly(size)) if ctx.answer_report else (
+                    False, b"UNAVAILABLE: this scheduler takes no reports on the task's socket")
+                await loop.sock_sendall(proc.reports, bytes([0 if ok else 1]) + len(answer).to_bytes(4, "big")
+                                        + answer)
+        except (ConnectionError, OSError):
+            return
+        finally:
+            proc.reports.close()
+
+    async def _pump_log(self, proc: asyncio.subprocess.Process | ForkedProcess, ctx: RunContext) -> None:
         assert proc.stdout is not None
         while data := await proc.stdout.read(1 << 16):
             ctx.write_log(data)  # never raises: the pipe is drained whatever happens to the log
 
-    async def _stop_when_asked(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
+    async def _stop_when_asked(self, proc: asyncio.subprocess.Process | ForkedProcess, ctx: RunContext) -> None:
         await ctx.stop.wait()
         kill_group(proc.pid, signal.SIGTERM)
         try:
@@ -139,7 +191,8 @@ class LocalBackend:
             log.info("task %s ignored SIGTERM for %.1fs; sending SIGKILL", ctx.task.id, self.grace_s)
             kill_group(proc.pid, signal.SIGKILL)
 
-    async def _watch_memory(self, proc: asyncio.subprocess.Process, limit_mb: int, over: list[float]) -> None:
+    async def _watch_memory(self, proc: asyncio.subprocess.Process | ForkedProcess, limit_mb: int,
+                            over: list[float]) -> None:
         while proc.returncode is None:
             used = await asyncio.to_thread(group_rss_mb, proc.pid)
             if used > limit_mb:

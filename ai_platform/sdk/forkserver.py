@@ -1,0 +1,176 @@
+"""The local backend's warm start: a process that has imported what a worker needs, and forks one child per task.
+
+A fresh interpreter spends some 0.2 s of CPU importing grpc and the platform's stubs before a task's script runs; a
+fork of this process starts with all of that in memory, in about a millisecond, and still runs each task in a
+process of its own: its own session and process group (cancel, timeout and the memory limit act on it as before),
+its environment and working directory, its output on a pipe of its own, its credential handed over here rather
+than in its environment. This process never runs a task, so every child starts from the same clean state: nothing
+one task imports or changes reaches the next.
+
+Protocol, over the SOCK_SEQPACKET socket whose descriptor is the first argument (the second lists modules to import
+ahead, AIP_WARM_IMPORTS), one JSON message per packet:
+- ``{"spawn": ID, "env": {...}, "cwd": DIR, "credential": TOKEN, "spec": {...}}`` (``env``: the task's variables,
+  set over this server's environment, which is every task's) with two descriptors (SCM_RIGHTS):
+  the write end of the task's output pipe, and its end of a socket to report on (``report.ChannelReporter``); the
+  spec is what the worker would otherwise ask for in its ``started`` report.
+  Answer: ``{"spawned": ID, "pid": PID}``, or ``{"spawned": ID, "error": "..."}``.
+- later, for each child: ``{"exited": PID, "code": CODE}`` (negative: the signal that ended it, as subprocess says).
+The server ends when the socket closes, and with the scheduler (PR_SET_PDEATHSIG); its children then get SIGTERM
+from their own death signal and end what they started.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+from ai_platform.core.procs import PR_SET_NAME, PR_SET_PDEATHSIG, prctl, process_name
+from ai_platform.sdk import report, worker
+
+MAX_MESSAGE = 1 << 20  # a spawn request: the task's environment and credential (its spec comes over gRPC)
+
+
+def warm_up(modules: list[str]) -> None:
+    """Import what a worker needs and run once what every task runs (settings, a report), so that each fork finds
+    it compiled and specialised rather than writing to (and so copying) those pages itself; then ``modules``, what
+    tasks will import anyway (e.g. numpy, pyarrow, torch: AIP_WARM_IMPORTS). A module that fails to import is left
+    out (the task that needs it then fails with the real error). gRPC is not among them: a forked worker reports on
+    its socket, and a script that calls the platform imports it itself."""
+    from google.protobuf import json_format
+
+    from ai_platform.core.settings import TaskSettings
+    from ai_platform.protos.aiplatform.v1 import scheduler_pb2
+
+    TaskSettings.from_env({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
+    request = scheduler_pb2.ReportTaskRequest(task_id="warm-up")
+    json_format.ParseDict({"rows": 1, "scores": [0.5, "x"], "nested": {"none": None, "yes": True}}, request.result)
+    scheduler_pb2.ReportTaskResponse.FromString(scheduler_pb2.ReportTaskResponse().SerializeToString())
+    for name in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+def _child(request: dict[str, Any], output: int, reports: int, control: socket.socket, wakeup: int) -> None:
+    """In the forked child: become the task's process, run it, and leave without returning into the server."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
+        control.close()
+        os.close(wakeup)
+        os.setsid()  # its own session and process group: the backend ends the group
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        for fd in (null, output):
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.update(request["env"])  # the task's own variables over the platform's (this server's)
+        prctl(PR_SET_NAME, process_name(os.environ.get("AIP_TASK_ID", "")).encode())
+        gc.enable()
+        sys.stdout.reconfigure(line_buffering=True)
+        if "numpy" in sys.modules:  # a warm import of numpy: its global generator must not repeat between tasks
+            sys.modules["numpy"].random.seed()
+        os.set_inheritable(reports, False)  # the worker's alone: not the processes the script starts
+        report.give_credential(request["credential"], reports)
+        report.give_spec(request["spec"])
+        code = worker.main()
+    except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the server
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        worker.leave(code)
+
+
+def serve(control: socket.socket) -> None:
+    selector = selectors.DefaultSelector()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup descriptor hears of children
+    selector.register(control, selectors.EVENT_READ, "control")
+    selector.register(wake_read, selectors.EVENT_READ, "children")
+
+    def send(message: dict[str, Any]) -> bool:
+        try:
+            control.send(json.dumps(message).encode())
+            return True
+        except OSError:
+            return False
+
+    while True:
+        for key, _ in selector.select():
+            if key.data == "children":
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 512):
+                        pass
+                while True:  # every child that ended, also one that ended before its spawn was answered
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                continue
+            fds = array.array("i")
+            try:
+                data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(2 * fds.itemsize))
+            except OSError:
+                return
+            if not data:
+                return  # the scheduler closed the socket: stop (the children end with us)
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            request = json.loads(data)
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                send({"spawned": request.get("spawn"), "error": "a spawn request carries two descriptors"})
+                continue
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                send({"spawned": request["spawn"], "error": f"fork failed: {exc.strerror or exc}"})
+                continue
+            if pid == 0:
+                _child(request, fds[0], fds[1], control, wake_read)
+            for fd in fds:
+                os.close(fd)
+            send({"spawned": request["spawn"], "pid": pid})
+
+
+def main() -> None:
+    """``python -m ai_platform.sdk.forkserver FD [MODULE,MODULE...]``: serve on socket FD, after warming up."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it ends with the scheduler
+    control = socket.socket(fileno=int(sys.argv[1]))
+    warm_up([m.strip() for m in (sys.argv[2] if len(sys.argv) > 2 else "").split(",") if m.strip()])
+    # What is in memory now stays out of the collector's way: a child's collections would otherwise touch (and so
+    # copy) every page of it. The server itself allocates next to nothing, and never collects.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    serve(control)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The scheduler's side of the warm start (``ai_platform.sdk.forkserver``): one fork server, started on the first
+task and again whenever it is gone, that forks a process per task and says when each ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+log = logging.getLogger("scheduler_svc.forkserver")
+START_TIMEOUT_S = 60.0  # the server imports grpc and the warm imports (torch takes seconds) before its first answer
+
+
+class ForkServerGone(RuntimeError):
+    """The fork server ended (killed, out of memory): the tasks it had started are ended, the next start anew."""
+
+
+class ForkedProcess:
+    """A task's process forked by the server: what the backend needs of an ``asyncio.subprocess.Process``."""
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader, exited: asyncio.Future,
+                 reports: socket.socket) -> None:
+        self.pid, self.stdout, self._exited, self.reports = pid, stdout, exited, reports
+        self.returncode: int | None = None
+
+    async def wait(self) -> int:
+        try:
+            self.returncode = await asyncio.shield(self._exited)
+        except ForkServerGone:
+            self.returncode = -9  # the server's death ends its children (their death signal)
+        return self.returncode
+
+
+class ForkServer:
+    def __init__(self, cwd: Path, env: dict[str, str], warm_imports: list[str]) -> None:
+        self.cwd, self.env, self.warm_imports = cwd, env, warm_imports
+        self._process: asyncio.subprocess.Process | None = None
+        self._socket: socket.socket | None = None
+        self._starting = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._spawned: dict[int, asyncio.Future] = {}
+        self._exits: dict[int, asyncio.Future] = {}
+        self._early_exits: dict[int, int] = {}  # an exit heard before its spawn's answer
+
+    async def _ensure_started(self) -> socket.socket:
+        async with self._starting:
+            if self._socket is not None:
+                return self._socket
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "ai_platform.sdk.forkserver", str(theirs.fileno()),
+                    ",".join(self.warm_imports), pass_fds=(theirs.fileno(),), cwd=self.cwd, env=self.env,
+                    stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            self._socket = ours
+            asyncio.get_running_loop().add_reader(ours.fileno(), self._receive)
+            log.info("fork server started (pid %d, warm imports: %s)", self._process.pid,
+                     ", ".join(self.warm_imports) or "none")
+            return ours
+
+    def _receive(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                data = self._socket.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._gone()
+                return
+            message = json.loads(data)
+            if "spawned" in message:
+                future = self._spawned.pop(message["spawned"], None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif "exited" in message:
+                future = self._exits.pop(message["exited"], None)
+                if future is None:
+                    self._early_exits[message["exited"]] = message["code"]
+                elif not future.done():
+                    future.set_result(message["code"])
+
+    def _gone(self) -> None:
+        """The server ended: every answer it owed fails, and the next spawn starts a new one."""
+        if self._socket is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
+            log.warning("the fork server ended; the next task starts a new one")
+        for future in [*self._spawned.values(), *self._exits.values()]:
+            if not future.done():
+                future.set_exception(ForkServerGone("the fork server that started the task ended"))
+        self._spawned.clear()
+        self._exits.clear()
+
+    async def spawn(self, env: dict[str, str], credential: str, spec: dict) -> ForkedProcess:
+        """A new process for one task, its output on a pipe of its own; ``env``: its own variables, over the server's
+        environment; ``spec``: what its worker would otherwise ask the scheduler for in its ``started`` report."""
+        control = await self._ensure_started()
+        loop = asyncio.get_running_loop()
+        read_end, write_end = os.pipe()
+        reports, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request_id = next(self._ids)
+        answer = self._spawned[request_id] = loop.create_future()
+        try:
+            message = json.dumps({"spawn": request_id, "env": env, "cwd": str(self.cwd), "credential": credential,
+                                  "spec": spec})
+            while True:
+                try:
+                    socket.send_fds(control, [message.encode()], [write_end, theirs.fileno()])
+                    break
+                except BlockingIOError:  # the server is behind: wait a moment, never block the loop
+                    await asyncio.sleep(0.001)
+        except OSError as exc:
+            self._spawned.pop(request_id, None)
+            os.close(read_end)
+            reports.close()
+            raise ForkServerGone(f"the fork server cannot be reached: {exc}") from None
+        finally:
+            os.close(write_end)
+            theirs.close()
+        try:
+            reply = await asyncio.wait_for(answer, START_TIMEOUT_S)
+        except BaseException:
+            os.close(read_end)
+            reports.close()
+            raise
+        if "error" in reply:
+            os.close(read_end)
+            reports.close()
+            raise OSError(reply["error"])
+        pid = reply["pid"]
+        exited = loop.create_future()
+        if pid in self._early_exits:
+            exited.set_result(self._early_exits.pop(pid))
+        else:
+            self._exits[pid] = exited
+        stdout = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout, loop=loop),
+                                     os.fdopen(read_end, "rb", buffering=0))
+        reports.setblocking(False)
+        return ForkedProcess(pid, stdout, exited, reports)
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()

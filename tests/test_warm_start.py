@@ -1,0 +1,211 @@
+"""The local backend's warm start: each task a fork of a warmed-up server, each still its own process with nothing of
+the tasks before it. A task that changes global state, crashes the process or kills the server changes nothing for
+the next one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ai_platform.client import SchedulerClient, status_name, task_result
+from tests.conftest import ServiceProcess
+
+MESSY = '''
+import os, random, signal, sys, threading, time
+from pathlib import Path
+
+def run(input_path, output_path, params):
+    here = Path(__file__).parent
+    (here / "left_behind.py").write_text("VALUE = 1\\n")
+    seen = {
+        "env": os.environ.get("LEFT_BEHIND"), "cwd": os.getcwd(), "path": "/left/behind" in sys.path,
+        "module": "left_behind" in sys.modules, "signal": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
+        "threads": threading.active_count(), "random": random.random(), "pid": os.getpid(),
+        "pgid": os.getpgid(0), "sid": os.getsid(0), "task_env": os.environ.get("AIP_TASK_ID"),
+        "token_in_env": os.environ.get("AIP_TOKEN", "") != "" and "AIP_TASK_TOKEN" not in os.environ,
+        "stdin": sys.stdin.read(),
+    }
+    os.environ["LEFT_BEHIND"] = "yes"
+    os.chdir("/tmp")
+    sys.path.append("/left/behind")
+    sys.path.insert(0, str(here))
+    import left_behind  # noqa: F401
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    threading.Thread(target=time.sleep, args=(60,)).start()  # a non-daemon thread: the task still ends
+    print("messy was here", flush=True)
+    return seen
+'''
+
+CRASHES = {
+    "segfault.py": "import ctypes\n\ndef run(i, o, p):\n    ctypes.string_at(0)\n",
+    "hard_exit.py": "import os\n\ndef run(i, o, p):\n    os._exit(7)\n",
+    "exit_on_import.py": "import sys\nsys.exit(2)\n\ndef run(i, o, p):\n    return {}\n",
+    "bounded_bomb.py": '''
+import os, time
+
+def run(i, o, p):
+    # Children that each hold memory, as a fork bomb would, bounded here (the memory limit must stop it first).
+    for _ in range(60):
+        if os.fork() == 0:
+            block = bytearray(30 * 1024 * 1024)
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(0.05)
+    time.sleep(60)
+    return {}
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("warm")
+    (root / "scripts").mkdir()
+    (root / "scripts" / "messy.py").write_text(MESSY)
+    (root / "scripts" / "fine.py").write_text("def run(i, o, p):\n    return {'ok': True}\n")
+    for name, text in CRASHES.items():
+        (root / "scripts" / name).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def scheduler(project):
+    service = ServiceProcess("scheduler_svc", project / ".ai_platform",
+                             ["--storage-addr", "127.0.0.1:1", "--max-parallel", "2", "--grace-s", "2"],
+                             cwd=project, env={"AIP_TOKEN": "warm-t0ken"}).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks(scheduler):
+    os.environ["AIP_TOKEN"] = "warm-t0ken"
+    client = SchedulerClient(scheduler.addr)
+    yield client
+    client.close()
+    os.environ.pop("AIP_TOKEN", None)
+
+
+def fork_server(scheduler: ServiceProcess) -> int:
+    """The scheduler's fork server: its child running ai_platform.sdk.forkserver."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == scheduler.proc.pid and b"ai_platform.sdk.forkserver" in cmdline:
+                return int(entry)
+    raise AssertionError("the scheduler runs no fork server")
+
+
+def test_nothing_one_task_changes_reaches_the_next(tasks, project):
+    first = tasks.wait(tasks.submit("messy", "scripts/messy.py").id, 60)
+    second = tasks.wait(tasks.submit("messy", "scripts/messy.py").id, 60)
+    assert status_name(first) == status_name(second) == "completed", (first.error, second.error)
+    before, after = task_result(first), task_result(second)
+    for seen in (before, after):
+        assert seen["env"] is None and not seen["path"] and not seen["module"] and seen["signal"]
+        assert seen["cwd"] == str(project), "each task starts in the project directory"
+        assert seen["threads"] == 1, "a task starts with one thread, whatever the last one left running"
+        assert seen["pid"] == seen["pgid"] == seen["sid"], "its own session and process group"
+        assert seen["token_in_env"], "its own credential, handed over rather than in its starting environment"
+        assert seen["stdin"] == ""
+    assert before["task_env"] == first.id and after["task_env"] == second.id
+    assert before["pid"] != after["pid"]
+    assert before["random"] != after["random"], "random state is not inherited from the fork server"
+    assert "messy was here" in b"".join(tasks.logs(first.id)).decode()
+    assert "messy was here" in b"".join(tasks.logs(second.id)).decode()
+
+
+def test_a_task_that_crashes_its_process_fails_alone(tasks):
+    expected = {
+        "segfault.py": ("ProcessExit", "killed by SIGSEGV"),
+        "hard_exit.py": ("ProcessExit", "exited with code 7"),
+        "exit_on_import.py": ("SystemExit", "importing exit_on_import.py failed"),
+    }
+    for script, (kind, says) in expected.items():
+        failed = tasks.wait(tasks.submit("crash", f"scripts/{script}").id, 60)
+        assert status_name(failed) == "failed" and failed.error.type == kind, (script, failed.error)
+        assert says in failed.error.message, (script, failed.error.message)
+        fine = tasks.wait(tasks.submit("fine", "scripts/fine.py").id, 60)
+        assert status_name(fine) == "completed" and task_result(fine) == {"ok": True}, f"after {script}"
+
+
+def test_a_fork_bomb_is_bounded_by_the_memory_limit(tasks):
+    started = time.time()
+    bomb = tasks.wait(tasks.submit("bomb", "scripts/bounded_bomb.py", memory_mb=300).id, 120)
+    assert status_name(bomb) == "failed" and bomb.error.type == "OutOfMemory", bomb.error
+    assert time.time() - started < 30
+    deadline = time.time() + 10
+    while leftovers := [p for p in os.listdir("/proc") if p.isdigit() and _alive(p)
+                        and _comm(p).startswith("aip-" + bomb.id[:11])]:
+        assert time.time() < deadline, f"every process of the task ended with it: {leftovers} are left"
+        time.sleep(0.1)
+    fine = tasks.wait(tasks.submit("fine", "scripts/fine.py").id, 60)
+    assert status_name(fine) == "completed"
+
+
+def test_a_killed_fork_server_is_replaced_and_its_running_task_fails(tasks, scheduler, project):
+    (project / "scripts" / "nap.py").write_text("import time\n\ndef run(i, o, p):\n    time.sleep(30)\n")
+    napping = tasks.submit("nap", "scripts/nap.py")
+    deadline = time.time() + 30
+    while status_name(tasks.get(napping.id)) != "running":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    server = fork_server(scheduler)
+    os.kill(server, signal.SIGKILL)
+    ended = tasks.wait(napping.id, 60)
+    assert status_name(ended) == "failed", ended
+    fine = tasks.wait(tasks.submit("fine", "scripts/fine.py").id, 60)
+    assert status_name(fine) == "completed", fine.error
+    assert fork_server(scheduler) != server, "a new fork server started"
+
+
+def test_without_warm_start_a_task_gets_a_new_interpreter(project):
+    service = ServiceProcess("scheduler_svc", project / ".ai_platform-cold",
+                             ["--storage-addr", "127.0.0.1:1", "--max-parallel", "1"], cwd=project,
+                             env={"AIP_TOKEN": "warm-t0ken", "AIP_WARM_START": "false",
+                                  "AIP_STATE_DIR": str(project / "cold-state")}).start()
+    os.environ["AIP_TOKEN"] = "warm-t0ken"
+    client = SchedulerClient(service.addr)
+    try:
+        done = client.wait(client.submit("messy", "scripts/messy.py").id, 60)
+        assert status_name(done) == "completed", done.error
+        seen = task_result(done)
+        assert seen["pid"] == seen["pgid"] and seen["token_in_env"]
+        assert not any(_comm(p).startswith("aip-") for p in _children_of(service.proc.pid))
+    finally:
+        client.close()
+        service.stop()
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children_of(pid: int) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(entry)
+            except (OSError, ValueError):
+                continue
+    return found
