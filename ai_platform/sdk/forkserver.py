@@ -77,7 +77,7 @@ def _child(request: dict[str, Any], output: int, reports: int, control: socket.s
             os.close(fd)
         os.chdir(request["cwd"])
         os.environ.update(request["env"])  # the task's own variables over the platform's (this server's)
-        prctl(PR_SET_NAME, process_name(os.environ.get("AIP_TASK_ID", "")).encode())
+        prctl(PR_SET_NAME, process_name(request["env"].get("AIP_TASK_ID", "")).encode())
         gc.enable()
         sys.stdout.reconfigure(line_buffering=True)
         if "numpy" in sys.modules:  # a warm import of numpy: its global generator must not repeat between tasks
