@@ -6,7 +6,8 @@ same run: (a) compute ceiling: in-process forward passes at batch 1, 8 and 32 (T
 its frozen oneDNN variant that the service runs for batches, torch.export, eager);
 (b) transport ceiling: a bare grpc.aio server answering ModelInfer without a model;
 (c) baseline: the model behind a plain FastAPI JSON endpoint, one forward per request.
-Run: ``.venv/bin/python bench/bench_inference.py [--seconds 5]``.
+Run: ``.venv/bin/python bench/bench_inference.py [--seconds 5] [--quick]`` (``--quick``: half a second per load
+at 1 and 32 clients, a tenth of the forward passes; the test suite's check).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from loadgen import run_load, stop_and_clean, wait_port  # noqa: E402
 from ai_platform.core.ports import free_port  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+QUICK_CONCURRENCY = (1, 32)
 
 
 # -- servers used only by the benchmark ----------------------------------------------------
@@ -81,7 +83,8 @@ def serve_fastapi(port: int, model_uri: str) -> None:
 
 # -- the benchmark ----------------------------------------------------------------------------
 
-def compute_ceiling(model_uri: str, export_uri: str) -> list[tuple[str, int, float]]:
+def compute_ceiling(model_uri: str, export_uri: str, quick: bool = False) -> list[tuple[str, int, float]]:
+    """images/s of each program at batch 1, 8 and 32 (``quick``: a tenth of the passes)."""
     import torch
 
     from ai_platform.sdk.models import load_model
@@ -98,16 +101,16 @@ def compute_ceiling(model_uri: str, export_uri: str) -> list[tuple[str, int, flo
         for batch in (1, 8, 32):
             x = torch.randn(batch, 1, 28, 28)
             with torch.inference_mode():
-                for _ in range(10):
+                for _ in range(2 if quick else 10):
                     module(x)
-                n, t0 = 300 if batch == 1 else 60, time.perf_counter()
+                n, t0 = (300 if batch == 1 else 60) // (10 if quick else 1), time.perf_counter()
                 for _ in range(n):
                     module(x)
                 rows.append((name, batch, n * batch / (time.perf_counter() - t0)))
     return rows
 
 
-def main(seconds: float, server_args: list[str]) -> None:
+def main(seconds: float, server_args: list[str], quick: bool = False) -> None:
     import torch
 
     from ai_platform.sdk.models import save_model
@@ -146,10 +149,11 @@ def main(seconds: float, server_args: list[str]) -> None:
                 pb.RepositoryModelLoadRequest(model_name="cnn"))
 
         print("(a) compute ceiling, in-process, 1 thread:")
-        for name, batch, ips in compute_ceiling(model_uri, export_uri):
+        for name, batch, ips in compute_ceiling(model_uri, export_uri, quick):
             print(f"    {name:<13} batch {batch:>2}: {ips:8.0f} images/s")
         results = {}
-        for clients in CONCURRENCY:
+        concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
+        for clients in concurrency:
             results[("inference_svc", clients)] = run_load("grpc", f"127.0.0.1:{inference_port}", clients, seconds)
             results[("grpc echo", clients)] = run_load("grpc", f"127.0.0.1:{echo_port}", clients, seconds)
             results[("fastapi json", clients)] = run_load("http", f"http://127.0.0.1:{http_port}/predict", clients,
@@ -160,8 +164,9 @@ def main(seconds: float, server_args: list[str]) -> None:
             label = {"inference_svc": "inference_svc (batching)", "grpc echo": "(b) bare grpc.aio echo",
                      "fastapi json": "(c) FastAPI JSON baseline"}[server]
             print(f"    {label:<26}{clients:>8}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
-        ours, echo, base = (results[(s, 32)]["rps"] for s in ("inference_svc", "grpc echo", "fastapi json"))
-        print(f"at 32 clients: {ours / echo:.0%} of the transport ceiling, {ours / base:.1f}x the baseline; "
+        top = concurrency[-1]
+        ours, echo, base = (results[(s, top)]["rps"] for s in ("inference_svc", "grpc echo", "fastapi json"))
+        print(f"at {top} clients: {ours / echo:.0%} of the transport ceiling, {ours / base:.1f}x the baseline; "
               f"p99 at 1 client {results[('inference_svc', 1)]['p99_ms']:.2f} ms")
         with grpc.insecure_channel(f"127.0.0.1:{inference_port}") as channel:
             stats = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
@@ -180,10 +185,12 @@ if __name__ == "__main__":
     parser.add_argument("--target", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-args", default="", help="extra inference_svc flags, e.g. '--torch-threads 2'")
+    parser.add_argument("--quick", action="store_true", help="half a second per load, 1 and 32 clients "
+                        "(the test suite's check)")
     args = parser.parse_args()
     if args.role == "echo":
         serve_echo(args.port)
     elif args.role == "fastapi":
         serve_fastapi(args.port, args.target)
     else:
-        main(args.seconds, args.server_args.split())
+        main(0.5 if args.quick else args.seconds, args.server_args.split(), args.quick)

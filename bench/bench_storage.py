@@ -1,7 +1,7 @@
 """Storage throughput: write and read 70,000 Fashion-MNIST-shaped rows through storage_svc vs. Lance directly.
 
 Prints MB/s both ways for each path, their ratio, and the service's peak RSS.
-Run: ``.venv/bin/python bench/bench_storage.py [--rows 70000] [--repeat 3]``.
+Run: ``.venv/bin/python bench/bench_storage.py [--rows 70000] [--repeat 3] [--quick]``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=70_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2,000 rows, once (the test suite's check)")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.repeat = 2_000, 1
 
     table = make_table(args.rows)
     mb = table.nbytes / 1e6

@@ -10,7 +10,8 @@ In one run, on Fashion-MNIST (Debian's ``dataset-fashion-mnist``, installed here
 
 Goals: peak RSS at 10x under 1.3x the 1x figure; e2e training throughput at least 80% of the chain's; batch
 predictions at least 70% of the plain loop. Each training run is a fresh process, so peaks do not mix.
-Run: ``.venv/bin/python bench/bench_stream.py [--scale 10]``.
+Run: ``.venv/bin/python bench/bench_stream.py [--scale 10] [--quick]`` (``--quick``: 2,000 training and 500 test
+images, as bench_pipeline.py's --quick picks them, repeated twice; the test suite's check).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "mnist"), str(ROOT / "bench")]
 
-from bench_pipeline import FASHION, ensure_fashion  # noqa: E402
+from bench_pipeline import FASHION, ensure_fashion, quick_source  # noqa: E402
 
 PREDICT_BATCH = 256
 
@@ -121,22 +122,23 @@ def role_predict(dataset: str, model: str) -> dict:
             "loop_rows": rows, "accuracy": daft_result["accuracy"]}
 
 
-def main(scale: int) -> None:
-    if not ensure_fashion():
+def main(scale: int, quick: bool = False) -> None:
+    if not quick and not ensure_fashion():
         raise SystemExit(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     os.environ["AIP_HOME"] = str(work / "home")
     try:
-        scaled = repeated(FASHION, work / f"x{scale}", scale)
+        source, data = quick_source(work) if quick else (FASHION, "Fashion-MNIST")
+        scaled = repeated(source, work / f"x{scale}", scale)
         rows = {}
-        for label, files, epochs in (("1x", FASHION, 2), (f"{scale}x", scaled, 1)):
+        for label, files, epochs in (("1x", source, 2), (f"{scale}x", scaled, 1)):
             rows[f"e2e {label}"] = in_child("e2e", files=str(files), model=str(work / f"e2e_{label}.lance"),
                                             epochs=str(epochs))
             rows[f"chain {label}"] = in_child("chain", files=str(files), dataset=str(work / f"clean_{label}.lance"),
                                               model=str(work / f"cnn_{label}.lance"), epochs=str(epochs))
             shutil.rmtree(work / f"clean_{label}.lance", ignore_errors=True)
-        print("Training on Fashion-MNIST (1x: 2 epochs, 10x: 1; no augmentation; 2 CPU cores), each run a fresh "
-              "process. Files-to-model seconds include the chain's ingest:".replace("10x", f"{scale}x"))
+        print(f"Training on {data} (1x: 2 epochs, {scale}x: 1; no augmentation; 2 CPU cores), each run a fresh "
+              "process. Files-to-model seconds include the chain's ingest:")
         print(f"    {'run':<11}{'images':>9}{'best epoch img/s':>18}{'overall img/s':>15}{'files->model s':>16}"
               f"{'peak RSS MB':>13}{'accuracy':>10}")
         for name, r in rows.items():
@@ -150,11 +152,12 @@ def main(scale: int) -> None:
                   f"(best epoch; goal >= 0.8), files to model {chain['wall_seconds'] / e2e['wall_seconds']:.2f}x "
                   f"as fast")
 
-        # Batch predictions: the 70,000 images ingested once, the 1x chain's model saved under the home.
+        # Batch predictions: all the images (70,000 at full size) ingested once, the 1x chain's model saved under
+        # the home.
         dataset = str(work / "fashion.lance")
         import mnist_clean
 
-        mnist_clean.run(str(FASHION), dataset, {})
+        mnist_clean.run(str(source), dataset, {})
         (work / "home" / "models").mkdir(parents=True, exist_ok=True)
         shutil.copytree(work / "cnn_1x.lance", work / "home" / "models" / "fashion.lance")
         predicted = in_child("predict", dataset=dataset, model="fashion")
@@ -174,9 +177,11 @@ if __name__ == "__main__":
     parser.add_argument("--scale", type=int, default=10, help="how many times the training files are repeated")
     parser.add_argument("--role", default="main", choices=["main", "e2e", "chain", "predict"])
     parser.add_argument("--args", default="{}")
+    parser.add_argument("--quick", action="store_true", help="2,000 + 500 images, repeated twice (the test suite's "
+                        "check)")
     options = parser.parse_args()
     if options.role == "main":
-        main(options.scale)
+        main(2 if options.quick else options.scale, options.quick)
     else:
         roles = {"e2e": role_e2e, "chain": role_chain, "predict": role_predict}
         print(json.dumps(roles[options.role](**json.loads(options.args))))

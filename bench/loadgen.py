@@ -1,5 +1,5 @@
 """Closed-loop load generators for the benchmarks, run in their own process so the client and server do
-not share an interpreter: ``python bench/loadgen.py grpc|http TARGET CLIENTS SECONDS`` prints JSON."""
+not share an interpreter: ``python bench/loadgen.py grpc|http TARGET CLIENTS SECONDS [BODY]`` prints JSON."""
 
 from __future__ import annotations
 
@@ -83,15 +83,16 @@ async def grpc_load(addr: str, clients: int, seconds: float, model: str = "cnn")
         return summary(latencies, time.perf_counter() - started)
 
 
-async def http_load(url: str, clients: int, seconds: float) -> dict:
-    """POST {"image": [784 floats]} (the web page's request) over keep-alive HTTP/1.1 connections.
+async def http_load(url: str, clients: int, seconds: float, payload: str = "") -> dict:
+    """POST ``payload`` (JSON; by default {"image": [784 floats]}, the web page's request) over keep-alive HTTP/1.1
+    connections.
 
     A minimal client on raw asyncio streams, so that the client's own cost does not cap the figures.
     """
     import numpy as np
 
     parsed = urllib.parse.urlsplit(url)
-    body = json.dumps({"image": np.random.default_rng(0).random(784).astype(np.float32).tolist()}).encode()
+    body = (payload or json.dumps({"image": np.random.default_rng(0).random(784).astype(np.float32).tolist()})).encode()
     request = (f"POST {parsed.path} HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     latencies: list[float] = []
@@ -123,13 +124,17 @@ async def http_load(url: str, clients: int, seconds: float) -> dict:
     return summary(latencies, elapsed)
 
 
-def run_load(kind: str, target: str, clients: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, kind, target, str(clients), str(seconds)],
+def run_load(kind: str, target: str, clients: int, seconds: float, body: dict | None = None) -> dict:
+    """req/s, p50 and p99 (ms) from a generator in a process of its own; ``body``: what http POSTs instead."""
+    extra = [json.dumps(body)] if body is not None else []
+    out = subprocess.run([sys.executable, __file__, kind, target, str(clients), str(seconds), *extra],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
     kind, target, clients, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    load = grpc_load if kind == "grpc" else http_load
-    print(json.dumps(asyncio.run(load(target, clients, seconds))))
+    if kind == "grpc":
+        print(json.dumps(asyncio.run(grpc_load(target, clients, seconds))))
+    else:
+        print(json.dumps(asyncio.run(http_load(target, clients, seconds, *sys.argv[5:6]))))

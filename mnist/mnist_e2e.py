@@ -5,6 +5,7 @@ Task: ``run(input_path, output_path, params)``.
   as in mnist_clean.py).
 - output: the model table (e.g. ``models/mnist_e2e``); each run adds a version, served like any other.
 - params: those of mnist_cnn.py (``epochs`` 3, ``learning_rate``, ``batch_size`` 64, ``seed``, ``augment``,
+  ``precision``, ``channels_last``,
   ``limit`` training images, ``labels``, ``log_every``, ``device``) plus ``chunk_rows`` (4096 images per record
   batch the source decodes), ``window_rows`` (32768 images per execution of the plan), ``shuffle_buffer``
   (16384 images shuffled together; the stream is never held whole), ``ray_runner`` (false: Daft's native
@@ -36,7 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
-from mnist_cnn import EVAL_BATCH, PARAMS, end_epoch  # noqa: E402
+from mnist_cnn import EVAL_BATCH, PARAMS, check_batch, end_epoch, training_settings, training_step  # noqa: E402
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
 from ai_platform.sdk import log_metrics, report_progress, resolve_params, save_model  # noqa: E402
@@ -216,6 +217,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     wanted = params["device"]
     device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
                           "cpu" if wanted == "auto" else wanted)
+    settings = training_settings(params, device)  # a bad precision is refused before any work
     directory, origin = idx.locate(input_path, params, lambda message: report_progress(0.01, message))
     spans = {}
     for split, (image_name, label_name) in idx.SPLITS.items():  # every file checked before any work
@@ -236,8 +238,10 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    check_batch(batch_size, train_images)
     model = Normalized(MnistCNN()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    step = training_step(model, optimizer, settings)
     steps = epochs * ((train_images + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate * 3, total_steps=steps)
     augment = bool(params["augment"])
@@ -250,11 +254,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         for x, y in shuffled(stream(spans["train"], chunk_rows, window_rows), batch_size, buffer, generator):
             if augment:
                 x = random_affine(x, generator)
-            x, y = x.to(device), y.to(device)
-            loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = step(x.to(device), y.to(device))
             if batches < steps:
                 scheduler.step()
             batch_loss = loss.item()
@@ -273,7 +273,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     metrics = {"accuracy": final["accuracy"], "test_loss": final["test_loss"], "train_loss": final["train_loss"],
                "epochs": epochs, "train_images": seen, "test_images": test_images,
                "images_per_s": round(seen * epochs / train_seconds)}
-    saved = save_model(model.cpu(), output_path, torch.zeros(1, 1, 28, 28),
+    saved = save_model(model.cpu().to(memory_format=torch.contiguous_format), output_path, torch.zeros(1, 1, 28, 28),
                        labels=params.get("labels") or [str(i) for i in range(10)],
                        params={"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                "seed": seed, "augment": augment, "device": str(device),

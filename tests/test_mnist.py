@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -299,3 +300,22 @@ def test_end_to_end_refuses_bad_files_before_any_work(cleaned, tasks, platform, 
     assert status_name(done) == "failed" and "replica" in done.error.message, done.error
     assert not (platform.home / "datasets/never_cleaned.lance").exists()
     assert not (platform.home / "models/never_trained.lance").exists(), "a refused run writes nothing"
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(cleaned, tasks, platform):
+    """batch_size 1,000,000 would take hundreds of GiB of activations: both training scripts say so, naming the
+    param and a size that fits, and write no model."""
+    for script, given in (("mnist_cnn.py", "datasets/mnist_clean"), ("mnist_e2e.py", "download")):
+        started = time.monotonic()
+        done = run_task(tasks, "huge-batch", f"mnist/{script}", given, "models/never_trained",
+                        {"batch_size": 1_000_000, "epochs": 1})
+        assert status_name(done) == "failed" and done.error.type == "ValueError", (script, done.error)
+        assert "batch_size 1,000,000 needs about" in done.error.message and "choose a batch_size below" in \
+            done.error.message, done.error.message
+        assert time.monotonic() - started < 60
+        for bad, words in (({"batch_size": 0}, "at least 1"),
+                           ({"precision": "fp8"}, "precision must be auto, fp32 or bf16")):
+            done = run_task(tasks, "bad-train", f"mnist/{script}", given, "models/never_trained", {**bad, "epochs": 1})
+            assert status_name(done) == "failed" and words in done.error.message, (script, bad, done.error)
+            assert next(iter(bad)) in done.error.message
+    assert not (platform.home / "models/never_trained.lance").exists()
