@@ -33,10 +33,12 @@ from ai_platform.protos.aiplatform.v1 import access_pb2
 from gateway import errors
 from gateway.connections import StreamLimit
 from gateway.errors import Message, Receive, Scope, Send
+from gateway.routes_feedback import router as feedback_router
 from gateway.routes_inference import DIRECT_ROUTES, DirectRoute
 from gateway.routes_inference import router as inference_router
 from gateway.routes_lake import remove_stale_spools
 from gateway.routes_lake import router as lake_router
+from gateway.routes_pipelines import router as pipelines_router
 from gateway.routes_tasks import router as tasks_router
 from gateway.upstreams import Upstreams
 
@@ -208,6 +210,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_exception_handler(Exception, errors.unexpected_error_handler)
     app.include_router(lake_router)
     app.include_router(tasks_router)
+    app.include_router(pipelines_router)
+    app.include_router(feedback_router)
     app.include_router(inference_router)
 
     @app.get("/healthz", response_model=HealthView, tags=["platform"], summary="The gateway and each backend")

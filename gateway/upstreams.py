@@ -15,7 +15,7 @@ from ai_platform.core.errors import PlatformError
 from ai_platform.core.infer_socket import InferSocketClient
 from ai_platform.core.settings import MODULES, GatewaySettings
 from ai_platform.core.wire import HEALTH_TIMEOUT_S, Peer
-from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, pipelines_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
 from ai_platform.protos.inference import grpc_service_pb2 as pb
 from ai_platform.protos.inference import grpc_service_pb2_grpc
 from gateway.errors import from_platform
@@ -33,6 +33,7 @@ class Upstreams:
                                  token, settings.tls()) for name in UPSTREAMS}
         self.storage = storage_pb2_grpc.StorageServiceStub(self.peers["storage"].channel)
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self.peers["scheduler"].channel)
+        self.pipelines = pipelines_pb2_grpc.PipelineServiceStub(self.peers["scheduler"].channel)
         self.access = access_pb2_grpc.AccessServiceStub(self.peers["scheduler"].channel)  # tokens: the scheduler's
         self.inference = grpc_service_pb2_grpc.GRPCInferenceServiceStub(self.peers["inference"].channel)
         # The socket's one connection says HELLO with the gateway's own credential; it serves only ModelInfer, whose

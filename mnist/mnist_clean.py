@@ -28,14 +28,13 @@ import idx  # noqa: E402
 
 from ai_platform.sdk import (  # noqa: E402
     commit_properties,
-    image_metadata,
+    digits_schema,
     report_progress,
     resolve_params,
     storage_options,
 )
 
-SCHEMA = pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
-                   metadata={"source": "mnist_clean.py", **image_metadata(28, 28)})
+SCHEMA = digits_schema("mnist_clean.py")
 
 
 def split_table(images: np.ndarray, labels: np.ndarray, split: str) -> pa.Table:

@@ -12,13 +12,14 @@ from ai_platform.core.logs import setup_logging
 from ai_platform.core.procs import not_dumpable
 from ai_platform.core.server import Servicer, serve
 from ai_platform.core.settings import SchedulerSettings
-from ai_platform.protos.aiplatform.v1 import scheduler_pb2, scheduler_pb2_grpc
+from ai_platform.protos.aiplatform.v1 import pipelines_pb2, pipelines_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_svc.backends import Backend
 from scheduler_svc.backends.local import LocalBackend
 from scheduler_svc.backends.ray import RayBackend
+from scheduler_svc.pipelines import Pipelines, PipelineStore
 from scheduler_svc.refs import Resolver
 from scheduler_svc.scheduler import Scheduler
-from scheduler_svc.server import SchedulerServicer
+from scheduler_svc.server import PipelineServicer, SchedulerServicer
 from scheduler_svc.store import TaskStore
 
 
@@ -66,8 +67,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         servicer = Servicer(SchedulerServicer(scheduler), scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
                             scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"])
+        pipelines = Pipelines(scheduler, PipelineStore(store.db))
+        pipeline_servicer = Servicer(PipelineServicer(pipelines),
+                                     pipelines_pb2_grpc.add_PipelineServiceServicer_to_server,
+                                     pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"])
         await scheduler.recover()
-        await serve(settings, [servicer], on_shutdown=scheduler.shutdown, authority=authority)
+        await pipelines.start()
+
+        async def shutdown() -> None:
+            await pipelines.shutdown()
+            await scheduler.shutdown()
+
+        await serve(settings, [servicer, pipeline_servicer], on_shutdown=shutdown, authority=authority)
 
     asyncio.run(run())
 

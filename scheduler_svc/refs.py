@@ -21,6 +21,7 @@ from ai_platform.core.wire import TABLE_KINDS, Peer
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2_grpc
 
+_MODEL_ALIAS = re.compile(r"^models/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _LAKE_REF = re.compile(r"^(?:(?P<prefix>.*?)/)?(?P<kind>datasets|models)/(?P<name>[^/]+?)(?:\.lance)?/?$")
 
 
@@ -51,12 +52,18 @@ class Resolver:
 
     async def resolve(self, ref: str, role: str) -> tuple[str, LakeVersion | None]:
         """The path or URI handed to ``run`` for an ``input`` (role="input") or ``output``, and for a lake
-        reference its table (``datasets/NAME``); an input's version is pinned later (:meth:`pin`)."""
+        reference its table (``datasets/NAME``); an input's version is pinned later (:meth:`pin`). An output may
+        be a model's alias (``models/NAME@ALIAS``): the task may move that alias, and receives the reference."""
         ref = ref.strip()
         if not ref or "://" in ref:
             return ref, None
         if "\x00" in ref:
             raise InvalidArgument(f"{role} contains a NUL byte")
+        alias = _MODEL_ALIAS.match(ref)
+        if alias and role == "output":
+            validate_name(alias["name"], "model name")
+            validate_name(alias["alias"], "alias")
+            return ref, LakeVersion(ref, 0)
         lake = self._lake_ref(ref)
         if lake is not None:
             return await self._resolve_lake(*lake, role)
@@ -85,17 +92,44 @@ class Resolver:
         response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
         return response.uri, LakeVersion(f"{TABLE_KINDS.name(kind)}s/{name}", 0)
 
-    async def pin(self, table: str) -> LakeVersion:
-        """``table`` ("datasets/NAME") at its newest version now: what a task starting now reads. NotFound naming
-        it when nothing has written it."""
+    async def pin(self, table: str, version: int = 0) -> LakeVersion:
+        """``table`` ("datasets/NAME") at its newest version now (what a task starting now reads), or at
+        ``version`` if it still exists. NotFound naming it when nothing has written it (or the version is gone)."""
         kind, _, name = table.partition("/")
-        request = pb.ResolveUriRequest(kind=TABLE_KINDS.number(kind[:-1]), name=name, must_exist=True)
+        request = pb.ResolveUriRequest(kind=TABLE_KINDS.number(kind[:-1]), name=name, must_exist=True,
+                                       version=version)
         try:
             response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
         except NotFound:
+            if version:
+                raise NotFound(f"{table} has no version {version} (removed, or never written)") from None
             raise NotFound(f"the task's input {table} does not exist (nothing wrote it before the task started)") \
                 from None
-        return LakeVersion(table, response.version)
+        return LakeVersion(table, response.version, response.uri)
+
+    async def has_version(self, table: str, version: int) -> bool:
+        try:
+            await self.pin(table, version)
+        except NotFound:
+            return False
+        return True
+
+    async def table_rows(self, table: str) -> tuple[int, int]:
+        """(newest version, rows in it) of ``table``: NotFound naming it when it does not exist."""
+        kind, _, name = table.partition("/")
+        request = pb.GetTableRequest(kind=TABLE_KINDS.number(kind[:-1]), name=name)
+        info = await self._storage.call(self._stub.GetTable(request, timeout=self._storage.timeout_s))
+        return info.version, info.num_rows
+
+    async def alias_version(self, model: str, alias: str) -> int | None:
+        """The version ``models/model``'s ``alias`` points to: 0 when it has no such alias, None when the model does
+        not exist yet."""
+        request = pb.ResolveUriRequest(kind=TABLE_KINDS.number("model"), name=model, alias=alias)
+        try:
+            response = await self._storage.call(self._stub.ResolveUri(request, timeout=self._storage.timeout_s))
+        except NotFound as exc:
+            return 0 if "alias" in exc.message else None
+        return response.version
 
 
 @dataclass(frozen=True)
@@ -104,3 +138,4 @@ class LakeVersion:
 
     table: str  # "datasets/NAME" or "models/NAME"
     version: int
+    uri: str = ""

@@ -54,6 +54,7 @@ class TaskRequest:
     params: dict[str, Any]
     resources: Resources
     timeout_s: float
+    input_version: int = 0  # a lake input read at this version (a pipeline's pinned input), not the newest
 
 
 @dataclass
@@ -148,7 +149,11 @@ class Scheduler:
         self._check_resources(request.resources, request.timeout_s)
         resolved_input, pinned = await self.resolver.resolve(request.input, "input")
         resolved_output, output_table = await self.resolver.resolve(request.output, "output")
-        producers = self._producers(pinned.table) if pinned else []
+        if request.input_version:
+            if not pinned:
+                raise InvalidArgument(f"input_version needs a lake input, not {request.input!r}")
+            pinned = await self.resolver.pin(pinned.table, request.input_version)
+        producers = self._producers(pinned.table) if pinned and not pinned.version else []
         task = Task(
             owner=caller().subject,
             id=uuid.uuid4().hex[:16],
@@ -159,6 +164,7 @@ class Scheduler:
             resolved_input=resolved_input,
             resolved_output=resolved_output,
             input_table=pinned.table if pinned else "",
+            input_version=pinned.version if pinned else 0,
             output_table=output_table.table if output_table else "",
             params=request.params,
             resources=request.resources,

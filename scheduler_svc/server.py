@@ -17,8 +17,10 @@ from ai_platform.core import auth
 from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
 from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.wire import TASK_STATUSES, struct_value
+from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
+from ai_platform.protos.aiplatform.v1 import pipelines_pb2_grpc, scheduler_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
-from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
+from scheduler_svc.pipelines import PipelineRecord, PipelineRun, Pipelines
 from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
@@ -224,3 +226,75 @@ def metric_point(point: pb.MetricPoint) -> MetricPoint:
     if not math.isfinite(point.value):
         raise InvalidArgument(f"metric {point.key!r} at step {point.step}: value must be finite, got {point.value}")
     return MetricPoint(point.key, point.step, point.value, point.time)
+
+
+# -- pipelines ---------------------------------------------------------------------------------------------------------
+
+def run_to_pb(run: PipelineRun) -> ppb.PipelineRun:
+    message = ppb.PipelineRun(
+        id=run.id, pipeline=run.pipeline, revision=run.revision, status=run.status, trigger=run.trigger,
+        order=run.order, owner=run.owner, created_at=_timestamp(run.created_at),
+        completed_at=_timestamp(run.completed_at), message=run.message, no_cache=run.no_cache,
+    )
+    message.params.update(run.params)
+    for name, state in run.steps.items():
+        step = message.steps[name]
+        step.status, step.task_id, step.cached_from = state.status, state.task_id, state.cached_from
+        step.output, step.output_version, step.cache_key = state.output, state.output_version, state.cache_key
+        step.message = state.message
+        step.inputs.update(state.inputs)
+        if state.result is not None:
+            json_format.ParseDict(state.result, step.result)
+    return message
+
+
+def pipeline_to_pb(record: PipelineRecord, last_run: PipelineRun | None) -> ppb.Pipeline:
+    message = ppb.Pipeline(name=record.name, revision=record.revision, owner=record.owner,
+                           updated_at=_timestamp(record.updated_at))
+    message.definition.update(record.definition)
+    if last_run is not None:
+        message.last_run.CopyFrom(run_to_pb(last_run))
+    return message
+
+
+class PipelineServicer(pipelines_pb2_grpc.PipelineServiceServicer):
+    def __init__(self, pipelines: Pipelines) -> None:
+        self.pipelines = pipelines
+
+    async def ApplyPipeline(self, request: ppb.ApplyPipelineRequest, context: grpc.aio.ServicerContext
+                            ) -> ppb.Pipeline:
+        record = await self.pipelines.apply(request.name, struct_value(request.definition))
+        return pipeline_to_pb(record, self.pipelines.last_run(record.name))
+
+    async def GetPipeline(self, request: ppb.GetPipelineRequest, context: grpc.aio.ServicerContext) -> ppb.Pipeline:
+        return pipeline_to_pb(self.pipelines.get(request.name), self.pipelines.last_run(request.name))
+
+    async def ListPipelines(self, request: ppb.ListPipelinesRequest, context: grpc.aio.ServicerContext
+                            ) -> ppb.ListPipelinesResponse:
+        return ppb.ListPipelinesResponse(pipelines=[pipeline_to_pb(r, self.pipelines.last_run(r.name))
+                                                    for r in self.pipelines.list()])
+
+    async def RunPipeline(self, request: ppb.RunPipelineRequest, context: grpc.aio.ServicerContext
+                          ) -> ppb.PipelineRun:
+        params = struct_value(request.params) if request.HasField("params") else {}
+        return run_to_pb(await self.pipelines.run(request.name, params, request.no_cache))
+
+    async def GetPipelineRun(self, request: ppb.GetPipelineRunRequest, context: grpc.aio.ServicerContext
+                             ) -> ppb.PipelineRun:
+        return run_to_pb(self.pipelines.get_run(request.id))
+
+    async def ListPipelineRuns(self, request: ppb.ListPipelineRunsRequest, context: grpc.aio.ServicerContext
+                               ) -> ppb.ListPipelineRunsResponse:
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative")
+        runs = self.pipelines.runs(request.name, min(request.page_size or 50, MAX_PAGE))
+        return ppb.ListPipelineRunsResponse(runs=[run_to_pb(r) for r in runs])
+
+    async def WatchPipelineRun(self, request: ppb.GetPipelineRunRequest, context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[ppb.PipelineRun]:
+        async for run in self.pipelines.watch(request.id):
+            yield run_to_pb(run)
+
+    async def CancelPipelineRun(self, request: ppb.GetPipelineRunRequest, context: grpc.aio.ServicerContext
+                                ) -> ppb.PipelineRun:
+        return run_to_pb(await self.pipelines.cancel(request.id))

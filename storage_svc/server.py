@@ -154,6 +154,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             dry_run=report.dry_run)
 
     async def SetAlias(self, request: pb.SetAliasRequest, context: grpc.aio.ServicerContext) -> pb.TableInfo:
+        # a task moves only the alias it was given as its output (a pipeline's gate: models/NAME@ALIAS)
+        allow_write(caller(), f"{_kind(request.kind).value}s/{request.name}@{request.alias}")
         info = await asyncio.to_thread(self.catalog.set_alias, _kind(request.kind), request.name, request.alias,
                                        request.version, who())
         return table_to_pb(info)

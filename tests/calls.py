@@ -18,6 +18,7 @@ import torch
 
 from ai_platform.core import arrow_ipc
 from ai_platform.protos.aiplatform.v1 import access_pb2 as apb
+from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as spb
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as stpb
 from ai_platform.protos.inference import grpc_service_pb2 as ipb
@@ -39,6 +40,21 @@ def arrow_body(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue()
+
+
+ONE_STEP = {"steps": [{"name": "only", "script": "scripts/trivial.py"}]}
+NAPPING = {"steps": [{"name": "nap", "script": "scripts/nap.py", "params": {"seconds": 600}, "cache": False}],
+           "max_concurrent_runs": 2}
+
+
+def prepare_pipelines(http: Any, ready: Prepared) -> None:
+    """Pipelines the calls refer to, made through ``http`` (an httpx client with the admin's headers): a finished
+    run of ready_pipe, and two runs of slow_pipe in flight to cancel."""
+    for name, definition in (("ready_pipe", ONE_STEP), ("slow_pipe", NAPPING)):
+        http.put(f"/api/v1/pipelines/{name}", json=definition).raise_for_status()
+    ready.names["pipeline_run"] = http.post("/api/v1/pipelines/ready_pipe/runs", json={}).json()["id"]
+    for key in ("slow_run", "grpc_slow_run"):
+        ready.names[key] = http.post("/api/v1/pipelines/slow_pipe/runs", json={}).json()["id"]
 
 
 def prepare(project: Any) -> None:
@@ -125,6 +141,16 @@ REST_CALLS: list[RestCall] = [
     _rest("GET", "/v2/repository/index"),
     _rest("POST", "/v2/repository/index"),
     _rest("POST", "/v2/repository/models/{model}/unload", "/v2/repository/models/cnn/unload"),
+    _rest("PUT", "/api/v1/pipelines/{name}", "/api/v1/pipelines/access_pipe", json=lambda r: ONE_STEP),
+    _rest("GET", "/api/v1/pipelines"),
+    _rest("GET", "/api/v1/pipelines/{name}", "/api/v1/pipelines/ready_pipe"),
+    _rest("POST", "/api/v1/pipelines/{name}/runs", "/api/v1/pipelines/ready_pipe/runs", json={"cache": True}),
+    _rest("GET", "/api/v1/pipelines/{name}/runs", "/api/v1/pipelines/ready_pipe/runs"),
+    _rest("GET", "/api/v1/pipelines/{name}/runs/{run_id}",
+          lambda r: f"/api/v1/pipelines/ready_pipe/runs/{r.names['pipeline_run']}"),
+    _rest("POST", "/api/v1/pipelines/{name}/runs/{run_id}/cancel",
+          lambda r: f"/api/v1/pipelines/slow_pipe/runs/{r.names['slow_run']}/cancel"),
+    _rest("POST", "/api/v1/feedback", json={**IMAGE, "label": 3, "dataset": "access_feedback"}),
     _rest("GET", "/api/v1/whoami"),
     _rest("POST", "/api/v1/tokens", json={"name": "carol", "role": "viewer", "ttl_s": 3600}),
     _rest("GET", "/healthz"),
@@ -166,8 +192,16 @@ def _infer_request() -> ipb.ModelInferRequest:
     return request
 
 
-ST, SC, INF, ACC = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
-                    "/inference.GRPCInferenceService/", "/aiplatform.v1.AccessService/")
+ST, SC, INF, ACC, PL = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
+                        "/inference.GRPCInferenceService/", "/aiplatform.v1.AccessService/",
+                        "/aiplatform.v1.PipelineService/")
+
+
+def _pipeline_definition(r: Prepared) -> ppb.ApplyPipelineRequest:
+    request = ppb.ApplyPipelineRequest(name="grpc_pipe")
+    request.definition.update(ONE_STEP)
+    return request
+
 GRPC_CALLS: list[GrpcCall] = [
     GrpcCall("storage", ST + "WriteTable", _write("grpc_points"), stpb.TableInfo, "stream_unary"),
     GrpcCall("storage", ST + "ListTables", lambda r: stpb.ListTablesRequest(kind=stpb.DATASET),
@@ -203,6 +237,18 @@ GRPC_CALLS: list[GrpcCall] = [
     # Only a task's own worker reports; anyone else, whatever their credential, is refused the same way.
     GrpcCall("scheduler", SC + "ReportTask", lambda r: spb.ReportTaskRequest(task_id=r.task_id, secret="not-it",
                                                                             started=1.0), spb.ReportTaskResponse),
+    GrpcCall("scheduler", PL + "ApplyPipeline", _pipeline_definition, ppb.Pipeline),
+    GrpcCall("scheduler", PL + "GetPipeline", lambda r: ppb.GetPipelineRequest(name="ready_pipe"), ppb.Pipeline),
+    GrpcCall("scheduler", PL + "ListPipelines", lambda r: ppb.ListPipelinesRequest(), ppb.ListPipelinesResponse),
+    GrpcCall("scheduler", PL + "RunPipeline", lambda r: ppb.RunPipelineRequest(name="ready_pipe"), ppb.PipelineRun),
+    GrpcCall("scheduler", PL + "GetPipelineRun", lambda r: ppb.GetPipelineRunRequest(id=r.names["pipeline_run"]),
+             ppb.PipelineRun),
+    GrpcCall("scheduler", PL + "ListPipelineRuns", lambda r: ppb.ListPipelineRunsRequest(name="ready_pipe"),
+             ppb.ListPipelineRunsResponse),
+    GrpcCall("scheduler", PL + "WatchPipelineRun", lambda r: ppb.GetPipelineRunRequest(id=r.names["pipeline_run"]),
+             ppb.PipelineRun, "unary_stream"),
+    GrpcCall("scheduler", PL + "CancelPipelineRun", lambda r: ppb.GetPipelineRunRequest(id=r.names["grpc_slow_run"]),
+             ppb.PipelineRun),
     GrpcCall("scheduler", ACC + "WhoAmI", lambda r: apb.WhoAmIRequest(), apb.Identity),
     GrpcCall("scheduler", ACC + "CreateToken", lambda r: apb.CreateTokenRequest(name="dave", role="editor", ttl_s=60),
              apb.CreateTokenResponse),

@@ -12,9 +12,19 @@ import pyarrow as pa
 import pytest
 
 from ai_platform.core.wire import bearer
-from ai_platform.protos.aiplatform.v1 import access_pb2, scheduler_pb2, storage_pb2
+from ai_platform.protos.aiplatform.v1 import access_pb2, pipelines_pb2, scheduler_pb2, storage_pb2
 from ai_platform.protos.inference import grpc_service_pb2
-from tests.calls import GRPC_CALLS, OPEN_DIFFERS, REST_CALLS, Prepared, arrow_body, grpc_call, prepare, rest_status
+from tests.calls import (
+    GRPC_CALLS,
+    OPEN_DIFFERS,
+    REST_CALLS,
+    Prepared,
+    arrow_body,
+    grpc_call,
+    prepare,
+    prepare_pipelines,
+    rest_status,
+)
 from tests.conftest import start_platform
 from tests.task_scripts import write_scripts
 
@@ -22,7 +32,8 @@ TOKEN = "access-t0ken"
 DESCRIPTORS = {"storage": storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
                "scheduler": scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
                "inference": grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-               "access": access_pb2.DESCRIPTOR.services_by_name["AccessService"]}
+               "access": access_pb2.DESCRIPTOR.services_by_name["AccessService"],
+               "pipelines": pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"]}
 
 
 def started(tmp_path_factory, name: str, token: str):
@@ -38,6 +49,7 @@ def started(tmp_path_factory, name: str, token: str):
             task = http.post("/api/v1/tasks", json={"name": name_, "script": script, "params": params}).json()
             ready.names[name_] = task["id"]
         ready.task_id = ready.names["done"]
+        prepare_pipelines(http, ready)
         deadline = time.time() + 60
         while http.get(f"/api/v1/tasks/{ready.task_id}").json()["status"] != "completed":
             assert time.time() < deadline

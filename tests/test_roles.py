@@ -19,9 +19,9 @@ import pytest
 
 from ai_platform.core.auth import METHOD_ROLES, OPEN_ROUTES, ROUTE_ROLES, TASK, TASK_METHODS, Authority, Role
 from ai_platform.core.wire import bearer
-from ai_platform.protos.aiplatform.v1 import access_pb2, scheduler_pb2, storage_pb2
+from ai_platform.protos.aiplatform.v1 import access_pb2, pipelines_pb2, scheduler_pb2, storage_pb2
 from ai_platform.protos.inference import grpc_service_pb2
-from tests.calls import GRPC_CALLS, REST_CALLS, Prepared, arrow_body, grpc_call, prepare, rest_status
+from tests.calls import GRPC_CALLS, REST_CALLS, Prepared, arrow_body, grpc_call, prepare, prepare_pipelines, rest_status
 from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts
 
@@ -29,7 +29,8 @@ TOKEN, KEY, OLD_KEY = "roles-admin-t0ken", "roles-signing-key-" + "k" * 16, "rol
 DESCRIPTORS = [storage_pb2.DESCRIPTOR.services_by_name["StorageService"],
                scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
-               access_pb2.DESCRIPTOR.services_by_name["AccessService"]]
+               access_pb2.DESCRIPTOR.services_by_name["AccessService"],
+               pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"]]
 MISBEHAVING = """
 import os, grpc
 from ai_platform.client import Client
@@ -101,6 +102,7 @@ def ready(platform):
             prepared.names[name] = admin.post("/api/v1/tasks", json={"name": name, "script": script,
                                                                       "params": params}).json()["id"]
         prepared.task_id = prepared.names["done"]
+        prepare_pipelines(admin, prepared)
         deadline = time.time() + 60
         while admin.get(f"/api/v1/tasks/{prepared.task_id}").json()["status"] != "completed":
             assert time.time() < deadline

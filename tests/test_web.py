@@ -276,3 +276,147 @@ def test_the_api_docs_work_offline(demo, browser):
         page.screenshot(path=str(ARTIFACTS / f"api-docs-{path.strip('/')}.png"))
         assert not outside, f"{path} asked for {outside}"
         assert not problems, problems
+
+
+# -- the loop from the page back to training (last: these move mnist_cnn@production) -----------------------------------
+
+def wait_run(http: httpx.Client, run_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while (run := http.get(f"/api/v1/pipelines/mnist_retrain/runs/{run_id}").json())["status"] == "running":
+        assert time.time() < deadline, f"pipeline run {run_id} did not end: {run}"
+        time.sleep(0.3)
+    return run
+
+
+class Predicting:
+    """REST predictions on mnist_cnn@production, one after another, while a pipeline runs: none may fail."""
+
+    def __init__(self, demo: Demo) -> None:
+        import threading
+
+        self.failures: list[str] = []
+        self.versions: set[str] = set()
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(demo,), daemon=True)
+        self._thread.start()
+
+    def _loop(self, demo: Demo) -> None:
+        image = np.zeros((28, 28), np.float32)
+        image[4:24, 13:15] = 1.0
+        with httpx.Client(base_url=demo.url, timeout=30, headers={"Authorization": f"Bearer {demo.token}"}) as http:
+            while not self._stop.is_set():
+                response = http.post("/api/v1/models/mnist_cnn/predict",
+                                     json={"image": image.ravel().tolist(), "version": "production"})
+                self.count += 1
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    self.versions.add(str(response.json()["model_version"]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_a_worse_candidate_leaves_production_where_it_was(demo, http):
+    """`make demo` applied pipelines/mnist_retrain.yaml; a run whose training is starved (1 epoch on 300 images)
+    gives a worse model, and the gate keeps the alias."""
+    defined = http.get("/api/v1/pipelines/mnist_retrain").json()
+    assert [s["name"] for s in defined["definition"]["steps"]] == ["mix", "train", "gate"]
+    assert defined["definition"]["on"]["dataset"] == "mnist_feedback"
+    before = http.get("/api/v1/models/mnist_cnn").json()["aliases"]["production"]
+    predicting = Predicting(demo)
+    try:
+        started = http.post("/api/v1/pipelines/mnist_retrain/runs",
+                            json={"params": {"train": {"epochs": 1, "limit": 300}}})
+        assert started.status_code == 201, started.text
+        run = wait_run(http, started.json()["id"])
+    finally:
+        predicting.stop()
+    assert run["status"] == "completed", run
+    gate = run["steps"]["gate"]["result"]
+    assert gate["decision"] == "kept" and gate["current_version"] == before, gate
+    assert gate["candidate_accuracy"] < gate["current_accuracy"]
+    assert gate["eval_dataset_version"] == run["steps"]["gate"]["inputs"]["datasets/mnist_clean"]
+    assert http.get("/api/v1/models/mnist_cnn").json()["aliases"]["production"] == before
+    assert not predicting.failures and predicting.count > 0
+    # the same run again: nothing changed (data versions, params, scripts, the alias), so every step is cached
+    started_at = time.perf_counter()
+    again = wait_run(http, http.post("/api/v1/pipelines/mnist_retrain/runs",
+                                     json={"params": {"train": {"epochs": 1, "limit": 300}}}).json()["id"])
+    print(f"the shipped pipeline, all cached: {time.perf_counter() - started_at:.2f} s")
+    assert {s["status"] for s in again["steps"].values()} == {"cached"}, again
+    assert again["steps"]["train"]["cached_from"] == run["steps"]["train"]["task_id"]
+    assert again["steps"]["gate"]["result"]["decision"] == "kept"
+
+
+def test_corrections_on_the_page_retrain_and_a_better_model_takes_production(demo, browser, http):
+    """Production is pointed at the starved model; people correct drawn digits on the page; the corrections'
+    dataset triggers mnist_retrain; the gate promotes the better model; the page predicts with it, and no request
+    failed in between."""
+    versions = [v["version"] for v in http.get("/api/v1/models/mnist_cnn/versions").json()]
+    weak = max(versions)
+    http.put("/api/v1/models/mnist_cnn/aliases/production", json={"version": weak}).raise_for_status()
+    runs_before = {r["id"] for r in http.get("/api/v1/pipelines/mnist_retrain/runs").json()}
+    feedback_before = http.get("/api/v1/datasets/mnist_feedback").json()["num_rows"]
+
+    page = open_page(browser, demo.token, viewport={"width": 1100, "height": 800})
+    problems = watch(page)
+    page.goto(demo.url + "/")
+    expect(page.locator("#model")).to_have_value("mnist_cnn@production")
+    predicting = Predicting(demo)
+    try:
+        for _name, digit, strokes in DRAWN_DIGITS[:6]:
+            page.click("#clear")
+            for points in strokes:
+                stroke(page, points)
+            page.click("#predict")
+            expect(page.locator("#feedback")).to_be_visible()
+            page.locator("[data-testid=correct]", has_text=str(digit)).click()
+            expect(page.locator("[data-testid=thanks]")).to_contain_text(f"saved as a {digit}")
+        page.screenshot(path=str(ARTIFACTS / "digits-feedback.png"))
+        assert http.get("/api/v1/datasets/mnist_feedback").json()["num_rows"] == feedback_before + 6
+        deadline = time.time() + 60
+        while not (new := [r for r in http.get("/api/v1/pipelines/mnist_retrain/runs").json()
+                           if r["id"] not in runs_before]):
+            assert time.time() < deadline, "the corrections did not trigger mnist_retrain"
+            time.sleep(0.5)
+        assert new[0]["trigger"].startswith("dataset mnist_feedback@")
+        run = wait_run(http, new[0]["id"])
+    finally:
+        predicting.stop()
+    assert run["status"] == "completed", run
+    assert run["steps"]["mix"]["result"]["feedback_rows"] >= 5  # the trigger fires at its min_new_rows
+    gate = run["steps"]["gate"]["result"]
+    assert gate["decision"] == "promoted" and gate["current_version"] == weak, gate
+    promoted = gate["candidate_version"]
+    assert http.get("/api/v1/models/mnist_cnn").json()["aliases"]["production"] == promoted
+    assert not predicting.failures, predicting.failures[:3]
+    assert str(promoted) in predicting.versions or predicting.count > 0
+    # the page, as it is, now predicts with the promoted version
+    deadline = time.time() + 30
+    while True:
+        page.click("#clear")
+        draw_one(page)
+        page.click("#predict")
+        expect(page.locator("#confidence")).to_contain_text("model version")
+        if f"model version {promoted}" in page.locator("#confidence").inner_text() or time.time() > deadline:
+            break
+        time.sleep(1)
+    expect(page.locator("#confidence")).to_contain_text(f"model version {promoted}")
+    assert not problems, problems
+
+    # the dashboard draws the runs as rows of steps: the triggered one completed, the earlier rerun cached
+    board = open_page(browser, demo.token, viewport={"width": 1300, "height": 1000})
+    problems = watch(board)
+    board.goto(demo.url + "/dashboard.html")
+    board.locator("#pipelines tr", has_text="mnist_retrain").click()
+    runs = board.locator("[data-testid=pipeline-runs] .run")
+    expect(runs.first).to_contain_text("dataset mnist_feedback@")
+    expect(runs.first.locator(".step.completed")).to_have_count(3)
+    expect(board.locator("[data-testid=pipeline-runs] .step.cached").first).to_contain_text("↺")
+    board.locator("[data-testid=pipeline-runs] .run").first.locator(".step", has_text="train").click()
+    expect(board.locator("#task-title")).to_contain_text("mnist_retrain.train")
+    board.screenshot(path=str(ARTIFACTS / "dashboard-pipelines.png"), full_page=True)
+    assert not problems, problems

@@ -7,6 +7,7 @@ const CHART = { width: 320, height: 180 };
 const COLOURS = ["#2f6fed", "#e0663a", "#1f8a4c", "#9b51e0", "#c0362c", "#0f9bb0", "#b58900", "#6c71c4"];
 let selectedTask = null;
 let selectedDataset = null;
+let selectedPipeline = null;
 let taskAbort = null;
 const picked = new Set();  // tasks ticked for comparison
 let who = { open: true, role: "admin", subject: "" };  // until the gateway says who the page acts as
@@ -442,6 +443,78 @@ function showLineage(model) {
   line.append(` → ${model.id}@${model.version}`);
 }
 
+// -- pipelines: each run a row of its steps, in order, coloured by state; cached steps marked ↺ ----------------------
+function triggers(definition) {
+  const on = definition.on ? (Array.isArray(definition.on) ? definition.on : [definition.on]) : [];
+  return on.map((t) => (t.dataset ? `on ${t.dataset}` : `cron ${t.cron}`)).join(", ") || "manual";
+}
+
+async function refreshPipelines() {
+  const pipelines = await api("/api/v1/pipelines");
+  const body = $("pipelines").querySelector("tbody");
+  body.innerHTML = "";
+  $("pipelines-empty").hidden = pipelines.length > 0;
+  for (const p of pipelines) {
+    const row = document.createElement("tr");
+    row.className = "selectable" + (p.name === selectedPipeline ? " selected" : "");
+    cell(row, p.name);
+    cell(row, p.revision);
+    cell(row, triggers(p.definition));
+    const last = p.last_run;
+    const status = cell(row, last ? `${last.status} · ${last.trigger} · ${when(last.created_at)}` : "never run");
+    if (last) status.className = `status ${last.status}`;
+    const actions = cell(row, "");
+    if (can(who, "editor")) {
+      actions.appendChild(button("Run", async (b) => {
+        b.disabled = true;
+        try { await api(`/api/v1/pipelines/${p.name}/runs`, { method: "POST", json: {} }); } catch (err) { say(explain(err), true); }
+        selectedPipeline = p.name;
+        refresh();
+      }));
+    }
+    row.addEventListener("click", () => { selectedPipeline = p.name; refreshPipelines(); });
+    body.appendChild(row);
+  }
+  if (selectedPipeline) await showPipeline(selectedPipeline);
+}
+
+async function showPipeline(name) {
+  const runs = await api(`/api/v1/pipelines/${name}/runs?limit=10`);
+  $("pipeline-detail").hidden = false;
+  $("pipeline-title").textContent = `${name}: last ${runs.length} run(s)`;
+  const box = $("pipeline-runs");
+  box.innerHTML = "";
+  for (const run of runs) {
+    const line = document.createElement("div");
+    line.className = "run";
+    line.dataset.runId = run.id;
+    const head = document.createElement("span");
+    head.className = `status ${run.status}`;
+    head.textContent = `${run.status} · ${run.trigger} · ${when(run.created_at)}`;
+    head.title = run.message || run.id;
+    line.appendChild(head);
+    run.order.forEach((stepName, i) => {
+      const step = run.steps[stepName];
+      if (i) line.append(" → ");
+      const node = document.createElement("span");
+      node.className = `step ${step.status}`;
+      node.dataset.testid = "step";
+      node.dataset.step = stepName;
+      node.textContent = `${step.status === "cached" ? "↺ " : ""}${stepName}`;
+      const output = step.output_version ? ` ${step.output}@${step.output_version}` : "";
+      node.title = `${step.status}${output}${step.cached_from ? ` (cached from task ${step.cached_from})` : ""}` +
+        `${step.message ? `: ${step.message}` : ""}`;
+      const task = step.task_id || step.cached_from;
+      if (task) {
+        node.classList.add("link");
+        node.addEventListener("click", async () => showTask(await api(`/api/v1/tasks/${task}`)));
+      }
+      line.appendChild(node);
+    });
+    box.appendChild(line);
+  }
+}
+
 async function refreshHealth() {
   const health = await api("/healthz");
   const dots = $("health");
@@ -460,7 +533,7 @@ async function refreshHealth() {
 async function refresh() {
   try {
     const down = await refreshHealth();
-    const results = await Promise.allSettled([refreshTasks(), refreshDatasets(), refreshModels()]);
+    const results = await Promise.allSettled([refreshTasks(), refreshDatasets(), refreshModels(), refreshPipelines()]);
     const failed = results.find((r) => r.status === "rejected");
     if (down.length) say(`${down.join(", ")} unavailable — start it (aip up); this page recovers by itself.`, true);
     else if (failed) say(explain(failed.reason), true);

@@ -19,6 +19,7 @@ function clearPad() {
   ctx.fillRect(0, 0, pad.width, pad.height);
   document.getElementById("digit").textContent = "–";
   document.getElementById("confidence").textContent = "draw, then predict";
+  document.getElementById("feedback").hidden = true;
   document.getElementById("bars").innerHTML = "";
   document.getElementById("preview").getContext("2d").clearRect(0, 0, 84, 84);
 }
@@ -120,6 +121,41 @@ function showResult(result) {
   });
 }
 
+// The last prediction's input: a correction sends exactly what the model saw, with the label the person gives.
+let predicted = null;
+
+function showFeedback(image, result) {
+  predicted = { image, prediction: result.prediction };
+  const labels = document.getElementById("labels");
+  labels.innerHTML = "";
+  for (let digit = 0; digit < 10; digit++) {
+    const button = document.createElement("button");
+    button.textContent = digit;
+    button.dataset.testid = "correct";
+    if (digit === result.prediction) button.className = "predicted";  // a click on it confirms: also an example
+    button.addEventListener("click", () => correct(digit));
+    labels.appendChild(button);
+  }
+  document.getElementById("thanks").textContent = "";
+  document.getElementById("feedback").hidden = false;
+}
+
+async function correct(label) {
+  if (!predicted) return;
+  const buttons = document.querySelectorAll("#labels button");
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const saved = await api("/api/v1/feedback", {
+      method: "POST", json: { image: predicted.image, label, prediction: predicted.prediction } });
+    document.getElementById("thanks").textContent =
+      `thanks: saved as a ${label} in ${saved.dataset} v${saved.version} (${saved.rows} corrections)`;
+    predicted = null;
+  } catch (err) {
+    say(explain(err), true);
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
 async function predict() {
   const [model, version] = modelSelect.value.split("@");
   if (!model) { say("No model yet: train one (aip demo mnist) and reload this page.", true); return; }
@@ -131,7 +167,9 @@ async function predict() {
   say("Predicting…");
   try {
     const body = version ? { image, version } : { image };
-    showResult(await api(`/api/v1/models/${encodeURIComponent(model)}/predict`, { method: "POST", json: body }));
+    const result = await api(`/api/v1/models/${encodeURIComponent(model)}/predict`, { method: "POST", json: body });
+    showResult(result);
+    showFeedback(image, result);
     say("");
   } catch (err) {
     say(explain(err), true);
@@ -162,6 +200,9 @@ async function loadModels() {
         modelSelect.appendChild(aliased);
       }
     }
+    // the version people are served: production when a model has it (a promotion gate moves it)
+    const production = [...modelSelect.options].find((o) => o.value.endsWith("@production"));
+    if (production) modelSelect.value = production.value;
     say("");
   } catch (err) {
     modelSelect.innerHTML = '<option value="">unavailable</option>';

@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from ai_platform.cli import access, lake, services, tasks
+from ai_platform.cli import access, lake, pipelines, services, tasks
 from ai_platform.core.settings import (
     PLATFORM_FILE,
     ClientSettings,
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     services.register(sub)
     lake.register(sub)
     tasks.register(sub)
+    pipelines.register(sub)
     access.register(sub)
     return parser
 

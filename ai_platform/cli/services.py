@@ -14,6 +14,7 @@ from ai_platform.cli.output import Column, add_output, chosen_format, print_rows
 from ai_platform.core.settings import MODULES, REPO_ROOT, SERVICES, ClientSettings, split_addr
 
 MNIST_DIR = REPO_ROOT / "mnist"
+PIPELINES_DIR = REPO_ROOT / "pipelines"
 RAY_HEALTH_URL = "http://127.0.0.1:52365/api/local_raylet_healthz"  # the Ray node's dashboard agent, as KubeRay probes
 CERT_NAMES = ("storage", "scheduler", "inference", "gateway", "ray", "client")  # compose's services, nodes, you
 
@@ -255,14 +256,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 out.print(f"[red]{name} {task['status']}:[/red] {task.get('error')} (aip tasks logs {task['id']})")
                 return 1
             results[name] = task["result"]
+        retrain = _loop_back(client, results["mnist_cnn"]["model_version"])
     clean, trained, served = results["mnist_clean"], results["mnist_cnn"], results["mnist_serve"]
     out.print(f"ingested {clean['rows']} digits from {clean['source']}")
     out.print(f"trained for {trained['epochs']} epoch(s): accuracy {trained['accuracy']:.2%} on "
               f"{trained['test_images']} held-out digits")
     out.print(f"[green]serving[/green] {served['model']} version {served['version']}")
+    out.print(f"mnist_cnn@production is version {trained['model_version']}; pipeline {retrain} retrains on the page's "
+              f"corrections (datasets/mnist_feedback) and moves it only to a better model")
     out.print(f"draw a digit at http://{gateway}/  ·  dashboard http://{gateway}/dashboard.html  ·  API docs "
               f"http://{gateway}/docs")
     return 0
+
+
+def _loop_back(client: Any, version: int) -> str:
+    """Close the loop from the page to training: production points at the trained version, the corrections'
+    dataset exists (empty), and pipelines/mnist_retrain.yaml is applied with its trigger on it."""
+    import pyarrow as pa
+
+    from ai_platform.cli.pipelines import read_definition
+    from ai_platform.sdk import digits_schema
+
+    client.set_alias("mnist_cnn", "production", version)
+    if "mnist_feedback" not in {d["id"] for d in client.list_datasets()}:
+        client.write_dataset("mnist_feedback", pa.table({"image": [], "label": [], "split": []},
+                                                        schema=digits_schema("digit page feedback")))
+    name, definition = read_definition(PIPELINES_DIR / "mnist_retrain.yaml")
+    for step in definition["steps"]:  # the shipped scripts wherever the platform was started
+        step["script"] = str(MNIST_DIR / Path(step["script"]).name)
+    client.pipeline(name, definition=definition)
+    return name
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,8 @@ from ai_platform.core.views import (
     GarbageView,
     MetricsView,
     ModelView,
+    PipelineRunView,
+    PipelineView,
     RunView,
     TableView,
     TaskView,
@@ -36,7 +38,8 @@ from ai_platform.core.wire import (
     sync_channel,
 )
 from ai_platform.protos.aiplatform.v1 import access_pb2 as access_pb
-from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.aiplatform.v1 import access_pb2_grpc, pipelines_pb2_grpc, scheduler_pb2_grpc, storage_pb2_grpc
+from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as pipelines_pb
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as scheduler_pb
 from ai_platform.protos.aiplatform.v1 import storage_pb2 as storage_pb
 from ai_platform.protos.inference import grpc_service_pb2 as inference_pb
@@ -222,6 +225,60 @@ class SchedulerClient:
         return task if task is not None else self.get(task_id)
 
 
+class PipelineClient:
+    """Pipelines: apply a definition, run it, follow and cancel runs, through the scheduler's PipelineService."""
+
+    def __init__(self, addr: str | None = None, channel: Any = None) -> None:
+        """``channel``: the scheduler's, when one is open already (PipelineService is served beside it)."""
+        if channel is None:
+            settings = ClientSettings.from_env()
+            channel = sync_channel(addr or settings.scheduler_addr, settings.token, tls=settings.tls())
+        self.channel = channel
+        self.stub = pipelines_pb2_grpc.PipelineServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def apply(self, name: str, definition: dict) -> pipelines_pb.Pipeline:
+        request = pipelines_pb.ApplyPipelineRequest(name=name)
+        request.definition.update(definition)
+        return self.stub.ApplyPipeline(request)
+
+    def get(self, name: str) -> pipelines_pb.Pipeline:
+        return self.stub.GetPipeline(pipelines_pb.GetPipelineRequest(name=name))
+
+    def list(self) -> list[pipelines_pb.Pipeline]:
+        return list(self.stub.ListPipelines(pipelines_pb.ListPipelinesRequest()).pipelines)
+
+    def run(self, name: str, params: dict | None = None, cache: bool = True) -> pipelines_pb.PipelineRun:
+        """Start a run; ``params`` per step (``{"train": {"epochs": 1}}``), ``cache=False`` reruns every step."""
+        request = pipelines_pb.RunPipelineRequest(name=name, no_cache=not cache)
+        if params:
+            request.params.update(params)
+        return self.stub.RunPipeline(request)
+
+    def get_run(self, run_id: str) -> pipelines_pb.PipelineRun:
+        return self.stub.GetPipelineRun(pipelines_pb.GetPipelineRunRequest(id=run_id))
+
+    def runs(self, name: str = "", page_size: int = 0) -> list[pipelines_pb.PipelineRun]:
+        return list(self.stub.ListPipelineRuns(pipelines_pb.ListPipelineRunsRequest(name=name,
+                                                                                    page_size=page_size)).runs)
+
+    def watch(self, run_id: str, timeout: float | None = None) -> Iterator[pipelines_pb.PipelineRun]:
+        yield from self.stub.WatchPipelineRun(pipelines_pb.GetPipelineRunRequest(id=run_id), timeout=timeout)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> pipelines_pb.PipelineRun:
+        """Block until the run has ended; returns its final record."""
+        run = None
+        for run in self.watch(run_id, timeout):
+            if run.status != "running":
+                return run
+        return run if run is not None else self.get_run(run_id)
+
+    def cancel(self, run_id: str) -> pipelines_pb.PipelineRun:
+        return self.stub.CancelPipelineRun(pipelines_pb.GetPipelineRunRequest(id=run_id))
+
+
 def _rebatched(reader: pa.RecordBatchReader, target_bytes: int = WRITE_BATCH_BYTES) -> Iterator[pa.RecordBatch]:
     """Batches of about ``target_bytes``: small ones are merged, big ones sliced (zero-copy).
 
@@ -316,6 +373,7 @@ class Client:
         self.scheduler = SchedulerClient(scheduler_addr)
         self.inference = InferenceClient(inference_addr)
         self.access = access_pb2_grpc.AccessServiceStub(self.scheduler.channel)
+        self.pipelines = PipelineClient(channel=self.scheduler.channel)
 
     def close(self) -> None:
         for part in (self.storage, self.scheduler, self.inference):
@@ -419,6 +477,45 @@ class Client:
 
     def cancel(self, task_id: str) -> dict:
         return as_dict(TaskView.from_pb(self.scheduler.cancel(task_id)))
+
+    # -- pipelines ------------------------------------------------------------------
+    def pipeline(self, name: str, steps: list[dict] | None = None, *, definition: dict | None = None,
+                 **fields: Any) -> dict:
+        """Define (or redefine) a pipeline: its ``steps`` and any other field (``on``, ``max_concurrent_runs``,
+        ``description``), or a whole ``definition`` as a YAML file holds it::
+
+            client.pipeline("nightly", [
+                {"name": "clean", "script": "mnist/mnist_clean.py", "input": "download",
+                 "output": "datasets/mnist_clean"},
+                {"name": "train", "script": "mnist/mnist_cnn.py", "input": "steps.clean.output",
+                 "output": "models/mnist_cnn", "params": {"epochs": 1}},
+            ], on={"cron": "0 3 * * *"})
+        """
+        body = dict(definition or {})
+        if steps is not None:
+            body["steps"] = steps
+        body.update(fields)
+        return as_dict(PipelineView.from_pb(self.pipelines.apply(name, body)))
+
+    def run_pipeline(self, name: str, params: dict | None = None, cache: bool = True, wait: bool = False,
+                     timeout: float | None = None) -> dict:
+        """Start a run (``params`` per step: ``{"train": {"epochs": 1}}``); with ``wait``, its final record."""
+        run = self.pipelines.run(name, params, cache)
+        if wait:
+            run = self.pipelines.wait(run.id, timeout)
+        return as_dict(PipelineRunView.from_pb(run))
+
+    def pipeline_run(self, run_id: str) -> dict:
+        return as_dict(PipelineRunView.from_pb(self.pipelines.get_run(run_id)))
+
+    def pipeline_runs(self, name: str = "", limit: int = 50) -> list[dict]:
+        return [as_dict(PipelineRunView.from_pb(r)) for r in self.pipelines.runs(name, limit)]
+
+    def list_pipelines(self) -> list[dict]:
+        return [as_dict(PipelineView.from_pb(p)) for p in self.pipelines.list()]
+
+    def cancel_pipeline_run(self, run_id: str) -> dict:
+        return as_dict(PipelineRunView.from_pb(self.pipelines.cancel(run_id)))
 
     def metrics(self, task_id: str) -> Any:
         """The task's metric points as a pandas frame: ``key``, ``step``, ``value``, ``time`` (UTC), sorted by key

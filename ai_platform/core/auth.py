@@ -61,7 +61,7 @@ class Principal:
     subject: str
     role: Role
     task_id: str = ""
-    outputs: tuple[str, ...] = ()  # lake tables ("datasets/x", "models/y") a task may write
+    outputs: tuple[str, ...] = ()  # lake tables ("datasets/x", "models/y") a task may write, aliases it may move
     serves: tuple[str, ...] = ()  # model tables a task may load into inference
     owner: str = ""  # a task's: who submitted it
     expires: float | None = None
@@ -82,8 +82,9 @@ ADMIN = Principal("admin", Role.ADMIN)
 # -- the table -------------------------------------------------------------------------------------------------------
 
 V, E, A = Role.VIEWER, Role.EDITOR, Role.ADMIN
-ST, SC, INF, ACC = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
-                    "/inference.GRPCInferenceService/", "/aiplatform.v1.AccessService/")
+ST, SC, INF, ACC, PL = ("/aiplatform.v1.StorageService/", "/aiplatform.v1.SchedulerService/",
+                        "/inference.GRPCInferenceService/", "/aiplatform.v1.AccessService/",
+                        "/aiplatform.v1.PipelineService/")
 METHOD_ROLES: dict[str, Role | str] = {
     ST + "ListTables": V, ST + "GetTable": V, ST + "ListVersions": V, ST + "PreviewRows": V, ST + "ReadTable": V,
     ST + "ResolveUri": V, ST + "WriteTable": E, ST + "SetAlias": E, ST + "DeleteAlias": E, ST + "DeleteTable": A,
@@ -97,11 +98,13 @@ METHOD_ROLES: dict[str, Role | str] = {
     INF + "SystemSharedMemoryUnregister": A, INF + "CudaSharedMemoryStatus": A, INF + "CudaSharedMemoryRegister": A,
     INF + "CudaSharedMemoryUnregister": A, INF + "TraceSetting": A, INF + "LogSettings": A,
     ACC + "WhoAmI": V, ACC + "CreateToken": A,
+    PL + "ApplyPipeline": E, PL + "GetPipeline": V, PL + "ListPipelines": V, PL + "RunPipeline": E,
+    PL + "GetPipelineRun": V, PL + "ListPipelineRuns": V, PL + "WatchPipelineRun": V, PL + "CancelPipelineRun": E,
 }
-# What a task's credential may call besides ReportTask: reading the lake (its writes are checked per table by
-# storage), and loading its input model into inference (checked per model there).
+# What a task's credential may call besides ReportTask: reading the lake (its writes and alias moves are checked per
+# table by storage), and loading its input model into inference (checked per model there).
 TASK_METHODS = frozenset({ST + "ListTables", ST + "GetTable", ST + "ListVersions", ST + "PreviewRows",
-                          ST + "ReadTable", ST + "ResolveUri", ST + "WriteTable", SC + "ReportTask",
+                          ST + "ReadTable", ST + "ResolveUri", ST + "WriteTable", ST + "SetAlias", SC + "ReportTask",
                           INF + "RepositoryModelLoad", INF + "ModelMetadata", INF + "ModelReady",
                           INF + "ServerLive", INF + "ServerReady", ACC + "WhoAmI"})
 
@@ -118,6 +121,10 @@ ROUTE_ROLES: dict[tuple[str, str], Role] = {
     ("POST", f"{R}tasks/{{id}}/cancel"): E, ("GET", f"{R}tasks/{{id}}/logs"): V, ("GET", f"{R}tasks/{{id}}/metrics"): V,
     ("GET", f"{R}runs"): V, ("POST", f"{R}models/{{id}}/predict"): V,
     ("GET", f"{R}whoami"): V, ("POST", f"{R}tokens"): A,
+    ("PUT", f"{R}pipelines/{{name}}"): E, ("GET", f"{R}pipelines"): V, ("GET", f"{R}pipelines/{{name}}"): V,
+    ("POST", f"{R}pipelines/{{name}}/runs"): E, ("GET", f"{R}pipelines/{{name}}/runs"): V,
+    ("GET", f"{R}pipelines/{{name}}/runs/{{run_id}}"): V, ("POST", f"{R}pipelines/{{name}}/runs/{{run_id}}/cancel"): E,
+    ("POST", f"{R}feedback"): E,
     **{("GET", path): V for path in (
         "/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{model}", "/v2/models/{model}/versions/{version}",
         "/v2/models/{model}/ready", "/v2/models/{model}/versions/{version}/ready", "/v2/models/{model}/stats",

@@ -359,3 +359,71 @@ class TokenRequest(BaseModel):
 class TokenView(BaseModel):
     token: str
     identity: WhoAmIView
+
+
+# -- pipelines ---------------------------------------------------------------------------------------------------------
+
+class StepRunView(BaseModel):
+    status: str = Field(description="pending | running | completed | cached | failed | cancelled | skipped")
+    task_id: str = Field("", description="the task that ran the step (empty when cached)")
+    cached_from: str = Field("", description="the earlier task whose output a cached step reuses")
+    output: str = ""
+    output_version: int = Field(0, description="the version of the output that the dependents read")
+    inputs: dict[str, int] = Field(default_factory=dict, description="each lake input as pinned for this run")
+    cache_key: str = ""
+    message: str = ""
+    result: Any = None
+
+
+class PipelineRunView(BaseModel):
+    id: str
+    pipeline: str
+    revision: int
+    status: str = Field(description="running | completed | failed | cancelled")
+    trigger: str = Field(description='"manual", "dataset NAME@VERSION" or "schedule CRON"')
+    steps: dict[str, StepRunView]
+    order: list[str]
+    owner: str = ""
+    created_at: str | None = None
+    completed_at: str | None = None
+    message: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    no_cache: bool = False
+
+    @classmethod
+    def from_pb(cls, run: Any) -> PipelineRunView:
+        steps = {name: StepRunView(status=s.status, task_id=s.task_id, cached_from=s.cached_from, output=s.output,
+                                   output_version=s.output_version, inputs=dict(s.inputs), cache_key=s.cache_key,
+                                   message=s.message, result=struct_value(s.result) if s.HasField("result") else None)
+                 for name, s in run.steps.items()}
+        return cls(id=run.id, pipeline=run.pipeline, revision=run.revision, status=run.status, trigger=run.trigger,
+                   steps=steps, order=list(run.order), owner=run.owner, message=run.message,
+                   created_at=iso(run.created_at) if run.HasField("created_at") else None,
+                   completed_at=iso(run.completed_at) if run.HasField("completed_at") else None,
+                   params=struct_value(run.params) if run.HasField("params") else {}, no_cache=run.no_cache)
+
+
+class PipelineView(BaseModel):
+    name: str
+    definition: dict[str, Any]
+    revision: int
+    owner: str = ""
+    updated_at: str | None = None
+    last_run: PipelineRunView | None = None
+
+    @classmethod
+    def from_pb(cls, pipeline: Any) -> PipelineView:
+        return cls(name=pipeline.name, definition=struct_value(pipeline.definition), revision=pipeline.revision,
+                   owner=pipeline.owner, updated_at=iso(pipeline.updated_at) if pipeline.HasField("updated_at")
+                   else None, last_run=PipelineRunView.from_pb(pipeline.last_run) if pipeline.HasField("last_run")
+                   else None)
+
+
+class PipelineRunRequest(BaseModel):
+    """Start a run; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per step, over the definition's",
+                                              examples=[{"train": {"epochs": 1}}])
+    cache: bool = Field(True, description="false: run every step even when an exact earlier result exists")

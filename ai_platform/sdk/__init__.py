@@ -97,6 +97,15 @@ def image_metadata(height: int, width: int) -> dict[str, str]:
     return {IMAGE_SHAPE: f"{height},{width}"}
 
 
+def digits_schema(source: str) -> Any:
+    """The schema of labelled 28x28 digits (mnist_clean.py's, the page's corrections): ``image`` (784 uint8
+    pixels), ``label``, ``split``; ``source`` says who wrote the table."""
+    import pyarrow as pa
+
+    return pa.schema([("image", pa.list_(pa.uint8(), 784)), ("label", pa.int64()), ("split", pa.string())],
+                     metadata={"source": source, **image_metadata(28, 28)})
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Record the params the script runs with, its defaults included, with the task: runs then compare what each
     really used (``GET /api/v1/runs``, the dashboard, ``aip runs compare``). Outside a task they are printed."""
