@@ -175,7 +175,8 @@ def test_the_image_takes_its_base_and_torch_source_and_leaves_the_checkout_out()
     assert "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}" in dockerfile
     assert "ARG TORCH_INDEX_URL=" in dockerfile and "/opt/wheels" not in dockerfile, "no host path baked in"
     assert 'ENTRYPOINT ["aip", "svc"]' in dockerfile and '"aip", "health"' in dockerfile
-    for folder in ("ai_platform", "storage_svc", "scheduler_svc", "inference_svc", "gateway", "web", "mnist"):
+    for folder in ("ai_platform", "storage_svc", "scheduler_svc", "inference_svc", "gateway", "web", "mnist",
+                   "pipelines"):
         assert f"COPY {folder} {folder}" in dockerfile, f"the image lacks {folder}/"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".ai_platform", ".git", "tests", "**/__pycache__"} <= set(ignored)
