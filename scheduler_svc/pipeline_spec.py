@@ -149,7 +149,7 @@ def parse_trigger(raw: Any, index: int) -> Trigger:
 
         if not croniter.is_valid(expression):
             raise InvalidArgument(f"{where}.cron: {expression!r} is not a cron expression (five fields: minute hour "
-                                  f"day-of-month month day-of-week, e.g. '0 3 * * *')")
+                                  f"day-of-month month day-of-week, e.g. '0 3 * * *'; a sixth is seconds)")
         return ScheduleTrigger(expression)
     if "dataset" not in raw:
         raise InvalidArgument(f"{where} needs dataset or cron")

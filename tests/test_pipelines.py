@@ -478,3 +478,25 @@ def test_feedback_is_appended_batched_and_checked(rest):
                         ({"image": image, "label": 1, "dataset": "../etc"}, "dataset name")):
         refused = rest.post("/api/v1/feedback", json=body)
         assert refused.status_code == 400 and words in refused.json()["error"]["message"], refused.text
+
+
+def test_a_schedule_runs_the_pipeline_and_ticks_that_find_a_run_in_flight_are_skipped(services, lake, pipelines):
+    """Every second (croniter's sixth field: seconds), with a step that takes 3 s and one run at a time."""
+    write_src(lake, [1])
+    step = {"name": "double", "script": "scripts/double.py", "input": "datasets/src", "output": "datasets/cron_out",
+            "params": {"pause": 3}, "cache": False}
+    pipelines.apply("ticking", {"steps": [step], "on": {"cron": "* * * * * */1"}})
+    deadline = time.time() + 60
+    overlaps = 0
+    while len(runs := pipelines.runs("ticking")) < 2 or runs[-1].status == "running":
+        overlaps = max(overlaps, sum(r.status == "running" for r in runs))
+        assert time.time() < deadline, [(r.status, r.trigger) for r in runs]
+        time.sleep(0.2)
+    pipelines.apply("ticking", {"steps": [step]})  # no trigger: no more runs
+    assert overlaps <= 1, "max_concurrent_runs 1: a tick that finds a run in flight starts nothing"
+    assert all(r.trigger == "schedule * * * * * */1" for r in runs)
+    first = pipelines.wait(runs[-1].id, timeout=60)
+    assert first.status == "completed" and first.steps["double"].status == "completed"
+    ended = [pipelines.wait(r.id, timeout=60) for r in pipelines.runs("ticking")]
+    starts = sorted(r.created_at.ToNanoseconds() / 1e9 for r in ended)
+    assert all(b - a >= 3 for a, b in zip(starts, starts[1:], strict=False)), "each began after the last ended"

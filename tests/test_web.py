@@ -375,6 +375,7 @@ def test_corrections_on_the_page_retrain_and_a_better_model_takes_production(dem
             expect(page.locator("#feedback")).to_be_visible()
             page.locator("[data-testid=correct]", has_text=str(digit)).click()
             expect(page.locator("[data-testid=thanks]")).to_contain_text(f"saved as a {digit}")
+        clicked = time.perf_counter()
         page.screenshot(path=str(ARTIFACTS / "digits-feedback.png"))
         assert http.get("/api/v1/datasets/mnist_feedback").json()["num_rows"] == feedback_before + 6
         deadline = time.time() + 60
@@ -386,6 +387,8 @@ def test_corrections_on_the_page_retrain_and_a_better_model_takes_production(dem
         run = wait_run(http, new[0]["id"])
     finally:
         predicting.stop()
+    print(f"from the last correction to the gate's decision: {time.perf_counter() - clicked:.1f} s "
+          f"({predicting.count} predictions meanwhile, {len(predicting.failures)} failed)")
     assert run["status"] == "completed", run
     assert run["steps"]["mix"]["result"]["feedback_rows"] >= 5  # the trigger fires at its min_new_rows
     gate = run["steps"]["gate"]["result"]
