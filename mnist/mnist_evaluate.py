@@ -16,11 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mnist_predict import Predictor, model_record  # noqa: E402
+from mnist_predict import model_record, scorer  # noqa: E402
 
 from ai_platform.sdk import open_dataset, report_progress, resolve_params  # noqa: E402
 
@@ -39,22 +37,10 @@ def score(dataset_uri: str, dataset_version: int, model: str, version: int | str
     from daft import DataType, col
 
     record = model_record(model, version)
-
-    @daft.cls
-    class Scorer:
-        def __init__(self) -> None:
-            self.predictor = Predictor(record)
-
-        @daft.method.batch(return_dtype=DataType.struct({"prediction": DataType.int64(),
-                                                         "confidence": DataType.float32()}),
-                           batch_size=batch_size)
-        def __call__(self, images: daft.Series) -> pa.StructArray:
-            return self.predictor.predict(images.to_arrow())
-
     df = daft.read_lance(dataset_uri, version=dataset_version)
     if split:
         df = df.where(col("split") == split)
-    scored = df.select((Scorer()(col("image")).get("prediction") == col("label")).alias("correct"))
+    scored = df.select((scorer(record, batch_size)(col("image")).get("prediction") == col("label")).alias("correct"))
     totals = scored.agg(col("correct").cast(DataType.int64()).sum().alias("right"),
                         col("correct").count().alias("rows")).to_pydict()
     rows = int(totals["rows"][0] or 0)

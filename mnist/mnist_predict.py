@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import lance
 import numpy as np
@@ -73,6 +74,26 @@ class Predictor:
                                           names=["prediction", "confidence"])
 
 
+def scorer(record: ModelRecord, batch_size: int) -> Any:
+    """A Daft class UDF: the model loaded once per worker, each batch of images scored in one forward pass into a
+    struct of ``prediction`` and ``confidence``."""
+    import daft
+    from daft import DataType
+
+    @daft.cls
+    class Scorer:
+        def __init__(self) -> None:
+            self.predictor = Predictor(record)
+
+        @daft.method.batch(return_dtype=DataType.struct({"prediction": DataType.int64(),
+                                                         "confidence": DataType.float32()}),
+                           batch_size=batch_size)
+        def __call__(self, images: daft.Series) -> pa.StructArray:
+            return self.predictor.predict(images.to_arrow())
+
+    return Scorer()
+
+
 PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/mnist_predict.py` lists them)
     "model": "",  # the model table's name (required)
     "version": None,  # a version number or an alias (default: the newest)
@@ -84,7 +105,7 @@ PARAMS = {  # what the script takes, and its defaults (`aip tasks params mnist/m
 
 def run(input_path: str, output_path: str, params: dict) -> dict:
     import daft
-    from daft import DataType, col
+    from daft import col
 
     params = resolve_params(params, PARAMS, "mnist_predict.py")  # recorded with the run, defaults included
     if not params.get("model"):
@@ -111,20 +132,9 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
         raise ValueError(f"column '{image_column}' is {width}, not a fixed-size list of {PIXELS} pixels")
     report_progress(0.05, f"predicting {source.count_rows()} images with {params['model']} v{record.version}")
 
-    @daft.cls
-    class Scorer:
-        def __init__(self) -> None:
-            self.predictor = Predictor(record)
-
-        @daft.method.batch(return_dtype=DataType.struct({"prediction": DataType.int64(),
-                                                         "confidence": DataType.float32()}),
-                           batch_size=batch_size)
-        def __call__(self, images: daft.Series) -> pa.StructArray:
-            return self.predictor.predict(images.to_arrow())
-
     started = time.perf_counter()
     df = daft.read_lance(input_path, version=source.version)
-    scored = df.with_column("scores", Scorer()(col(image_column)))
+    scored = df.with_column("scores", scorer(record, batch_size)(col(image_column)))
     keys = [col(name) for name in names if name != image_column]
     out = scored.select(*keys, col("scores").get("prediction").alias("prediction"),
                         col("scores").get("confidence").alias("confidence"))

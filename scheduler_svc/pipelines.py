@@ -39,6 +39,7 @@ from scheduler_svc.pipeline_spec import (
     parse_definition,
 )
 from scheduler_svc.scheduler import Scheduler, TaskRequest
+from scheduler_svc.store import guarded
 from scheduler_svc.tasks import TaskStatus
 
 log = logging.getLogger("scheduler_svc.pipelines")
@@ -105,6 +106,7 @@ class PipelineStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS step_cache (key TEXT PRIMARY KEY, task_id TEXT, output TEXT,"
                         " output_version INTEGER, result TEXT, created_at REAL)")
 
+    @guarded
     def save_pipeline(self, record: PipelineRecord) -> None:
         self.db.execute("INSERT OR REPLACE INTO pipelines VALUES (?, ?, ?, ?, ?, ?)",
                         (record.name, json.dumps(record.definition), record.revision, record.owner, record.updated_at,
@@ -121,6 +123,7 @@ class PipelineStore:
     def _pipeline(row: tuple) -> PipelineRecord:
         return PipelineRecord(row[0], json.loads(row[1]), row[2], row[3], row[4], json.loads(row[5] or "{}"))
 
+    @guarded
     def save_run(self, run: PipelineRun) -> None:
         record = dataclasses.asdict(run)
         self.db.execute("INSERT OR REPLACE INTO pipeline_runs VALUES (?, ?, ?, ?, ?)",
@@ -156,10 +159,12 @@ class PipelineStore:
             return None
         return {"task_id": row[0], "output": row[1], "output_version": row[2], "result": json.loads(row[3])}
 
+    @guarded
     def remember(self, key: str, task_id: str, output: str, output_version: int, result: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO step_cache VALUES (?, ?, ?, ?, ?, ?)",
                         (key, task_id, output, output_version, json.dumps(result), time.time()))
 
+    @guarded
     def forget(self, key: str) -> None:
         self.db.execute("DELETE FROM step_cache WHERE key = ?", (key,))
 
@@ -426,6 +431,9 @@ class Pipelines:
             task = await self.scheduler.submit(request)
             state.status, state.task_id = "running", task.id
             self._changed_run(run)
+            if run.status == "cancelled":  # cancelled while it was being submitted
+                with contextlib.suppress(FailedPrecondition, NotFound):
+                    await self.scheduler.cancel(task.id)
             await self._await_task(run, step, state)
         except PlatformError as exc:
             state.status, state.message = "failed", exc.message
@@ -513,13 +521,14 @@ class Pipelines:
                 state.output_version = (await self.scheduler.resolver.pin(step.output)).version
             state.status = "completed"
             if state.cache_key:
-                self.store.remember(state.cache_key, task.id, step.output, state.output_version, task.result)
+                with contextlib.suppress(PlatformError):  # a full disk costs the cache entry, not the step
+                    self.store.remember(state.cache_key, task.id, step.output, state.output_version, task.result)
         else:
             state.status = "cancelled" if task.status is TaskStatus.CANCELLED else "failed"
             state.message = f"{task.error_type}: {task.error_message}" if task.error_type else task.status.value
 
     def _changed_run(self, run: PipelineRun) -> None:
-        with contextlib.suppress(PlatformError):
+        with contextlib.suppress(PlatformError):  # a full disk: the run lives on here, saved at its next change
             self.store.save_run(run)
         asyncio.ensure_future(self._notify())
 

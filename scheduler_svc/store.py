@@ -25,7 +25,7 @@ def _full(exc: sqlite3.Error) -> InsufficientStorage:
                                f"are kept, and submitting works again once space is freed")
 
 
-def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+def guarded(method: Callable[..., T]) -> Callable[..., T]:
     """A write that a full disk refuses raises InsufficientStorage, which the scheduler turns into a clear answer."""
 
     @functools.wraps(method)
@@ -68,7 +68,7 @@ class TaskStore:
         self.db.execute("CREATE INDEX IF NOT EXISTS metrics_task ON metrics (task_id, seq)")
         self.db.execute("CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at DESC)")
 
-    @_guarded
+    @guarded
     def save(self, task: Task) -> None:
         values = []
         for name in _COLUMNS:
@@ -119,7 +119,7 @@ class TaskStore:
     def unfinished(self) -> list[Task]:
         return self.list([TaskStatus.PENDING, TaskStatus.RUNNING], limit=1_000_000)[::-1]
 
-    @_guarded
+    @guarded
     def add_metrics(self, task_id: str, points: list[MetricPoint]) -> int:
         """Keep what fits under the task's caps; returns how many points were dropped."""
         count, = self.db.execute("SELECT COUNT(*) FROM metrics WHERE task_id = ?", (task_id,)).fetchone()

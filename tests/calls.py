@@ -48,11 +48,21 @@ NAPPING = {"steps": [{"name": "nap", "script": "scripts/nap.py", "params": {"sec
 
 
 def prepare_pipelines(http: Any, ready: Prepared) -> None:
-    """Pipelines the calls refer to, made through ``http`` (an httpx client with the admin's headers): a finished
-    run of ready_pipe, and two runs of slow_pipe in flight to cancel."""
+    """Pipelines the calls refer to, made through ``http`` (an httpx client with the admin's headers) before any
+    task holds a slot: a finished run of ready_pipe. The runs to cancel come later (:func:`start_slow_runs`)."""
+    import time
+
     for name, definition in (("ready_pipe", ONE_STEP), ("slow_pipe", NAPPING)):
         http.put(f"/api/v1/pipelines/{name}", json=definition).raise_for_status()
-    ready.names["pipeline_run"] = http.post("/api/v1/pipelines/ready_pipe/runs", json={}).json()["id"]
+    run_id = ready.names["pipeline_run"] = http.post("/api/v1/pipelines/ready_pipe/runs", json={}).json()["id"]
+    deadline = time.time() + 60
+    while http.get(f"/api/v1/pipelines/ready_pipe/runs/{run_id}").json()["status"] == "running":
+        assert time.time() < deadline, "ready_pipe's run did not end"
+        time.sleep(0.1)
+
+
+def start_slow_runs(http: Any, ready: Prepared) -> None:
+    """Two runs of slow_pipe in flight (their steps queued behind the sleeping tasks), one for each cancel."""
     for key in ("slow_run", "grpc_slow_run"):
         ready.names[key] = http.post("/api/v1/pipelines/slow_pipe/runs", json={}).json()["id"]
 

@@ -24,6 +24,7 @@ from tests.calls import (
     prepare,
     prepare_pipelines,
     rest_status,
+    start_slow_runs,
 )
 from tests.conftest import start_platform
 from tests.task_scripts import write_scripts
@@ -44,16 +45,17 @@ def started(tmp_path_factory, name: str, token: str):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     ready = Prepared(arrow=arrow_body(pa.table({"x": [1.0, 2.0, 3.0]})))
     with httpx.Client(base_url=platform.url, headers=headers, timeout=60) as http:
+        prepare_pipelines(http, ready)
         for name_, params in (("done", {}), ("sleeper", {"seconds": 600}), ("grpc_sleeper", {"seconds": 600})):
             script = "scripts/trivial.py" if name_ == "done" else "scripts/nap.py"
             task = http.post("/api/v1/tasks", json={"name": name_, "script": script, "params": params}).json()
             ready.names[name_] = task["id"]
         ready.task_id = ready.names["done"]
-        prepare_pipelines(http, ready)
         deadline = time.time() + 60
         while http.get(f"/api/v1/tasks/{ready.task_id}").json()["status"] != "completed":
             assert time.time() < deadline
             time.sleep(0.2)
+        start_slow_runs(http, ready)
     return platform, headers, ready
 
 

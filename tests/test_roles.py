@@ -21,7 +21,17 @@ from ai_platform.core.auth import METHOD_ROLES, OPEN_ROUTES, ROUTE_ROLES, TASK, 
 from ai_platform.core.wire import bearer
 from ai_platform.protos.aiplatform.v1 import access_pb2, pipelines_pb2, scheduler_pb2, storage_pb2
 from ai_platform.protos.inference import grpc_service_pb2
-from tests.calls import GRPC_CALLS, REST_CALLS, Prepared, arrow_body, grpc_call, prepare, prepare_pipelines, rest_status
+from tests.calls import (
+    GRPC_CALLS,
+    REST_CALLS,
+    Prepared,
+    arrow_body,
+    grpc_call,
+    prepare,
+    prepare_pipelines,
+    rest_status,
+    start_slow_runs,
+)
 from tests.conftest import ROOT, start_platform
 from tests.task_scripts import write_scripts
 
@@ -96,17 +106,18 @@ def ready(platform):
     """The calls' shared objects, made by the admin: a finished task, two sleeping ones to cancel."""
     prepared = Prepared(arrow=arrow_body(pa.table({"x": [1.0, 2.0, 3.0]})))
     with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as admin:
+        prepare_pipelines(admin, prepared)
         for name, script, params in (("done", "scripts/trivial.py", {}), ("sleeper", "scripts/nap.py",
                                                                           {"seconds": 600}),
                                      ("grpc_sleeper", "scripts/nap.py", {"seconds": 600})):
             prepared.names[name] = admin.post("/api/v1/tasks", json={"name": name, "script": script,
                                                                       "params": params}).json()["id"]
         prepared.task_id = prepared.names["done"]
-        prepare_pipelines(admin, prepared)
         deadline = time.time() + 60
         while admin.get(f"/api/v1/tasks/{prepared.task_id}").json()["status"] != "completed":
             assert time.time() < deadline
             time.sleep(0.2)
+        start_slow_runs(admin, prepared)
     return prepared
 
 

@@ -213,3 +213,44 @@ def test_end_to_end_training_on_daft_s_ray_runner_inside_a_ray_job(tasks, projec
     assert result["runner"] == "ray" and result["train_images"] == 1500 and result["test_images"] == 1000
     assert result["accuracy"] > 0.5 and result["model_version"] == 1
     assert lance.dataset(str(project / ".ai_platform/models/mnist_e2e.lance")).count_rows() == 1
+
+
+def test_a_pipeline_runs_on_ray_and_goes_on_after_a_scheduler_restart(services):
+    """Steps are Ray jobs; the scheduler is killed while the first runs: after its restart the job is re-attached,
+    its dependent starts, and the run completes; a second run is all cached."""
+    from ai_platform.client import PipelineClient
+
+    storage, scheduler, _ = services
+    lake = StorageClient(storage.addr)
+    lake.write("ray_points", pa.table({"x": [1.0, 2.0, 3.0]}), mode="overwrite")
+    lake.close()
+    definition = {"steps": [
+        {"name": "train", "script": "scripts/lineage.py", "input": "datasets/ray_points",
+         "output": "models/ray_pipe", "params": {"pause": 5}},
+        {"name": "after", "script": "scripts/trivial.py", "input": "steps.train.output"}]}
+    pipelines = PipelineClient(scheduler.addr)
+    pipelines.apply("on_ray", definition)
+    run = pipelines.run("on_ray")
+    deadline = time.time() + 60
+    while pipelines.get_run(run.id).steps["train"].status != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    pipelines.close()
+    scheduler.proc.send_signal(signal.SIGKILL)
+    scheduler.proc.wait(10)
+    scheduler.proc = None
+    scheduler.start()
+    pipelines = PipelineClient(scheduler.addr)
+    try:
+        done = pipelines.wait(run.id, timeout=180)
+        assert done.status == "completed", done
+        assert [done.steps[n].status for n in done.order] == ["completed", "completed"]
+        model_version = done.steps["train"].output_version
+        assert done.steps["after"].inputs["models/ray_pipe"] == model_version
+        tasks = SchedulerClient(scheduler.addr)
+        assert tasks.get(done.steps["train"].task_id).backend == "ray"
+        assert task_result(tasks.get(done.steps["after"].task_id))["input"].endswith("ray_pipe.lance")
+        tasks.close()
+        again = pipelines.wait(pipelines.run("on_ray").id, timeout=60)
+        assert {again.steps[n].status for n in again.order} == {"cached"}
+    finally:
+        pipelines.close()

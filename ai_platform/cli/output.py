@@ -25,6 +25,20 @@ def add_output(parser: argparse.ArgumentParser, long: bool = True) -> None:
     parser.add_argument("--json", action="store_true", help="the same as -o json")
 
 
+def json_params(text: str) -> dict:
+    """``--params``: a JSON object (argparse says what is wrong with anything else, exit status 2)."""
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--params is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"--params must be a JSON object, got {text!r}")
+    return value
+
+
 def chosen_format(args: Any) -> str:
     """``-o`` as given; ``--json`` is ``-o json``; unset: a table in a terminal, plain text when piped."""
     if getattr(args, "json", False):

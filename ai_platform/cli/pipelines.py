@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ai_platform.cli.output import Column, add_output, ago, chosen_format, print_rows, print_value
+from ai_platform.cli.output import Column, add_output, ago, chosen_format, json_params, print_rows, print_value
 
 MARKS = {"completed": "✓", "cached": "↺", "failed": "✗", "cancelled": "✗", "skipped": "–", "running": "…",
          "pending": "·"}
@@ -106,12 +106,7 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
         print_rows(rows, PIPELINE_COLUMNS, fmt)
         return 0
     if args.action == "run":
-        try:
-            params = json.loads(args.params)
-        except ValueError as exc:
-            print(f"--params is not JSON: {exc}", file=sys.stderr)
-            return 2
-        run = client.run_pipeline(args.name, params, cache=not args.no_cache)
+        run = client.run_pipeline(args.name, args.params, cache=not args.no_cache)
         if args.wait:
             run = follow(client, run["id"], live=sys.stdout.isatty() and fmt == "table")
         show_run(run, fmt)
@@ -150,7 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output(ls)
     run = actions.add_parser("run", help="run a pipeline now; its lake inputs are pinned as it starts")
     run.add_argument("name", help="the pipeline (see `aip pipelines ls`)")
-    run.add_argument("--params", default="{}", help='per step, over the definition\'s: {"train": {"epochs": 1}}')
+    run.add_argument("--params", default={}, type=json_params,
+                     help='per step, over the definition\'s: {"train": {"epochs": 1}}')
     run.add_argument("--no-cache", action="store_true", help="run every step even when an exact earlier result "
                                                              "exists")
     run.add_argument("--wait", action="store_true", help="follow its steps live and print how each ended")

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ai_platform.cli.output import Column, add_output, ago, chosen_format, number, print_rows, print_value
+from ai_platform.cli.output import (
+    Column,
+    add_output,
+    ago,
+    chosen_format,
+    json_params,
+    number,
+    print_rows,
+    print_value,
+)
 from ai_platform.cli.services import resource
 
 
@@ -45,16 +54,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         return _params(args, fmt)
     client = _client()
     if args.action == "submit":
-        try:
-            params = json.loads(args.params)
-        except ValueError as exc:
-            print(f"--params is not JSON: {exc}", file=sys.stderr)
-            return 2
-        if not isinstance(params, dict):
-            print(f"--params must be a JSON object, got {args.params!r}", file=sys.stderr)
-            return 2
         custom = dict(args.resource)
-        task = client.submit(args.name, args.script, args.input, args.output, params, timeout_s=args.timeout,
+        task = client.submit(args.name, args.script, args.input, args.output, args.params, timeout_s=args.timeout,
                              resources={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
                                         "memory_mb": args.memory_mb, "custom": custom})
         if args.wait:
@@ -186,7 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--input", default="",
                         help="datasets/NAME or models/NAME (pinned when the task starts), download, a path or URI")
     submit.add_argument("--output", default="", help="datasets/NAME or models/NAME, a path or URI")
-    submit.add_argument("--params", default="{}",
+    submit.add_argument("--params", default={}, type=json_params,
                         help="a JSON object of params (see `aip tasks params SCRIPT` for what it takes)")
     submit.add_argument("--num-cpus", type=float, default=0, help="CPUs the task holds (Ray backend)")
     submit.add_argument("--num-gpus", type=float, default=0, help="GPUs the task holds (Ray backend)")
