@@ -44,7 +44,6 @@ from scheduler_svc.tasks import TaskStatus
 
 log = logging.getLogger("scheduler_svc.pipelines")
 TRIGGER_POLL_S = 2.0  # dataset triggers look at their dataset's newest version this often (one GetTable each)
-RUN_STATES = ("running", "completed", "failed", "cancelled")
 DONE_STEPS = {"completed", "cached"}
 ENDED_STEPS = {"completed", "cached", "failed", "cancelled", "skipped"}
 
@@ -379,12 +378,10 @@ class Pipelines:
                     ups = [run.steps[u] for u in step.upstream()]
                     blocked = next((u for u in step.upstream() if run.steps[u].status in
                                     ("failed", "cancelled", "skipped")), None)
-                    if run.status == "cancelled":
-                        if state.status == "pending":
-                            state.status, state.message = "skipped", "the run was cancelled"
-                            self._changed_run(run)
-                            continue
-                    if blocked and state.status == "pending":
+                    if run.status == "cancelled" and state.status == "pending":
+                        state.status, state.message = "skipped", "the run was cancelled"
+                        self._changed_run(run)
+                    elif blocked and state.status == "pending":
                         state.status = "skipped"
                         state.message = f"step '{blocked}' {run.steps[blocked].status}"
                         self._changed_run(run)
@@ -404,7 +401,7 @@ class Pipelines:
                 task.cancel()
             raise
         failed = [n for n, s in run.steps.items() if s.status in ("failed", "cancelled")]
-        if run.status == "cancelled":
+        if run.status == "cancelled":  # as cancel() left it
             pass
         elif failed:
             run.status = "failed"
