@@ -103,8 +103,9 @@ def _resources(raw: Any, where: str) -> Resources:
         raise InvalidArgument(f"{where}: resources must not be negative")
     memory = int(_typed(raw.get("memory_mb", 0), (int, float), f"{where}.memory_mb", "a number"))
     custom = _typed(raw.get("custom", {}), dict, f"{where}.custom", "an object")
-    return Resources(memory_mb=memory, custom={validate_name(k, "custom resource name"): float(v)
-                                               for k, v in custom.items()}, **numbers)
+    amounts = {validate_name(k, "custom resource name"): float(_typed(v, (int, float), f"{where}.custom.{k}",
+                                                                       "a number")) for k, v in custom.items()}
+    return Resources(memory_mb=memory, custom=amounts, **numbers)
 
 
 def parse_step(raw: Any, index: int) -> Step:

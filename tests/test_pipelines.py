@@ -305,6 +305,10 @@ def test_a_dataset_trigger_runs_the_pipeline_and_records_why(services, lake, pip
     ({"steps": [{"name": "a", "script": "scripts/double.py", "output": "models/m@production"}]},
      "steps"),  # the model does not exist yet: fine at apply (the gate creates nothing it was not told to)
     ({"steps": []}, "1 to 100"),
+    ({"steps": [{"name": "a", "script": "scripts/double.py", "resources": {"custom": {"pool": "big"}}}]},
+     "resources.custom.pool must be a number"),
+    ({"steps": [{"name": "a", "script": "scripts/double.py", "timeout_s": "soon"}]}, "timeout_s must be a number"),
+    ({"steps": [{"name": "a", "script": "scripts/double.py"}], "max_concurrent_runs": True}, "max_concurrent_runs"),
     ({"steps": [{"name": "a b", "script": "scripts/double.py"}]}, "step name"),
 ])
 def test_bad_definitions_are_refused_naming_the_problem_and_nothing_is_stored(pipelines, definition, message):
