@@ -400,7 +400,9 @@ def test_a_task_queues_behind_the_task_that_makes_its_input(project, services):
         orphan = client.wait(client.submit("orphan", "scripts/reads_dataset.py", input="datasets/never").id, 60)
         assert status_name(orphan) == "failed" and orphan.error.type == "NotFound"
         assert "datasets/never does not exist" in orphan.error.message
-        broken = client.submit("broken", "scripts/raises.py", output="datasets/never_made")
+        # a producer still running when the reader is submitted (one that failed at once could end before it)
+        broken = client.submit("broken", "scripts/nap.py", output="datasets/never_made", params={"seconds": 30},
+                               timeout_s=2)
         orphan = client.wait(client.submit("orphan", "scripts/reads_dataset.py", input="datasets/never_made").id, 60)
         assert status_name(client.get(broken.id)) == "failed"
         assert status_name(orphan) == "failed" and orphan.error.type == "UpstreamFailed"
