@@ -214,7 +214,7 @@ class Pipelines:
         definition = parse_definition(raw)
         for step in definition.steps:  # every script must be one the scheduler runs, now
             try:
-                self.scheduler._check_script(step.script)
+                self.scheduler.check_script(step.script)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"step '{step.name}': {exc.message}") from None
             await self._check_refs(step)
@@ -474,7 +474,7 @@ class Pipelines:
             extra_key[key] = f"{table}@{version}"
         if extra:
             params["inputs"] = extra
-        script = self.scheduler._check_script(step.script)
+        script = self.scheduler.check_script(step.script)
         script_hash = await asyncio.to_thread(sha256_of, script)
         output = LAKE_OUTPUT.match(step.output)
         if output and output["alias"]:  # a gate decides against what the alias points to now: part of its key

@@ -145,7 +145,7 @@ class Scheduler:
         name = validate_name(request.name, "task name")
         check_task_fields(request.script, request.input, request.output, request.timeout_s)
         check_params(request.params)
-        script = self._check_script(request.script)
+        script = self.check_script(request.script)
         self._check_resources(request.resources, request.timeout_s)
         resolved_input, pinned = await self.resolver.resolve(request.input, "input")
         resolved_output, output_table = await self.resolver.resolve(request.output, "output")
@@ -180,7 +180,7 @@ class Scheduler:
             pass
         return self.get(task.id)
 
-    def _check_script(self, script: str) -> Path:
+    def check_script(self, script: str) -> Path:
         if not script:
             raise InvalidArgument("script is required (a .py file defining run(input_path, output_path, params))")
         if "\x00" in script:
