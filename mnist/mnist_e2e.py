@@ -4,8 +4,8 @@ Task: ``run(input_path, output_path, params)``.
 - input: a directory of the four IDX files (``.gz`` or raw), or the home's ``download`` area (fetched first,
   as in mnist_clean.py).
 - output: the model table (e.g. ``models/mnist_e2e``); each run adds a version, served like any other.
-- params: those of mnist_cnn.py (``epochs`` 3, ``learning_rate``, ``batch_size`` 64, ``seed``, ``augment``,
-  ``precision``, ``channels_last``,
+- params: those of mnist_cnn.py (``epochs`` 4, ``learning_rate``, ``batch_size`` 128, ``seed``, ``augment``,
+  ``precision``, ``channels_last``, ``label_smoothing``, ``ema_decay``, ``evals_per_epoch``,
   ``limit`` training images, ``labels``, ``log_every``, ``device``) plus ``chunk_rows`` (4096 images per record
   batch the source decodes), ``window_rows`` (32768 images per execution of the plan), ``shuffle_buffer``
   (16384 images shuffled together; the stream is never held whole), ``ray_runner`` (false: Daft's native
@@ -37,7 +37,19 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idx  # noqa: E402
-from mnist_cnn import EVAL_BATCH, PARAMS, check_batch, end_epoch, training_settings, training_step  # noqa: E402
+from mnist_cnn import (  # noqa: E402
+    EVAL_BATCH,
+    PARAMS,
+    adam,
+    check_batch,
+    end_epoch,
+    midway,
+    one_cycle,
+    scoring_points,
+    training_settings,
+    training_step,
+    weight_average,
+)
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
 from ai_platform.sdk import log_metrics, report_progress, resolve_params, save_model  # noqa: E402
@@ -217,7 +229,9 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     wanted = params["device"]
     device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
                           "cpu" if wanted == "auto" else wanted)
-    settings = training_settings(params, device)  # a bad precision is refused before any work
+    settings = training_settings(params, device)  # a bad precision or smoothing is refused before any work
+    evals_per_epoch = int(params["evals_per_epoch"])
+    scoring_points(1, evals_per_epoch)
     directory, origin = idx.locate(input_path, params, lambda message: report_progress(0.01, message))
     spans = {}
     for split, (image_name, label_name) in idx.SPLITS.items():  # every file checked before any work
@@ -240,23 +254,37 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     generator = torch.Generator().manual_seed(seed)
     check_batch(batch_size, train_images)
     model = Normalized(MnistCNN()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = adam(model, learning_rate)
     step = training_step(model, optimizer, settings)
-    steps = epochs * ((train_images + batch_size - 1) // batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate * 3, total_steps=steps)
+    averaged = weight_average(model, float(params["ema_decay"]))
+    scored = averaged.module if averaged is not None else model
+    per_epoch = (train_images + batch_size - 1) // batch_size
+    steps = epochs * per_epoch
+    scheduler = one_cycle(optimizer, learning_rate, steps)
+    midway_at = scoring_points(per_epoch, evals_per_epoch)
     augment = bool(params["augment"])
     log_every = int(params["log_every"])
     history, train_seconds, batches = [], 0.0, 0
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen, scoring_s = 0.0, 0, 0.0
+        batches_in_epoch = 0
         for x, y in shuffled(stream(spans["train"], chunk_rows, window_rows), batch_size, buffer, generator):
             if augment:
                 x = random_affine(x, generator)
             loss = step(x.to(device), y.to(device))
             if batches < steps:
                 scheduler.step()
+            if averaged is not None:
+                averaged.update()
+            batches_in_epoch += 1
+            if batches_in_epoch in midway_at:
+                scoring_started = time.perf_counter()
+                accuracy, test_loss, _ = evaluate(scored, stream(spans["test"], chunk_rows, window_rows), device)
+                midway(epoch + batches_in_epoch / per_epoch, epochs, accuracy, test_loss)
+                model.train()
+                scoring_s += time.perf_counter() - scoring_started
             batch_loss = loss.item()
             loss_sum += batch_loss * len(y)
             seen += len(y)
@@ -264,20 +292,20 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
             if log_every and batches % log_every == 0:
                 log_metrics({"batch_loss": batch_loss}, step=batches)
                 report_progress((epoch + seen / train_images) / epochs, f"epoch {epoch + 1}/{epochs}: {seen} images")
-        epoch_seconds = time.perf_counter() - epoch_started
+        epoch_seconds = time.perf_counter() - epoch_started - scoring_s
         train_seconds += epoch_seconds
-        accuracy, test_loss, test_images = evaluate(model, stream(spans["test"], chunk_rows, window_rows), device)
+        accuracy, test_loss, test_images = evaluate(scored, stream(spans["test"], chunk_rows, window_rows), device)
         history.append(end_epoch(epoch, epochs, loss_sum / seen, accuracy, test_loss, seen, epoch_seconds))
 
     final = history[-1]
     metrics = {"accuracy": final["accuracy"], "test_loss": final["test_loss"], "train_loss": final["train_loss"],
                "epochs": epochs, "train_images": seen, "test_images": test_images,
                "images_per_s": round(seen * epochs / train_seconds)}
-    saved = save_model(model.cpu().to(memory_format=torch.contiguous_format), output_path, torch.zeros(1, 1, 28, 28),
+    saved = save_model(scored.cpu().to(memory_format=torch.contiguous_format), output_path, torch.zeros(1, 1, 28, 28),
                        labels=params.get("labels") or [str(i) for i in range(10)],
                        params={"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                "seed": seed, "augment": augment, "device": str(device),
-                               "source": "mnist_e2e: streamed from IDX files"},
+                               "ema_decay": float(params["ema_decay"]), "source": "mnist_e2e: streamed from IDX files"},
                        metrics=metrics, scores="logits")
     return {**metrics, "train_seconds": round(train_seconds, 2), "history": history, "files": origin,
             "runner": daft.get_or_infer_runner_type(), "model_uri": saved["uri"], "model_version": saved["version"]}

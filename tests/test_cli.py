@@ -261,7 +261,7 @@ def test_runs_compare_versions_and_predictions_for_people(running):
                            "--input", "datasets/mnist_clean", "--output", "models/mnist_small", "--params",
                            '{"epochs": 1, "limit": 300, "augment": false}', "--wait", "-o", "json", env=env,
                            cwd=project).stdout)
-    assert other["status"] == "completed" and other["effective_params"]["batch_size"] == 64, "defaults recorded"
+    assert other["status"] == "completed" and other["effective_params"]["batch_size"] == 128, "defaults recorded"
     trained = next(t for t in json.loads(aip("tasks", "ls", "-o", "json", env=env).stdout) if t["name"] == "mnist_cnn")
     compared = aip("runs", "compare", trained["id"], other["id"], env=env)
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in compared.stdout.splitlines()}

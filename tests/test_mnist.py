@@ -219,6 +219,58 @@ def test_batch_predictions_become_a_dataset_and_bad_requests_name_the_problem(cl
     assert not (platform.home / "datasets/never_written.lance").exists(), "a refused run writes nothing"
 
 
+def test_pooling_before_relu_is_the_textbook_model_exactly():
+    """The model pools before its ReLUs (a quarter of the ReLU work): outputs and gradients are those of the usual
+    order, so the weights train and serve the same."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(MNIST_DIR))
+    from model import MnistCNN
+
+    class Textbook(MnistCNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(torch.relu(self.conv1(x)))
+            x = self.pool(torch.relu(self.conv2(x)))
+            return self.fc2(self.dropout(torch.relu(self.fc1(x.flatten(1)))))
+
+    torch.manual_seed(0)
+    ours, textbook = MnistCNN().eval(), Textbook().eval()
+    textbook.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(ours(x), textbook(x), rtol=0, atol=0)
+    ours(x).square().sum().backward()
+    textbook(x).square().sum().backward()
+    for (name, mine), theirs in zip(ours.named_parameters(), textbook.parameters(), strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, msg=name)
+
+
+def test_the_weight_average_follows_the_weights_soon_and_smooths_them_later():
+    import sys
+
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(MNIST_DIR))
+    from mnist_cnn import WeightAverage, scoring_points, weight_average
+
+    model = nn.Linear(2, 1)
+    averaged = WeightAverage(model, 0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    averaged.update()
+    assert averaged.module.weight.mean().item() == pytest.approx(1.0, abs=0.25), "the first steps count the most"
+    for _ in range(1000):
+        averaged.update()
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    averaged.update()
+    assert averaged.module.weight.mean().item() == pytest.approx(1.01), "later, one step moves it by 1 - decay"
+    assert not averaged.module.weight.requires_grad and weight_average(model, 0) is None
+    assert scoring_points(469, 2) == {234} and scoring_points(469, 1) == set() and scoring_points(3, 4) == {1, 2}
+
+
 def test_shuffled_stream_yields_every_image_once_per_pass():
     import sys
 
@@ -314,7 +366,10 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(cleaned, t
             done.error.message, done.error.message
         assert time.monotonic() - started < 60
         for bad, words in (({"batch_size": 0}, "at least 1"),
-                           ({"precision": "fp8"}, "precision must be auto, fp32 or bf16")):
+                           ({"precision": "fp8"}, "precision must be auto, fp32 or bf16"),
+                           ({"label_smoothing": 1.5}, "must be at least 0 and below 1, got 1.5"),
+                           ({"ema_decay": 1}, "must be at least 0 and below 1, got 1.0"),
+                           ({"evals_per_epoch": 0}, "must be at least 1, got 0")):
             done = run_task(tasks, "bad-train", f"mnist/{script}", given, "models/never_trained", {**bad, "epochs": 1})
             assert status_name(done) == "failed" and words in done.error.message, (script, bad, done.error)
             assert next(iter(bad)) in done.error.message
