@@ -217,13 +217,16 @@ def main() -> None:
 def ray_figures(work: Path, env: dict[str, str], sleep_s: float) -> None:
     from ai_platform.cli.ray_cluster import start_local_head
 
-    head = start_local_head(num_cpus=2, temp_dir=str(work / "ray"))
+    # Ray's session folder lies outside the scripts' folder, which each job ships as its working_dir.
+    state = Path(tempfile.mkdtemp(prefix="bench-scheduler-ray-"))
+    head = start_local_head(num_cpus=2, temp_dir=str(state))
     try:
         result = ours(work, {**env, "RAY_ADDRESS": head.dashboard_url}, 10, 4, sleep_s,
                       ["--backend", "ray", "--ray-address", head.dashboard_url])
         show("ours, Ray backend (a Ray Job per task)", result, 10, 4, sleep_s, 4 * sleep_s / 2)
     finally:
         head.stop()
+        stop_and_clean([], state)
 
 
 if __name__ == "__main__":
