@@ -240,7 +240,7 @@ def test_every_flag_says_what_it_does_and_read_commands_take_o():
 def test_tasks_params_lists_what_a_script_takes_without_running_it(tmp_path):
     listed = json.loads(aip("tasks", "params", "mnist/mnist_e2e.py", "-o", "json").stdout)
     params = {p["name"]: p for p in listed["params"]}
-    assert params["epochs"] == {"name": "epochs", "default": "3", "note": "passes over the training images"}
+    assert params["epochs"] == {"name": "epochs", "default": "4", "note": "passes over the training images"}
     assert params["augment"]["default"] == "true" and params["labels"]["default"] == "null"
     assert {"chunk_rows", "timeout_s", "mirrors", "learning_rate"} <= set(params), "spreads followed into siblings"
     assert listed["declared_in"] == "E2E_PARAMS"
