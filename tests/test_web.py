@@ -156,7 +156,7 @@ def test_the_dashboard_on_the_demo_data(demo, browser, http):
     expect(page.locator("#task-title")).to_contain_text(model["lineage"]["task_id"])
     facts = page.locator("#task-info")
     expect(facts.locator("[data-fact='result · accuracy']")).to_have_text(f"{model['metrics']['accuracy']:.3g}")
-    expect(facts.locator("[data-fact=params]")).to_contain_text("batch_size 64"), "defaults shown, as the run used"
+    expect(facts.locator("[data-fact=params]")).to_contain_text("batch_size 128"), "defaults shown, as the run used"
     expect(page.locator("[data-testid=chart-accuracy]")).to_have_attribute("data-points", "3")
     expect(page.locator("[data-testid=task-log]")).to_contain_text("[task completed]")
     page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
@@ -195,10 +195,10 @@ def test_a_training_run_draws_its_curves_as_it_runs_and_compares_with_the_demo_r
     expect(table.locator("tr")).to_have_count(3)
     header = [h.strip() for h in table.locator("th").all_inner_texts()]
     runs = {r["id"]: r for r in http.get(f"/api/v1/runs?ids={demo_run['id']},{live['id']}").json()}
-    assert all(r["params"]["batch_size"] == 64 for r in runs.values()), "effective params, defaults included"
+    assert all(r["params"]["batch_size"] == 128 for r in runs.values()), "effective params, defaults included"
     batch = header.index("batch_size")
     for row in (1, 2):
-        expect(table.locator("tr").nth(row).locator("td").nth(batch)).to_have_text("64")
+        expect(table.locator("tr").nth(row).locator("td").nth(batch)).to_have_text("128")
     best = max(runs.values(), key=lambda r: r["final"]["accuracy"])
     column = header.index("accuracy (final)")
     winner = 1 + [r["id"] for r in (demo_run, live)].index(best["id"])
