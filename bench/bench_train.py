@@ -59,8 +59,8 @@ def textbook_model() -> object:
 
 
 def seed_style(lake: str, limit: int, max_epochs: int, targets: tuple[float, ...]) -> dict:
-    """The seed's loop: Python rows from Lance, a DataLoader, Adam 1e-3, batch 64; scored after every epoch until
-    the last target is reached."""
+    """The seed's loop: Python rows from Lance, a DataLoader, Adam 1e-3, batch 64; scored twice an epoch until the
+    last target is reached."""
     started = time.perf_counter()
     import lance
     import torch

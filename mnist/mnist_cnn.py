@@ -121,11 +121,27 @@ def training_settings(params: dict, device: torch.device | None = None) -> dict:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    smoothing = float(params.get("label_smoothing", PARAMS["label_smoothing"]))
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"label_smoothing must be at least 0 and below 1, got {smoothing}")
+    smoothing = share({"label_smoothing": PARAMS["label_smoothing"], **params}, "label_smoothing")
     return {"bf16": bool(bf16), "channels_last": bool(params.get("channels_last", PARAMS["channels_last"])),
             "device": device.type, "label_smoothing": smoothing}
+
+
+def whole(params: dict, name: str, least: int) -> int:
+    """An integer param of at least ``least``; anything else (2.5, "2", true) is refused, naming it."""
+    value = params[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    return value
+
+
+def share(params: dict, name: str) -> float:
+    """A param that is a number at least 0 and below 1; anything else is refused, naming it."""
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number at least 0 and below 1, got {value!r}")
+    return float(value)
 
 
 def adam(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
@@ -187,15 +203,11 @@ class WeightAverage:
 
 def weight_average(model: nn.Module, decay: float) -> WeightAverage | None:
     """The average that is scored and saved (None for ``decay`` 0: the weights as trained)."""
-    if not 0 <= decay < 1:
-        raise ValueError(f"ema_decay must be at least 0 and below 1, got {decay}")
     return WeightAverage(model, decay) if decay else None
 
 
 def scoring_points(batches_per_epoch: int, evals_per_epoch: int) -> set[int]:
     """The batch numbers within an epoch after which the test split is scored before the epoch ends."""
-    if evals_per_epoch < 1:
-        raise ValueError(f"evals_per_epoch must be at least 1, got {evals_per_epoch}")
     return {round(batches_per_epoch * k / evals_per_epoch) for k in range(1, evals_per_epoch)} - {0, batches_per_epoch}
 
 
@@ -220,8 +232,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     settings = training_settings(params, device)  # a bad precision or smoothing is refused before any work
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    evals_per_epoch = int(params["evals_per_epoch"])
-    scoring_points(1, evals_per_epoch)
+    evals_per_epoch, ema_decay = whole(params, "evals_per_epoch", 1), share(params, "ema_decay")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
@@ -236,7 +247,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     model = Normalized(MnistCNN()).to(device)
     optimizer = adam(model, learning_rate)
     step = training_step(model, optimizer, settings)
-    averaged = weight_average(model, float(params["ema_decay"]))
+    averaged = weight_average(model, ema_decay)
     scored = averaged.module if averaged is not None else model
     per_epoch = (len(train_x) + batch_size - 1) // batch_size
     scheduler = one_cycle(optimizer, learning_rate, epochs * per_epoch)
@@ -285,7 +296,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     saved = save_model(model, output_path, torch.zeros(1, 1, 28, 28), labels=labels,
                        params={"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                "seed": seed, "augment": augment, "device": str(device),
-                               "ema_decay": float(params["ema_decay"])},
+                               "ema_decay": ema_decay},
                        metrics=metrics, scores="logits")
     return {**metrics, "load_seconds": round(load_s, 3), "train_seconds": round(train_seconds, 2),
             "history": history, "model_uri": saved["uri"], "model_version": saved["version"]}

@@ -46,9 +46,11 @@ from mnist_cnn import (  # noqa: E402
     midway,
     one_cycle,
     scoring_points,
+    share,
     training_settings,
     training_step,
     weight_average,
+    whole,
 )
 from model import MnistCNN, Normalized, random_affine  # noqa: E402
 
@@ -230,8 +232,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     device = torch.device("cuda" if wanted == "auto" and torch.cuda.is_available() else
                           "cpu" if wanted == "auto" else wanted)
     settings = training_settings(params, device)  # a bad precision or smoothing is refused before any work
-    evals_per_epoch = int(params["evals_per_epoch"])
-    scoring_points(1, evals_per_epoch)
+    evals_per_epoch, ema_decay = whole(params, "evals_per_epoch", 1), share(params, "ema_decay")
     directory, origin = idx.locate(input_path, params, lambda message: report_progress(0.01, message))
     spans = {}
     for split, (image_name, label_name) in idx.SPLITS.items():  # every file checked before any work
@@ -256,7 +257,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
     model = Normalized(MnistCNN()).to(device)
     optimizer = adam(model, learning_rate)
     step = training_step(model, optimizer, settings)
-    averaged = weight_average(model, float(params["ema_decay"]))
+    averaged = weight_average(model, ema_decay)
     scored = averaged.module if averaged is not None else model
     per_epoch = (train_images + batch_size - 1) // batch_size
     steps = epochs * per_epoch
@@ -305,7 +306,7 @@ def run(input_path: str, output_path: str, params: dict) -> dict:
                        labels=params.get("labels") or [str(i) for i in range(10)],
                        params={"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
                                "seed": seed, "augment": augment, "device": str(device),
-                               "ema_decay": float(params["ema_decay"]), "source": "mnist_e2e: streamed from IDX files"},
+                               "ema_decay": ema_decay, "source": "mnist_e2e: streamed from IDX files"},
                        metrics=metrics, scores="logits")
     return {**metrics, "train_seconds": round(train_seconds, 2), "history": history, "files": origin,
             "runner": daft.get_or_infer_runner_type(), "model_uri": saved["uri"], "model_version": saved["version"]}

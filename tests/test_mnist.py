@@ -367,9 +367,11 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_any_work(cleaned, t
         assert time.monotonic() - started < 60
         for bad, words in (({"batch_size": 0}, "at least 1"),
                            ({"precision": "fp8"}, "precision must be auto, fp32 or bf16"),
-                           ({"label_smoothing": 1.5}, "must be at least 0 and below 1, got 1.5"),
-                           ({"ema_decay": 1}, "must be at least 0 and below 1, got 1.0"),
-                           ({"evals_per_epoch": 0}, "must be at least 1, got 0")):
+                           ({"label_smoothing": 1.5}, "must be a number at least 0 and below 1, got 1.5"),
+                           ({"ema_decay": 1}, "must be a number at least 0 and below 1, got 1"),
+                           ({"ema_decay": "high"}, "must be a number at least 0 and below 1, got 'high'"),
+                           ({"evals_per_epoch": 0}, "must be a whole number of at least 1, got 0"),
+                           ({"evals_per_epoch": 2.5}, "must be a whole number of at least 1, got 2.5")):
             done = run_task(tasks, "bad-train", f"mnist/{script}", given, "models/never_trained", {**bad, "epochs": 1})
             assert status_name(done) == "failed" and words in done.error.message, (script, bad, done.error)
             assert next(iter(bad)) in done.error.message
