@@ -206,7 +206,8 @@ def test_end_to_end_training_on_daft_s_ray_runner_inside_a_ray_job(tasks, projec
     """After the chain test: the offline digits are in the download area. The script the local backend runs,
     with the plan executed by Daft's Ray runner on the cluster the job runs on."""
     task = tasks.submit("mnist_e2e", "mnist/mnist_e2e.py", "download", "models/mnist_e2e",
-                        {"ray_runner": True, "epochs": 1, "limit": 1500, "chunk_rows": 500, "window_rows": 1000})
+                        {"ray_runner": True, "epochs": 1, "limit": 1500, "chunk_rows": 500, "window_rows": 1000,
+                         "batch_size": 50})  # 30 steps: 12 at the default 128 may stay near chance
     done = tasks.wait(task.id, 300)
     assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task.id))[-3000:])
     result = task_result(done)
