@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -10,16 +11,16 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core import auth
 from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
 from ai_platform.core.names import METRIC_KEY
-from ai_platform.core.wire import TASK_STATUSES, struct_value
+from ai_platform.core.wire import TASK_STATUSES, plain_json, struct_value
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2_grpc, scheduler_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
+from ai_platform.sdk.report import CHANNEL_KINDS, report_request
 from scheduler_svc.pipelines import PipelineRecord, PipelineRun, Pipelines
 from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
@@ -173,22 +174,39 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return answer_report(self.scheduler, request)
 
     def local_report(self, task: Task, data: bytes) -> tuple[bool, bytes]:
-        """A report on a forked task's own socket (``RunContext.answer_report``): the same message and answer as
-        ReportTask, from the one task the socket belongs to. (ok, the answer's bytes or the error's text)."""
+        """A report on a forked task's own socket (``RunContext.answer_report``, ``report.ChannelReporter``), from
+        the one task the socket belongs to, checked as ReportTask checks its message. (ok, b"" or the refusal)"""
+        who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id, owner=task.owner))
         try:
-            request = pb.ReportTaskRequest.FromString(data)
-            if request.task_id != task.id:
-                raise PermissionDenied(f"task {task.id}'s channel reports for task {task.id} only")
-            who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id,
-                                                 owner=task.owner))
-            try:
-                return True, answer_report(self.scheduler, request).SerializeToString()
-            finally:
-                auth.CALLER.reset(who)
+            kind, value = channel_report(data)
+            if kind == "result":  # every task's: plain JSON already, as ReportTask's Struct would give it
+                self.scheduler.report(task.id, kind, plain_json(value))
+            else:
+                try:
+                    request = report_request(task.id, kind, value)
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                    raise InvalidArgument(f"a {kind} report on the task's channel is malformed: {exc!r}") from None
+                answer_report(self.scheduler, request)
+            return True, b""
         except PlatformError as exc:
             return False, f"{exc.grpc_code.name}: {exc.message}".encode()
-        except DecodeError:
-            return False, b"INVALID_ARGUMENT: not a ReportTaskRequest"
+        finally:
+            auth.CALLER.reset(who)
+
+
+def channel_report(data: bytes) -> tuple[str, Any]:
+    """A report on a forked task's socket: JSON ``{"kind": KIND, "value": VALUE}``, the kinds ReportTask takes
+    but ``started`` (that task's spec came with its process)."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise InvalidArgument("a report on the task's channel must be JSON") from None
+    if not isinstance(message, dict) or set(message) != {"kind", "value"}:
+        raise InvalidArgument('a report on the task\'s channel is {"kind": KIND, "value": VALUE}, nothing else')
+    if message["kind"] not in CHANNEL_KINDS:
+        raise InvalidArgument(f"unknown report kind {str(message['kind'])[:64]!r} on the task's channel; expected "
+                              f"one of {', '.join(CHANNEL_KINDS)}")
+    return message["kind"], message["value"]
 
 
 def answer_report(scheduler: Scheduler, request: pb.ReportTaskRequest) -> pb.ReportTaskResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -180,6 +181,12 @@ def _shown(f: dataclasses.Field, declared: Declaration) -> str:
     return "" if value is None else str(value)
 
 
+@functools.cache
+def _declarations(cls: type) -> tuple[tuple[dataclasses.Field, Declaration], ...]:
+    """A class's settings, worked out once (a task's worker reads its own at every start)."""
+    return tuple((f, _declaration(f)) for f in dataclasses.fields(cls) if "setting" in f.metadata)
+
+
 class SettingsError(ValueError):
     """A malformed setting; the message names the variable or flag."""
 
@@ -193,7 +200,7 @@ class BaseSettings:
 
     @classmethod
     def declarations(cls) -> list[tuple[dataclasses.Field, Declaration]]:
-        return [(f, _declaration(f)) for f in dataclasses.fields(cls) if "setting" in f.metadata]
+        return list(_declarations(cls))
 
     @classmethod
     def from_env(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:

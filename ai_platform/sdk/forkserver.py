@@ -4,8 +4,9 @@ A fresh interpreter spends some 0.2 s of CPU importing grpc and the platform's s
 fork of this process starts with all of that in memory, in about a millisecond, and still runs each task in a
 process of its own: its own session and process group (cancel, timeout and the memory limit act on it as before),
 its environment and working directory, its output on a pipe of its own, its credential handed over here rather
-than in its environment. This process never runs a task, so every child starts from the same clean state: nothing
-one task imports or changes reaches the next.
+than in its environment. This process never runs a task (it only compiles each task's script, so that the fork
+starts with the code), so every child starts from the same clean state: nothing one task imports or changes
+reaches the next.
 
 Protocol, over the SOCK_SEQPACKET socket whose descriptor is the first argument (the second lists modules to import
 ahead, AIP_WARM_IMPORTS), one JSON message per packet:
@@ -21,10 +22,12 @@ from their own death signal and end what they started.
 
 from __future__ import annotations
 
+import _signal
 import array
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import selectors
@@ -40,32 +43,69 @@ MAX_MESSAGE = 1 << 20  # a spawn request: the task's environment and credential 
 
 
 def warm_up(modules: list[str]) -> None:
-    """Import what a worker needs and run once what every task runs (settings, a report), so that each fork finds
-    it compiled and specialised rather than writing to (and so copying) those pages itself; then ``modules``, what
-    tasks will import anyway (e.g. numpy, pyarrow, torch: AIP_WARM_IMPORTS). A module that fails to import is left
-    out (the task that needs it then fails with the real error). gRPC is not among them: a forked worker reports on
-    its socket, and a script that calls the platform imports it itself."""
-    from google.protobuf import json_format
-
+    """Import what a worker needs and run once what every task runs (its settings, a report), so that each fork
+    finds it compiled and specialised rather than writing to (and so copying) those pages itself; then ``modules``,
+    what tasks will import anyway (e.g. numpy, pyarrow, torch: AIP_WARM_IMPORTS). A module that fails to import is
+    left out (the task that needs it then fails with the real error). Neither gRPC nor protobuf is among them: a
+    forked worker reports JSON on its socket, and a script that calls the platform imports them itself."""
     from ai_platform.core.settings import TaskSettings
-    from ai_platform.protos.aiplatform.v1 import scheduler_pb2
 
     TaskSettings.from_env({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
-    request = scheduler_pb2.ReportTaskRequest(task_id="warm-up")
-    json_format.ParseDict({"rows": 1, "scores": [0.5, "x"], "nested": {"none": None, "yes": True}}, request.result)
-    scheduler_pb2.ReportTaskResponse.FromString(scheduler_pb2.ReportTaskResponse().SerializeToString())
+    report.ChannelReporter.request("result", {"rows": 1, "scores": [0.5, "x"], "nested": {"none": None}})
     for name in modules:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
 
 
-def _child(request: dict[str, Any], output: int, reports: int, control: socket.socket, wakeup: int) -> None:
+class Scripts:
+    """Task scripts compiled here, once per text: a fork inherits the code and runs it without compiling. The
+    text is read and compared at every spawn, so an edited script is compiled anew, never run stale; one that does
+    not compile, or is over ``MAX_BYTES``, is left to the task (which reports the real error)."""
+
+    MAX_BYTES = 1 << 20
+    KEPT = 64  # scripts; the least recently used goes first
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, tuple[bytes, Any, Any]] = {}  # script -> (text, module spec, code)
+
+    def compiled(self, script: Any) -> tuple[Any, Any] | None:
+        """``script``'s (module spec, code) as the worker loads it, or None."""
+        if not isinstance(script, str):
+            return None
+        try:
+            fd = os.open(script, os.O_RDONLY)
+            try:
+                text = os.read(fd, self.MAX_BYTES + 1)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        kept = self._compiled.pop(script, None)
+        if kept is None or kept[0] != text:
+            if len(text) > self.MAX_BYTES:
+                return None
+            try:
+                spec = importlib.util.spec_from_file_location("__aip_task__", script)
+                kept = (text, spec, compile(text, script, "exec", dont_inherit=True))
+            except Exception:  # noqa: BLE001 - a SyntaxError, a NUL byte: the task's own load says so
+                return None
+        self._compiled[script] = kept  # the newest last
+        while len(self._compiled) > self.KEPT:
+            del self._compiled[next(iter(self._compiled))]
+        return kept[1], kept[2]
+
+
+def _child(request: dict[str, Any], output: int, reports: int, control: socket.socket, wakeup: int,
+           compiled: tuple[Any, Any] | None) -> None:
     """In the forked child: become the task's process, run it, and leave without returning into the server."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(number, signal.SIG_DFL if number != signal.SIGINT else signal.default_int_handler)
+        # _signal's own function: signal.signal would turn each old handler into an enum, raising and catching a
+        # ValueError for a Python one, which costs a fork more than the rest of its setup.
+        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+            _signal.signal(number, _signal.SIG_DFL)
+        _signal.signal(signal.SIGINT, signal.default_int_handler)
         control.close()
         os.close(wakeup)
         os.setsid()  # its own session and process group: the backend ends the group
@@ -85,6 +125,8 @@ def _child(request: dict[str, Any], output: int, reports: int, control: socket.s
         os.set_inheritable(reports, False)  # the worker's alone: not the processes the script starts
         report.give_credential(request["credential"], reports)
         report.give_spec(request["spec"])
+        if compiled is not None:
+            worker.give_compiled(request["spec"]["script"], *compiled)
         code = worker.main()
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the server
         with contextlib.suppress(Exception):
@@ -104,6 +146,7 @@ def serve(control: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup descriptor hears of children
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "children")
+    scripts = Scripts()
 
     def send(message: dict[str, Any]) -> bool:
         try:
@@ -143,6 +186,7 @@ def serve(control: socket.socket) -> None:
                     os.close(fd)
                 send({"spawned": request.get("spawn"), "error": "a spawn request carries two descriptors"})
                 continue
+            compiled = scripts.compiled(request.get("spec", {}).get("script"))
             sys.stdout.flush()
             sys.stderr.flush()
             try:
@@ -153,7 +197,7 @@ def serve(control: socket.socket) -> None:
                 send({"spawned": request["spawn"], "error": f"fork failed: {exc.strerror or exc}"})
                 continue
             if pid == 0:
-                _child(request, fds[0], fds[1], control, wake_read)
+                _child(request, fds[0], fds[1], control, wake_read, compiled)
             for fd in fds:
                 os.close(fd)
             send({"spawned": request["spawn"], "pid": pid})

@@ -1,4 +1,5 @@
-"""The report channel from a running task to the scheduler: ``ReportTask`` calls over gRPC.
+"""The report channel from a running task to the scheduler: ``ReportTask`` calls over gRPC, or, for a task the
+local backend forked, JSON on a socket of its own (:class:`ChannelReporter`).
 
 The same path from every backend and every node, authenticated by the task's own credential (see
 :func:`credential`), so nothing travels through a shared disk. A report the scheduler cannot take right now (it is
@@ -8,11 +9,11 @@ minutes.
 
 from __future__ import annotations
 
+import _thread
 import json
 import math
 import os
 import sys
-import threading
 import time
 from typing import Any
 
@@ -25,7 +26,9 @@ METRICS_FLUSH_S = 1.0  # buffered metric points are sent this often
 METRICS_BATCH = 5000  # points per report; a fuller buffer is sent at once
 REPORT_TIMEOUT_S = 10.0  # one ReportTask call (not core.wire's: importing it would load grpc eagerly)
 
-_lock = threading.Lock()
+# _thread's locks, not threading's: importing threading registers a hook that every fork of the local backend's
+# fork server would run (0.3 ms a task); the metrics thread imports it when a script first logs a point.
+_lock = _thread.allocate_lock()
 
 
 def task_settings() -> TaskSettings:
@@ -36,7 +39,35 @@ def task_settings() -> TaskSettings:
 
 
 _settings: list[TaskSettings] = []
-_reporter_or_none: Reporter | bool | None = None  # False: not running as a task
+_reporter_or_none: Reporter | ChannelReporter | bool | None = None  # False: not running as a task
+
+
+def report_request(task_id: str, kind: str, value: Any) -> Any:
+    """The ReportTaskRequest for one report (``value`` as :func:`send` takes it); TypeError/ValueError when the
+    value is not plain JSON, KeyError when a field is missing."""
+    from google.protobuf import json_format
+
+    from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
+
+    request = pb.ReportTaskRequest(task_id=task_id)
+    if kind == "started":
+        request.started = float(value)
+    elif kind == "progress":
+        progress = request.progress
+        progress.fraction, progress.message = value["fraction"], value["message"]
+        progress.metrics.update(json.loads(json.dumps(value["metrics"], allow_nan=False)))
+        progress.updated_at.FromNanoseconds(int(value["time"] * 1e9))
+    elif kind == "result":
+        json_format.ParseDict(json.loads(json.dumps(value, allow_nan=False)), request.result)
+    elif kind == "error":
+        request.error.CopyFrom(pb.TaskError(type=value["type"], message=value["message"]))
+    elif kind == "metrics":
+        request.metrics.points.extend(pb.MetricPoint(key=k, step=st, value=v, time=t) for k, st, v, t in value)
+    elif kind == "params":
+        request.params.update(json.loads(json.dumps(value, allow_nan=False)))
+    else:
+        raise ValueError(f"unknown report kind {kind!r}")
+    return request
 
 
 class Reporter:
@@ -56,28 +87,7 @@ class Reporter:
 
     def request(self, kind: str, value: Any) -> Any:
         """The ReportTaskRequest for one report; TypeError/ValueError when the value is not plain JSON."""
-        from google.protobuf import json_format
-
-        pb = self.pb
-        request = pb.ReportTaskRequest(task_id=self.settings.task_id)
-        if kind == "started":
-            request.started = float(value)
-        elif kind == "progress":
-            progress = request.progress
-            progress.fraction, progress.message = value["fraction"], value["message"]
-            progress.metrics.update(json.loads(json.dumps(value["metrics"], allow_nan=False)))
-            progress.updated_at.FromNanoseconds(int(value["time"] * 1e9))
-        elif kind == "result":
-            json_format.ParseDict(json.loads(json.dumps(value, allow_nan=False)), request.result)
-        elif kind == "error":
-            request.error.CopyFrom(pb.TaskError(type=value["type"], message=value["message"]))
-        elif kind == "metrics":
-            request.metrics.points.extend(pb.MetricPoint(key=k, step=st, value=v, time=t) for k, st, v, t in value)
-        elif kind == "params":
-            request.params.update(json.loads(json.dumps(value, allow_nan=False)))
-        else:
-            raise ValueError(f"unknown report kind {kind!r}")
-        return request
+        return report_request(self.settings.task_id, kind, value)
 
     def deliver(self, kind: str, request: Any) -> Any:
         """The scheduler's answer to a report, retried with backoff while it cannot be reached; None when it was
@@ -98,25 +108,32 @@ class Reporter:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-class ChannelReporter(Reporter):
-    """Reports on the socket the local backend's fork server handed this process: the same ReportTask messages and
-    answers as over gRPC, framed by length, to the scheduler that forked it. The socket is this task's alone, so it
-    carries no credential; a forked task spares itself the 10-30 ms of starting gRPC for its two reports."""
+CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params")
 
-    def __init__(self, settings: TaskSettings, fd: int) -> None:
+
+class ChannelReporter:
+    """Reports on the socket the local backend's fork server handed this process, to the scheduler that forked it:
+    each a JSON object ``{"kind": KIND, "value": VALUE}`` framed by its length, answered with a status byte and a
+    length-framed message (empty, or the refusal). The socket is this task's alone, so it carries no credential; a
+    forked task spares itself starting gRPC (10-30 ms) and building protobuf messages for its reports."""
+
+    def __init__(self, fd: int) -> None:
         import socket
 
-        from ai_platform.protos.aiplatform.v1 import scheduler_pb2
-
-        self.settings, self.pb = settings, scheduler_pb2
         self.socket = socket.socket(fileno=fd)
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
 
-    def deliver(self, kind: str, request: Any) -> Any:
-        payload = request.SerializeToString()
+    @staticmethod
+    def request(kind: str, value: Any) -> bytes:
+        """The report's bytes; TypeError/ValueError when the value is not plain JSON."""
+        if kind not in CHANNEL_KINDS:
+            raise ValueError(f"unknown report kind {kind!r}")
+        return json.dumps({"kind": kind, "value": value}, allow_nan=False, separators=(",", ":")).encode()
+
+    def deliver(self, kind: str, request: bytes) -> bool | None:
         try:
             with self.lock:
-                self.socket.sendall(len(payload).to_bytes(4, "big") + payload)
+                self.socket.sendall(len(request).to_bytes(4, "big") + request)
                 header = self._read(5)
                 answer = self._read(int.from_bytes(header[1:], "big"))
         except OSError as exc:
@@ -126,7 +143,7 @@ class ChannelReporter(Reporter):
             print(f"[platform] the scheduler refused the {kind} report: {answer.decode(errors='replace')}",
                   file=sys.stderr, flush=True)
             return None
-        return self.pb.ReportTaskResponse.FromString(answer)
+        return True
 
     def _read(self, size: int) -> bytes:
         data = b""
@@ -161,7 +178,13 @@ def give_credential(token: str, channel: int | None = None) -> None:
     _channel[:] = [channel] if channel is not None else []
 
 
-def _reporter() -> Reporter | None:
+def forked() -> bool:
+    """Whether this worker was forked by the local backend's fork server (its spec and report socket handed over;
+    the scheduler writes the line that says where it runs)."""
+    return bool(_channel)
+
+
+def _reporter() -> Reporter | ChannelReporter | None:
     global _reporter_or_none
     with _lock:
         if _reporter_or_none is None:
@@ -169,7 +192,7 @@ def _reporter() -> Reporter | None:
             if not (settings.task_id and credential()):
                 _reporter_or_none = False
             elif _channel:
-                _reporter_or_none = ChannelReporter(settings, _channel[0])
+                _reporter_or_none = ChannelReporter(_channel[0])
             else:
                 _reporter_or_none = Reporter(settings)
         return _reporter_or_none or None
@@ -203,7 +226,7 @@ def start(started_at: float) -> dict[str, Any] | None:
     from ai_platform.core.wire import struct_value
 
     reporter = _reporter()
-    if reporter is None:
+    if not isinstance(reporter, Reporter):  # not a task; a forked one has its spec handed over already
         return None
     answer = reporter.deliver("started", reporter.request("started", started_at))
     if answer is None:
@@ -228,10 +251,10 @@ class MetricBuffer:
     def __init__(self) -> None:
         self._points: list[tuple[str, int, float, float]] = []
         self._next_step: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._sending = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._lock = _thread.allocate_lock()
+        self._sending = _thread.allocate_lock()
+        self._wake: Any = None  # a threading.Event, with the thread
+        self._thread: Any = None
 
     def add(self, metrics: dict[str, Any], step: int | None) -> None:
         from ai_platform.core.names import METRIC_KEY
@@ -257,6 +280,9 @@ class MetricBuffer:
                 self._points.append((key, at, float(value), now))
             many = len(self._points) >= METRICS_BATCH
         if self._thread is None:
+            import threading
+
+            self._wake = threading.Event()
             self._thread = threading.Thread(target=self._run, name="aip-metrics", daemon=True)
             self._thread.start()
         if many:

@@ -8,6 +8,7 @@ than gRPC is imported before the script's own imports.
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import contextlib
 import importlib.util
@@ -30,14 +31,29 @@ def _fail(kind: str, message: str) -> int:
     return 1
 
 
+_compiled: dict[str, tuple[Any, Any]] = {}  # script -> (module spec, code), compiled by the fork server
+
+
+def give_compiled(script: str, spec: Any, code: Any) -> None:
+    """The script already compiled, by the fork server that forked this process (from the text it has now)."""
+    _compiled[script] = (spec, code)
+
+
 def _load(script: str) -> Any:
-    spec = importlib.util.spec_from_file_location("__aip_task__", script)
+    """The script as a module: what ``exec_module`` does, less its search for a bytecode cache (a task's script is
+    read once, and may have changed since the last task), and less the compiling where the fork server did it."""
+    spec, code = _compiled.pop(script, (None, None))
+    if spec is None:
+        spec = importlib.util.spec_from_file_location("__aip_task__", script)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {script}")
     module = importlib.util.module_from_spec(spec)
     sys.modules["__aip_task__"] = module
     try:
-        spec.loader.exec_module(module)
+        if code is None:
+            with open(script, "rb") as source:
+                code = compile(source.read(), script, "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # noqa: S102 - running the task's script is the point
     finally:
         # Not importable elsewhere (a Ray worker, a Daft UDF actor): out of sys.modules, cloudpickle ships the
         # script's functions and classes by value instead of by a reference that no other process can resolve.
@@ -50,13 +66,24 @@ def _adopt_orphans() -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def _read(path: str) -> bytes:
+    """A /proc file's bytes, without the buffered file objects ``open`` builds (a task's last step, kept light)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
 def _children(pid: int) -> list[int] | None:
     """``pid``'s children from /proc/PID/task/*/children (None where the kernel does not offer the file)."""
     found = []
     try:
         for thread in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{thread}/children") as listed:
-                found += [int(child) for child in listed.read().split()]
+            found += [int(child) for child in _read(f"/proc/{pid}/task/{thread}/children").split()]
     except FileNotFoundError:
         return None if pid == os.getpid() else found
     except OSError:
@@ -117,13 +144,14 @@ def _keep_to_itself() -> None:
     token = report.credential()
     if token:
         os.environ["AIP_TOKEN"] = token  # Client(), sdk.deploy_model(): the task's own, narrow credential
-    sys.stdin = open(os.devnull)  # noqa: SIM115 - the pipe has served its purpose
+    if report.task_settings().task_token_stdin:  # a forked worker's stdin is /dev/null already
+        sys.stdin = open(os.devnull)  # noqa: SIM115 - the pipe has served its purpose
     not_dumpable()
 
 
 def main() -> int:
     _adopt_orphans()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _signal.signal(signal.SIGTERM, _on_sigterm)  # signal.signal's enum conversions cost a forked worker 0.1 ms
     _keep_to_itself()
     try:
         return _run_task()
@@ -140,7 +168,8 @@ def _run_task() -> int:
         print(f"task failed: the scheduler at {settings.scheduler_addr} could not be told the task started, so its "
               f"spec did not arrive", file=sys.stderr, flush=True)
         return 1
-    print(f"[platform] task {settings.task_id} runs on {socket.gethostname()} (pid {os.getpid()})", flush=True)
+    if not report.forked():  # the local backend says it for a task it forked
+        print(f"[platform] task {settings.task_id} runs on {socket.gethostname()} (pid {os.getpid()})", flush=True)
     script = spec["script"]  # relative to the job's working directory (shipped by Ray) when it was given so
     sys.path.insert(0, os.path.dirname(script))
     sys.argv = [script]

@@ -24,9 +24,9 @@ class ForkServerGone(RuntimeError):
 class ForkedProcess:
     """A task's process forked by the server: what the backend needs of an ``asyncio.subprocess.Process``."""
 
-    def __init__(self, pid: int, stdout: asyncio.StreamReader, exited: asyncio.Future,
-                 reports: socket.socket) -> None:
-        self.pid, self.stdout, self._exited, self.reports = pid, stdout, exited, reports
+    def __init__(self, pid: int, output: int, exited: asyncio.Future, reports: socket.socket) -> None:
+        self.pid, self._exited, self.reports = pid, exited, reports
+        self.output = output  # the read end of its output pipe (non-blocking): the backend follows it
         self.returncode: int | None = None
 
     async def wait(self) -> int:
@@ -147,11 +147,9 @@ class ForkServer:
             exited.set_result(self._early_exits.pop(pid))
         else:
             self._exits[pid] = exited
-        stdout = asyncio.StreamReader(limit=1 << 20, loop=loop)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout, loop=loop),
-                                     os.fdopen(read_end, "rb", buffering=0))
+        os.set_blocking(read_end, False)
         reports.setblocking(False)
-        return ForkedProcess(pid, stdout, exited, reports)
+        return ForkedProcess(pid, read_end, exited, reports)
 
     async def close(self) -> None:
         if self._socket is not None:

@@ -8,6 +8,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from ai_platform.core.procs import group_members, process_name
@@ -19,6 +21,7 @@ from scheduler_svc.tasks import Outcome, Task, TaskStatus
 log = logging.getLogger("scheduler_svc.local")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 PUMP_DRAIN_S = 2.0  # after the worker exits, how long its output may still arrive
+HOST = socket.gethostname().encode()
 REPORT_MAX_BYTES = 64 << 20  # one report on a forked task's socket (a result, a batch of metric points)
 
 
@@ -60,6 +63,65 @@ def describe_exit(returncode: int) -> str | None:
         hint = " (the kernel's out-of-memory killer sends SIGKILL)" if -returncode == signal.SIGKILL else ""
         return f"the process was killed by {sig}{hint}"
     return f"the process exited with code {returncode} before run returned"
+
+
+def _follow(fd: int, on_data: Callable[[bytes], bool | None]) -> asyncio.Future:
+    """Hand what arrives on the non-blocking descriptor ``fd`` to ``on_data`` straight from the loop's reader
+    callback, until its end or until ``on_data`` returns False; the future is done then, and ``fd`` closed (also
+    when it is cancelled). ``on_data`` must not raise."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if (not data or on_data(data) is False) and not done.done():
+            done.set_result(None)
+
+    def close(_: asyncio.Future) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    loop.add_reader(fd, readable)
+    done.add_done_callback(close)
+    return done
+
+
+def _answer_reports(reports: socket.socket, ctx: RunContext) -> asyncio.Future:
+    """A forked task's reports on its own socket, each framed by its length, answered in turn (a status byte, then
+    the answer framed by its length) until the task closes it; done then, the socket closed."""
+    fd, buffer = reports.detach(), bytearray()
+
+    def on_data(data: bytes) -> bool:
+        buffer.extend(data)
+        while len(buffer) >= 4:
+            size = int.from_bytes(buffer[:4], "big")
+            if size > REPORT_MAX_BYTES:
+                return False  # not a report: the channel ends
+            if len(buffer) < 4 + size:
+                return True
+            request = bytes(buffer[4:4 + size])
+            del buffer[:4 + size]
+            try:
+                ok, answer = ctx.answer_report(request) if ctx.answer_report else (
+                    False, b"UNAVAILABLE: this scheduler takes no reports on the task's socket")
+            except Exception:  # noqa: BLE001 - a bug here ends this task's channel, not the scheduler's loop
+                log.exception("task %s: a report on its socket could not be answered", ctx.task.id)
+                return False
+            # The worker waits for each answer before it reports again, so the socket has room for this one.
+            reply = memoryview(bytes([0 if ok else 1]) + len(answer).to_bytes(4, "big") + answer)
+            try:
+                while reply:
+                    reply = reply[os.write(fd, reply):]
+            except OSError:  # the task is gone, or not reading: the channel ends
+                return False
+        return True
+
+    return _follow(fd, on_data)
 
 
 class LocalBackend:
@@ -120,11 +182,15 @@ class LocalBackend:
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
+        ctx.on_running(None, "", None)  # it holds its slot and its process is starting: running, as submit answers
         proc = await self._start(ctx)
         ctx.on_running(proc.pid, "", None)
-        pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
         if isinstance(proc, ForkedProcess):
-            pumps.append(asyncio.ensure_future(self._answer_reports(proc, ctx)))
+            # Said here, not by the worker: one write (and one wake-up of this loop) less for every task.
+            ctx.write_log(b"[platform] task %s runs on %s (pid %d)\n" % (task.id.encode(), HOST, proc.pid))
+            pumps = [_follow(proc.output, ctx.write_log), _answer_reports(proc.reports, ctx)]
+        else:
+            pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
         over_memory: list[float] = []
         watchers = [asyncio.ensure_future(self._stop_when_asked(proc, ctx))]
         if task.resources.memory_mb:
@@ -149,35 +215,7 @@ class LocalBackend:
             )
         return ctx.outcome(describe_exit(returncode))
 
-    async def _answer_reports(self, proc: ForkedProcess, ctx: RunContext) -> None:
-        """The forked task's reports on its own socket (length-prefixed ReportTask messages), each answered with a
-        status byte and the answer's bytes, until the task closes it."""
-        loop = asyncio.get_running_loop()
-
-        async def exactly(size: int) -> bytes:
-            data = b""
-            while len(data) < size:
-                chunk = await loop.sock_recv(proc.reports, size - len(data))
-                if not chunk:
-                    raise ConnectionError
-                data += chunk
-            return data
-
-        try:
-            while True:
-                size = int.from_bytes(await exactly(4), "big")
-                if size > REPORT_MAX_BYTES:
-                    return
-                ok, answer = ctx.answer_report(await exactly(size)) if ctx.answer_report else (
-                    False, b"UNAVAILABLE: this scheduler takes no reports on the task's socket")
-                await loop.sock_sendall(proc.reports, bytes([0 if ok else 1]) + len(answer).to_bytes(4, "big")
-                                        + answer)
-        except (ConnectionError, OSError):
-            return
-        finally:
-            proc.reports.close()
-
-    async def _pump_log(self, proc: asyncio.subprocess.Process | ForkedProcess, ctx: RunContext) -> None:
+    async def _pump_log(self, proc: asyncio.subprocess.Process, ctx: RunContext) -> None:
         assert proc.stdout is not None
         while data := await proc.stdout.read(1 << 16):
             ctx.write_log(data)  # never raises: the pipe is drained whatever happens to the log
