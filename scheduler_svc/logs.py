@@ -22,6 +22,7 @@ class TaskLog:
         self.cap = max(cap_bytes, 2)
         self.dropped = dropped
         self._fd: int | None = None
+        self._bytes = 0  # in the file open for writing (only this log writes it)
 
     def _size(self, path: Path) -> int:
         try:
@@ -39,12 +40,17 @@ class TaskLog:
         usable: the next write opens the file again, so writing resumes once the cause is gone."""
         try:
             if self._fd is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                except FileNotFoundError:  # its folder is gone (or not made yet)
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._bytes = os.fstat(self._fd).st_size
             written = os.write(self._fd, data)
+            self._bytes += written
             if written < len(data):  # a short write: the disk filled up in the middle
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            if self._size(self.path) > self.cap // 2:
+            if self._bytes > self.cap // 2:
                 os.close(self._fd)
                 self._fd = None
                 older = self._size(self.older)

@@ -40,7 +40,7 @@ PROGRESS_SAVE_INTERVAL_S = 0.5
 METRICS_POLL_S = 0.25  # a followed metric stream looks for new points this often
 TASK_CREDENTIAL_GRACE_S = 600.0  # past its timeout, a task's credential outlives it by this much (reports, retries)
 TASK_CREDENTIAL_MAX_S = 30 * 24 * 3600.0  # a task without a timeout
-ADMIT_WAIT_S = 5.0  # how long a submit waits to answer "running" (or "pending" for a queued task)
+ADMIT_WAIT_S = 5.0  # how long a submit may wait to answer "running" (or "pending" for a queued task)
 UNSAVED_RETRY_S = 1.0  # records a full disk refused are saved again this often
 NOT_SCRIPT_DIRS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
 
@@ -70,7 +70,7 @@ class TaskRun:
     context: RunContext | None = None
     stop_reason: str = ""
     last_progress_save: float = 0.0
-    admitted: asyncio.Event = field(default_factory=asyncio.Event)  # started, queued for a slot, or ended
+    admitted: asyncio.Event = field(default_factory=asyncio.Event)  # holds its slot, queued for one, or ended
     producers: list[TaskRun] = field(default_factory=list)  # queued or running tasks writing its input: it waits
 
 
@@ -96,7 +96,7 @@ class Scheduler:
         self.start_dir = start_dir
         self.log_cap_bytes = log_cap_bytes
         self._runs: dict[str, TaskRun] = {}
-        self._changed = asyncio.Condition()
+        self._change = asyncio.Event()  # set, and replaced, at every change of a task in flight (watchers wake)
         # Records a full disk refused: served from here and saved again every UNSAVED_RETRY_S until the disk has room.
         self._unsaved: dict[str, Task] = {}
         self._saver: asyncio.Task | None = None
@@ -174,10 +174,15 @@ class Scheduler:
         self.store.save(task)
         run = self._launch(task, producers=producers)
         log.info("task submitted", extra={"task": task.id, "task_name": name, "script": task.script})
-        try:  # answer with the state the task is in: running once it started, pending while it waits
-            await asyncio.wait_for(asyncio.shield(run.admitted.wait()), ADMIT_WAIT_S)
-        except TimeoutError:
-            pass
+        # Answer with the state the task is in: running once it holds a slot (its start under way), pending while it
+        # waits. The launch's first step, run now, takes a free slot at once; only a lake input to pin first, or a
+        # cluster to hand the work to, makes the answer wait (at most ADMIT_WAIT_S).
+        await asyncio.sleep(0)
+        if not run.admitted.is_set():
+            try:
+                await asyncio.wait_for(asyncio.shield(run.admitted.wait()), ADMIT_WAIT_S)
+            except TimeoutError:
+                pass
         return self.get(task.id)
 
     def check_script(self, script: str) -> Path:
@@ -285,23 +290,16 @@ class Scheduler:
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         """The task now, then again after every change, until it has finished. Each is a copy taken when it is
         sent: the live record may change while one is on its way, and the last one sent must be the finished one."""
-        task = copy.copy(self.get(task_id))
+        live = self.get(task_id)  # the record the scheduler changes, while the task is in flight
+        task = copy.copy(live)
         while True:
             yield task
             if task.status.finished:
                 return
-            async with self._changed:
-                await self._changed.wait_for(self._change_of(task))
-            task = copy.copy(self.get(task_id))
-
-    def _change_of(self, task: Task) -> Callable[[], bool]:
-        seen = (task.status, task.progress, task.started_at)
-
-        def changed() -> bool:
-            now = self.get(task.id)
-            return (now.status, now.progress, now.started_at) != seen
-
-        return changed
+            seen = (task.status, task.progress, task.started_at)
+            while (live.status, live.progress, live.started_at) == seen:
+                await self._change.wait()
+            task = copy.copy(live)
 
     async def logs(self, task_id: str, follow: bool, tail_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
         task = self.get(task_id)
@@ -446,11 +444,16 @@ class Scheduler:
             )
 
     def _on_running(self, run: TaskRun, pid: int | None, job_id: str, started_at: float | None) -> None:
+        """The task runs (again, once its process is known: only the pid and job are new then)."""
         task = run.task
-        task.status, task.started_at, task.pid = TaskStatus.RUNNING, started_at or time.time(), pid
-        task.job_id = job_id or task.job_id
-        self._arm_timeout(task)
-        self._changed_task(task)
+        task.pid, task.job_id = pid or task.pid, job_id or task.job_id
+        first = task.status is not TaskStatus.RUNNING
+        if first:
+            task.status, task.started_at = TaskStatus.RUNNING, started_at or time.time()
+            self._arm_timeout(task)
+        # Saved once its process (or job) is known, which a restart needs to end what is left of it; until then a
+        # restart finds it queued and runs it then.
+        self._changed_task(task, save=bool(task.pid or task.job_id) or not first)
         run.admitted.set()
 
     def _on_submitted(self, run: TaskRun, job_id: str) -> None:
@@ -484,7 +487,8 @@ class Scheduler:
                 self._unsaved[task.id] = task
                 if self._saver is None or self._saver.done():
                     self._saver = asyncio.ensure_future(self._keep_saving())
-        asyncio.ensure_future(self._notify())
+        changed, self._change = self._change, asyncio.Event()
+        changed.set()
 
     def _save_unsaved(self) -> None:
         for task_id, task in list(self._unsaved.items()):
@@ -501,6 +505,3 @@ class Scheduler:
             self._save_unsaved()
         log.info("task records saved again: the disk has room")
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()

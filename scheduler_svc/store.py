@@ -15,6 +15,7 @@ from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 _COLUMNS = [f.name for f in dataclasses.fields(Task)]
 _JSON = {"params", "resources", "result", "progress", "effective_params"}
+_SAVE = f"INSERT OR REPLACE INTO tasks ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 MAX_METRIC_POINTS = 100_000  # per task: the first ones are kept, later ones counted in metrics_dropped
 MAX_METRIC_SERIES = 100  # per task: points of a further series are dropped
 T = TypeVar("T")
@@ -73,11 +74,12 @@ class TaskStore:
         values = []
         for name in _COLUMNS:
             value = getattr(task, name)
-            if name == "resources":
-                value = dataclasses.asdict(value)
-            values.append(json.dumps(value) if name in _JSON else str(value) if name == "status" else value)
-        placeholders = ",".join("?" * len(_COLUMNS))
-        self.db.execute(f"INSERT OR REPLACE INTO tasks ({','.join(_COLUMNS)}) VALUES ({placeholders})", values)
+            if name in _JSON:  # Resources is flat: its fields are its __dict__
+                value = json.dumps(vars(value) if name == "resources" else value)
+            elif name == "status":
+                value = value.value
+            values.append(value)
+        self.db.execute(_SAVE, values)
 
     def _task(self, row: tuple) -> Task:
         values = dict(zip(_COLUMNS, row, strict=True))
