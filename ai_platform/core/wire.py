@@ -204,7 +204,7 @@ def sync_channel(addr: str, token: str = "", max_message_bytes: int = CLIENT_MAX
     """A blocking channel to a platform service that carries the token on every call, over TLS when ``tls`` says
     so."""
     credentials = tls.channel_credentials()
-    options = channel_options(max_message_bytes)
+    options = [*channel_options(max_message_bytes), ("SingleThreadedUnaryStream", 1)]
     channel = (grpc.secure_channel(addr, credentials, options=options) if credentials is not None
                else grpc.insecure_channel(addr, options=options))
     return grpc.intercept_channel(channel, _SyncBearer(token)) if token else channel
