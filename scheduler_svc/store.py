@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import operator
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,12 @@ from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 _COLUMNS = [f.name for f in dataclasses.fields(Task)]
 _JSON = {"params", "resources", "result", "progress", "effective_params"}
-_SAVE = f"INSERT OR REPLACE INTO tasks ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+# An upsert: a record saved again (each change of state) is updated in place, not deleted and inserted anew.
+_SAVE = (f"INSERT INTO tasks ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))}) ON CONFLICT(id) DO "
+         f"UPDATE SET {','.join(f'{c}=excluded.{c}' for c in _COLUMNS if c != 'id')}")
+_VALUES = operator.attrgetter(*_COLUMNS)
+_AS_JSON = [i for i, name in enumerate(_COLUMNS) if name in _JSON and name != "resources"]
+_RESOURCES, _STATUS = _COLUMNS.index("resources"), _COLUMNS.index("status")
 MAX_METRIC_POINTS = 100_000  # per task: the first ones are kept, later ones counted in metrics_dropped
 MAX_METRIC_SERIES = 100  # per task: points of a further series are dropped
 T = TypeVar("T")
@@ -71,14 +77,11 @@ class TaskStore:
 
     @guarded
     def save(self, task: Task) -> None:
-        values = []
-        for name in _COLUMNS:
-            value = getattr(task, name)
-            if name in _JSON:  # Resources is flat: its fields are its __dict__
-                value = json.dumps(vars(value) if name == "resources" else value)
-            elif name == "status":
-                value = value.value
-            values.append(value)
+        values = list(_VALUES(task))
+        for i in _AS_JSON:
+            values[i] = json.dumps(values[i])
+        values[_RESOURCES] = json.dumps(vars(values[_RESOURCES]))  # Resources is flat: its fields are its __dict__
+        values[_STATUS] = values[_STATUS].value
         self.db.execute(_SAVE, values)
 
     def _task(self, row: tuple) -> Task:

@@ -33,6 +33,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import sys
 from typing import Any
 
@@ -73,17 +74,21 @@ class Scripts:
         if not isinstance(script, str):
             return None
         try:
-            fd = os.open(script, os.O_RDONLY)
+            fd = os.open(script, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put in its place must not hold this server
             try:
-                text = os.read(fd, self.MAX_BYTES + 1)
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
+                    return None
+                size = status.st_size
+                text = os.read(fd, min(size, self.MAX_BYTES) + 1)
             finally:
                 os.close(fd)
         except OSError:
             return None
+        if len(text) != size:  # over MAX_BYTES, or written to as it was read: the task reads it itself
+            return None
         kept = self._compiled.pop(script, None)
         if kept is None or kept[0] != text:
-            if len(text) > self.MAX_BYTES:
-                return None
             try:
                 spec = importlib.util.spec_from_file_location("__aip_task__", script)
                 kept = (text, spec, compile(text, script, "exec", dont_inherit=True))
@@ -116,7 +121,8 @@ def _child(request: dict[str, Any], output: int, reports: int, control: socket.s
         for fd in (null, output):
             os.close(fd)
         os.chdir(request["cwd"])
-        os.environ.update(request["env"])  # the task's own variables over the platform's (this server's)
+        for name, value in request["env"].items():  # the task's own variables over the platform's (this server's);
+            os.environ[name] = value  # one by one: MutableMapping.update's checks cost a fork twice as much
         prctl(PR_SET_NAME, process_name(request["env"].get("AIP_TASK_ID", "")).encode())
         gc.enable()
         sys.stdout.reconfigure(line_buffering=True)
@@ -147,6 +153,7 @@ def serve(control: socket.socket) -> None:
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "children")
     scripts = Scripts()
+    received = bytearray(MAX_MESSAGE)  # one buffer for every request, not a new megabyte each
 
     def send(message: dict[str, Any]) -> bool:
         try:
@@ -172,11 +179,12 @@ def serve(control: socket.socket) -> None:
                 continue
             fds = array.array("i")
             try:
-                data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(2 * fds.itemsize))
+                size, ancillary, _, _ = control.recvmsg_into([received], socket.CMSG_LEN(2 * fds.itemsize))
             except OSError:
                 return
-            if not data:
+            if not size:
                 return  # the scheduler closed the socket: stop (the children end with us)
+            data = received[:size]
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
@@ -187,8 +195,6 @@ def serve(control: socket.socket) -> None:
                 send({"spawned": request.get("spawn"), "error": "a spawn request carries two descriptors"})
                 continue
             compiled = scripts.compiled(request.get("spec", {}).get("script"))
-            sys.stdout.flush()
-            sys.stderr.flush()
             try:
                 pid = os.fork()
             except OSError as exc:
@@ -213,6 +219,8 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
+    sys.stdout.flush()  # nothing a child could write out twice: the server itself prints nothing from here on
+    sys.stderr.flush()
     serve(control)
 
 
