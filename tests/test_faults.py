@@ -446,7 +446,7 @@ def test_a_task_ends_when_its_log_folder_is_removed_under_it(platform, http):
         time.sleep(0.01)
     shutil.rmtree(logs, ignore_errors=True)
     done = wait_task(http, task["id"], 120)
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done["status"], done.get("error"))
     assert http.post("/api/v1/tasks", json={"name": "next", "script": "scripts/trivial.py"}).status_code == 201
 
 
@@ -479,3 +479,22 @@ def test_unversioned_follows_new_versions_and_a_deleted_model_stops_being_served
     answer = http.post("/api/v1/models/follow/predict", json=image)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "MODEL_NOT_FOUND"
     assert "follow" not in [m["name"] for m in http.get("/v2/repository/index").json()]
+
+
+def test_a_log_whose_folder_was_removed_says_what_it_lost_once_it_is_written_again(tmp_path):
+    from types import SimpleNamespace
+
+    from scheduler_svc.backends import RunContext
+    from scheduler_svc.logs import TaskLog
+
+    folder = tmp_path / "logs"
+    context = RunContext(task=SimpleNamespace(id="t"), credential="", log=TaskLog(folder / "t.log", 1000),
+                         on_running=print, on_progress=print, on_submitted=print)
+    context.write_log(b"first\n")
+    shutil.rmtree(folder)
+    context.write_log(b"x" * 600 + b"\n")  # past half the cap: the log turns over, in a folder that is gone
+    assert context.log_lost == 601
+    context.write_log(b"last\n")
+    written = (folder / "t.log").read_bytes()
+    assert written.startswith(b"last\n")
+    assert b"601 bytes of this task's output were lost: LogWriteFailed: no such file or directory" in written

@@ -52,7 +52,7 @@ class RunContext:
             return
         if self.log_lost and self.log_error:  # writable again: say what is missing, once
             with contextlib.suppress(OSError):
-                self.log.write(LOST_NOTICE % (self.log_lost, self.log_error))
+                self.log.write(LOST_NOTICE % (self.log_lost, self.log_error.encode()))
                 self.log_error = ""
 
     def report(self, kind: str, value: Any) -> None:

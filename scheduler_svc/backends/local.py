@@ -79,7 +79,12 @@ def _follow(fd: int, on_data: Callable[[bytes], bool | None]) -> asyncio.Future:
             return
         except OSError:
             data = b""
-        if (not data or on_data(data) is False) and not done.done():
+        try:
+            more = bool(data) and on_data(data) is not False
+        except Exception:  # noqa: BLE001 - a bug in handling it must not leave the descriptor unread
+            log.exception("reading a task's output or reports failed")
+            more = bool(data)
+        if not more and not done.done():
             done.set_result(None)
 
     def close(_: asyncio.Future) -> None:
