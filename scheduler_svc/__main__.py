@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from ai_platform.core.auth import Authority
 from ai_platform.core.logs import setup_logging
 from ai_platform.core.procs import not_dumpable
-from ai_platform.core.server import Servicer, run_on_uvloop, serve
+from ai_platform.core.server import Servicer, serve
 from ai_platform.core.settings import SchedulerSettings
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2, pipelines_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_svc.backends import Backend
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
         await serve(settings, [servicer, pipeline_servicer], on_shutdown=shutdown, authority=authority)
 
-    run_on_uvloop(run())
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

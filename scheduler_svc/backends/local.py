@@ -166,23 +166,28 @@ class LocalBackend:
                 return await self.forkserver.spawn(task_variables(ctx.task), ctx.credential, worker_spec(ctx.task))
             except (ForkServerGone, OSError) as exc:  # a fresh interpreter still runs the task
                 log.warning("task %s: the warm start failed (%s); starting a new interpreter", ctx.task.id, exc)
-        proc = await asyncio.create_subprocess_exec(
-            *WORKER_COMMAND,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            cwd=self.cwd,
-            env=child_environment(worker_env(ctx.task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1",
-                                                                           "AIP_TASK_TOKEN_STDIN": "1"}),
-                                  secrets=False),
-            limit=1 << 20,
-        )
-        assert proc.stdin is not None
-        proc.stdin.write(ctx.credential.encode() + b"\n")
-        with contextlib.suppress(OSError):
-            await proc.stdin.drain()
-        proc.stdin.close()
+        # The credential waits in a pipe of its own, written before the worker starts (a few hundred bytes: the
+        # pipe holds them), read as the first line of the worker's stdin.
+        credential, give = os.pipe()
+        try:
+            os.write(give, ctx.credential.encode() + b"\n")
+        finally:
+            os.close(give)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *WORKER_COMMAND,
+                stdin=credential,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.cwd,
+                env=child_environment(worker_env(ctx.task, self.platform_env, {"AIP_DIE_WITH_PARENT": "1",
+                                                                               "AIP_TASK_TOKEN_STDIN": "1"}),
+                                      secrets=False),
+                limit=1 << 20,
+            )
+        finally:
+            os.close(credential)
         return proc
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
