@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -180,6 +181,21 @@ def test_without_warm_start_a_task_gets_a_new_interpreter(project):
         seen = task_result(done)
         assert seen["pid"] == seen["pgid"] and seen["token_in_env"]
         assert not any(_comm(p).startswith("aip-") for p in _children_of(service.proc.pid))
+        # Started back to back from two clients, each new interpreter gets its credential and completes.
+        ended: list[str] = []
+
+        def submit_in_turn() -> None:
+            own = SchedulerClient(service.addr)
+            for _ in range(6):
+                ended.append(status_name(own.wait(own.submit("quick", "scripts/messy.py").id, 60)))
+            own.close()
+
+        clients = [threading.Thread(target=submit_in_turn) for _ in range(2)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        assert ended == ["completed"] * 12
     finally:
         client.close()
         service.stop()
