@@ -124,6 +124,57 @@ def test_nothing_one_task_changes_reaches_the_next(tasks, project):
     assert "messy was here" in b"".join(tasks.logs(second.id)).decode()
 
 
+def test_an_edited_script_runs_as_it_is_now_never_as_the_fork_server_compiled_it(tasks, project):
+    script = project / "scripts" / "edited.py"
+    answers = []
+    for version in ("1", "2", "3"):  # the same size every time: only the text tells them apart
+        script.write_text(f"def run(i, o, p):\n    return {{'version': {version}}}\n")
+        answers.append(task_result(tasks.wait(tasks.submit("edited", "scripts/edited.py").id, 60))["version"])
+    assert answers == [1, 2, 3]
+    script.write_text("def run(i, o, p):\n    return {'version': 4\n")  # no longer compiles: the task says so
+    broken = tasks.wait(tasks.submit("edited", "scripts/edited.py").id, 60)
+    assert status_name(broken) == "failed" and broken.error.type == "SyntaxError", broken.error
+    assert "edited.py, line 2" in broken.error.message
+
+
+CHANNEL_PROBE = '''
+import os, socket, stat
+
+def run(i, o, p):
+    """Write to this task's own report socket what the worker never would, and keep the scheduler's answers."""
+    def is_socket(fd):
+        try:
+            return stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except OSError:  # the descriptor listdir itself held
+            return False
+
+    channel = next(fd for fd in map(int, os.listdir("/proc/self/fd")) if is_socket(fd))
+    probe = socket.socket(fileno=os.dup(channel))
+    answers = {}
+    for name, body in [("not JSON", b"{not json"), ("unknown field", b'{"kind": "result", "value": 1, "extra": 2}'),
+                       ("started", b'{"kind": "started", "value": 1}'),
+                       ("bad progress", b'{"kind": "progress", "value": {"fraction": "half"}}'),
+                       ("bad metric", b'{"kind": "metrics", "value": [["loss", -1, 0.5, 0.0]]}')]:
+        probe.sendall(len(body).to_bytes(4, "big") + body)
+        head = probe.recv(5)
+        answers[name] = [head[0], probe.recv(int.from_bytes(head[1:], "big")).decode()]
+    return answers
+'''
+
+
+def test_a_forked_task_s_report_socket_refuses_what_is_not_a_report(tasks, project):
+    (project / "scripts" / "channel_probe.py").write_text(CHANNEL_PROBE)
+    done = tasks.wait(tasks.submit("probe", "scripts/channel_probe.py").id, 60)
+    assert status_name(done) == "completed", done.error  # refused reports leave the task as it was
+    answers = task_result(done)
+    assert all(status == 1 and text.startswith("INVALID_ARGUMENT") for status, text in answers.values()), answers
+    assert "must be JSON" in answers["not JSON"][1]
+    assert "nothing else" in answers["unknown field"][1]
+    assert "unknown report kind 'started'" in answers["started"][1]
+    assert "progress report" in answers["bad progress"][1]
+    assert "step must be >= 0" in answers["bad metric"][1]
+
+
 def test_a_task_that_crashes_its_process_fails_alone(tasks):
     expected = {
         "segfault.py": ("ProcessExit", "killed by SIGSEGV"),
