@@ -94,6 +94,10 @@ def _children(pid: int) -> list[int] | None:
 def _end_descendants() -> None:
     """SIGKILL every process below this one: a task ends when its run returns, and so does all it started. (This
     worker is a subreaper, so what the script started and abandoned is still below it.)"""
+    try:
+        os.waitpid(-1, os.WNOHANG)  # one call tells whether it has any child at all (most tasks start none)
+    except ChildProcessError:
+        return
     if (mine := _children(os.getpid())) is not None:  # the tree from this process down, not all of /proc
         pending, found = list(mine), []
         while pending:

@@ -132,7 +132,8 @@ class ForkServer:
             os.close(write_end)
             theirs.close()
         try:
-            reply = await asyncio.wait_for(answer, START_TIMEOUT_S)
+            async with asyncio.timeout(START_TIMEOUT_S):
+                reply = await answer
         except BaseException:
             os.close(read_end)
             reports.close()
