@@ -3,7 +3,9 @@
 The same entry point runs under the local backend (a child process) and as a Ray job, on any node.
 The worker's environment names the task and its script; the rest of the spec comes from the scheduler in answer to
 the worker's first report, and reports go to the scheduler over gRPC (``ai_platform.sdk.report``). Nothing heavier
-than gRPC is imported before the script's own imports.
+than gRPC is imported before the script's own imports. A worker the local backend's fork server forked
+(``ai_platform.sdk.forkserver``) gets its spec, credential, compiled script and a report socket of its own handed
+over, and imports neither.
 """
 
 from __future__ import annotations
