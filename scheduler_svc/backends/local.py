@@ -212,7 +212,9 @@ class LocalBackend:
                 watcher.cancel()
             kill_group(proc.pid, signal.SIGKILL)  # nothing of the task outlives it
             # A process that escaped the group may still hold the output pipe: drain briefly, then let go.
-            _, held = await asyncio.wait(pumps, timeout=PUMP_DRAIN_S)
+            held = [pump for pump in pumps if not pump.done()]  # mostly none: the output ended with the process
+            if held:
+                _, held = await asyncio.wait(held, timeout=PUMP_DRAIN_S)
             for pump in held:
                 pump.cancel()
             ctx.log.close()
