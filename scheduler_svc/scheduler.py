@@ -301,6 +301,17 @@ class Scheduler:
                 await self._change.wait()
             task = copy.copy(live)
 
+    async def finished(self, task_id: str, wait_s: float) -> Task:
+        """The task once it has finished, or as it is after ``wait_s`` seconds (long polling)."""
+        live = self.get(task_id)
+        try:
+            async with asyncio.timeout(wait_s):
+                while not live.status.finished:
+                    await self._change.wait()
+        except TimeoutError:
+            pass
+        return live
+
     async def logs(self, task_id: str, follow: bool, tail_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
         task = self.get(task_id)
         run = self._runs.get(task_id)

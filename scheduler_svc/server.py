@@ -26,6 +26,7 @@ from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 MAX_PAGE = 1000
+MAX_WAIT_S = 60.0  # GetTask's long polling; a client that waits longer asks again
 METRICS_PER_MESSAGE = 10_000
 
 
@@ -125,6 +126,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return task_to_pb(task)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        if not 0 <= request.wait_s <= MAX_WAIT_S:  # NaN too
+            raise InvalidArgument(f"wait_s must be between 0 and {MAX_WAIT_S:g} seconds, got {request.wait_s}")
+        if request.wait_s:
+            return task_to_pb(await self.scheduler.finished(request.id, request.wait_s))
         return task_to_pb(self.scheduler.get(request.id))
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:

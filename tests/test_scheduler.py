@@ -246,6 +246,25 @@ def test_two_slots_run_in_parallel_and_the_rest_queue_fifo(tasks):
     assert spans[2][0] <= spans[3][0], "queued tasks start in submission order"
 
 
+def test_get_task_long_polls_until_the_task_ends_or_wait_s_passes(tasks):
+    napping = tasks.submit("long-poll", "scripts/nap.py", params={"seconds": 1.0})
+    started = time.monotonic()
+    early = tasks.stub.GetTask(pb.GetTaskRequest(id=napping.id, wait_s=0.3))
+    assert status_name(early) == "running" and 0.25 < time.monotonic() - started < 0.9, "answered after wait_s"
+    done = tasks.stub.GetTask(pb.GetTaskRequest(id=napping.id, wait_s=30))
+    assert status_name(done) == "completed" and time.monotonic() - started < 5, "answered as the task ended"
+    started = time.monotonic()
+    assert status_name(tasks.stub.GetTask(pb.GetTaskRequest(id=napping.id, wait_s=30))) == "completed"
+    assert time.monotonic() - started < 0.5, "a finished task is answered at once"
+    with pytest.raises(TimeoutError):
+        tasks.wait(tasks.submit("long-poll", "scripts/nap.py", params={"seconds": 2.0}).id, 0.5)
+    for wrong in (-1.0, 61.0, float("nan")):
+        refused = rpc_error(lambda w=wrong: tasks.stub.GetTask(pb.GetTaskRequest(id=napping.id, wait_s=w)))
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "wait_s" in refused.details()
+    assert rpc_error(lambda: tasks.stub.GetTask(pb.GetTaskRequest(id="nope", wait_s=1))).code() == \
+        grpc.StatusCode.NOT_FOUND
+
+
 def test_timeout_fails_the_task_and_ends_its_processes(tasks, tmp_path):
     pidfile = tmp_path / "pids"
     task = tasks.submit("slow", "scripts/sleeper.py", params={"pidfile": str(pidfile), "seconds": 60}, timeout_s=1.5)

@@ -25,6 +25,7 @@ from ai_platform.core.views import (
     run_matches,
 )
 from ai_platform.core.wire import (
+    CALL_TIMEOUT_S,
     CLIENT_MAX_MESSAGE_BYTES,
     DATATYPE_OF_NUMPY,
     DATATYPES,
@@ -132,6 +133,7 @@ class StorageClient:
 
 
 FINISHED = {scheduler_pb.COMPLETED, scheduler_pb.FAILED, scheduler_pb.CANCELLED}
+LONG_POLL_S = 60.0  # the longest GetTask waits for a task to finish (the scheduler's MAX_WAIT_S)
 
 
 def task_result(task: scheduler_pb.Task) -> Any:
@@ -214,15 +216,17 @@ class SchedulerClient:
         yield from self.stub.StreamMetrics(scheduler_pb.StreamMetricsRequest(id=task_id, follow=follow))
 
     def wait(self, task_id: str, timeout: float | None = None) -> scheduler_pb.Task:
-        """Block until the task has finished; returns its final record."""
+        """Block until the task has finished; returns its final record. One long-polling GetTask a minute (the
+        scheduler answers as the task ends), not a stream of every change."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        task = None
-        for task in self.stub.WatchTask(scheduler_pb.WatchTaskRequest(id=task_id), timeout=timeout):
+        while True:
+            wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, max(deadline - time.monotonic(), 0))
+            task = self.stub.GetTask(scheduler_pb.GetTaskRequest(id=task_id, wait_s=wait_s),
+                                     timeout=wait_s + CALL_TIMEOUT_S)
             if task.status in FINISHED:
                 return task
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"task {task_id} did not finish within {timeout}s")
-        return task if task is not None else self.get(task_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} did not finish within {timeout}s")
 
 
 class PipelineClient:

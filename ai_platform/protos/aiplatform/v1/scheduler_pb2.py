@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61iplatform/v1/scheduler.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\tResources\x12\x10\n\x08num_cpus\x18\x01 \x01(\x01\x12\x10\n\x08num_gpus\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x34\n\x06\x63ustom\x18\x04 \x03(\x0b\x32$.aiplatform.v1.Resources.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x87\x01\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07metrics\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb7\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\r\n\x05input\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x16\n\x0eresolved_input\x18\x06 \x01(\t\x12\x17\n\x0fresolved_output\x18\x07 \x01(\t\x12\'\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\tresources\x18\t \x01(\x0b\x32\x18.aiplatform.v1.Resources\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12)\n\x06status\x18\x0b \x01(\x0e\x32\x19.aiplatform.v1.TaskStatus\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\x10 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x18.aiplatform.v1.TaskError\x12)\n\x08progress\x18\x12 \x01(\x0b\x32\x17.aiplatform.v1.Progress\x12\x13\n\x0binput_table\x18\x13 \x01(\t\x12\x15\n\rinput_version\x18\x14 \x01(\x03\x12\r\n\x05owner\x18\x15 \x01(\t\x12\x14\n\x0coutput_table\x18\x16 \x01(\t\x12\x31\n\x10\x65\x66\x66\x65\x63tive_params\x18\x17 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb9\x01\n\x11SubmitTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\tresources\x18\x06 \x01(\x0b\x32\x18.aiplatform.v1.Resources\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x83\x01\n\x10ListTasksRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.aiplatform.v1.TaskStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.aiplatform.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_bytes\x18\x03 \x01(\x03\"(\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\x1e\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xae\x02\n\x11ReportTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x11\n\x07started\x18\x03 \x01(\x01H\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.aiplatform.v1.ProgressH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.aiplatform.v1.TaskErrorH\x00\x12.\n\x07metrics\x18\x07 \x01(\x0b\x32\x1b.aiplatform.v1.MetricPointsH\x00\x12)\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\x08\n\x06report\"E\n\x0bMetricPoint\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04time\x18\x04 \x01(\x01\"K\n\x0cMetricPoints\x12*\n\x06points\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.MetricPoint\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\"2\n\x14StreamMetricsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"7\n\x12ReportTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.aiplatform.v1.Task*m\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe3\x04\n\x10SchedulerService\x12\x43\n\nSubmitTask\x12 .aiplatform.v1.SubmitTaskRequest\x1a\x13.aiplatform.v1.Task\x12=\n\x07GetTask\x12\x1d.aiplatform.v1.GetTaskRequest\x1a\x13.aiplatform.v1.Task\x12N\n\tListTasks\x12\x1f.aiplatform.v1.ListTasksRequest\x1a .aiplatform.v1.ListTasksResponse\x12\x43\n\nCancelTask\x12 .aiplatform.v1.CancelTaskRequest\x1a\x13.aiplatform.v1.Task\x12I\n\nStreamLogs\x12 .aiplatform.v1.StreamLogsRequest\x1a\x17.aiplatform.v1.LogChunk0\x01\x12\x43\n\tWatchTask\x12\x1f.aiplatform.v1.WatchTaskRequest\x1a\x13.aiplatform.v1.Task0\x01\x12Q\n\nReportTask\x12 .aiplatform.v1.ReportTaskRequest\x1a!.aiplatform.v1.ReportTaskResponse\x12S\n\rStreamMetrics\x12#.aiplatform.v1.StreamMetricsRequest\x1a\x1b.aiplatform.v1.MetricPoints0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61iplatform/v1/scheduler.proto\x12\raiplatform.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x01\n\tResources\x12\x10\n\x08num_cpus\x18\x01 \x01(\x01\x12\x10\n\x08num_gpus\x18\x02 \x01(\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x03\x12\x34\n\x06\x63ustom\x18\x04 \x03(\x0b\x32$.aiplatform.v1.Resources.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x87\x01\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x07metrics\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb7\x05\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06script\x18\x03 \x01(\t\x12\r\n\x05input\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x16\n\x0eresolved_input\x18\x06 \x01(\t\x12\x17\n\x0fresolved_output\x18\x07 \x01(\t\x12\'\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\tresources\x18\t \x01(\x0b\x32\x18.aiplatform.v1.Resources\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12)\n\x06status\x18\x0b \x01(\x0e\x32\x19.aiplatform.v1.TaskStatus\x12\x0f\n\x07\x62\x61\x63kend\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06result\x18\x10 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x18.aiplatform.v1.TaskError\x12)\n\x08progress\x18\x12 \x01(\x0b\x32\x17.aiplatform.v1.Progress\x12\x13\n\x0binput_table\x18\x13 \x01(\t\x12\x15\n\rinput_version\x18\x14 \x01(\x03\x12\r\n\x05owner\x18\x15 \x01(\t\x12\x14\n\x0coutput_table\x18\x16 \x01(\t\x12\x31\n\x10\x65\x66\x66\x65\x63tive_params\x18\x17 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb9\x01\n\x11SubmitTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06script\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\tresources\x18\x06 \x01(\x0b\x32\x18.aiplatform.v1.Resources\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\",\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\"\x83\x01\n\x10ListTasksRequest\x12+\n\x08statuses\x18\x01 \x03(\x0e\x32\x19.aiplatform.v1.TaskStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.aiplatform.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x11\x43\x61ncelTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"C\n\x11StreamLogsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x12\n\ntail_bytes\x18\x03 \x01(\x03\"(\n\x08LogChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\x1e\n\x10WatchTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xae\x02\n\x11ReportTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x11\n\x07started\x18\x03 \x01(\x01H\x00\x12+\n\x08progress\x18\x04 \x01(\x0b\x32\x17.aiplatform.v1.ProgressH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12)\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.aiplatform.v1.TaskErrorH\x00\x12.\n\x07metrics\x18\x07 \x01(\x0b\x32\x1b.aiplatform.v1.MetricPointsH\x00\x12)\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\x08\n\x06report\"E\n\x0bMetricPoint\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04time\x18\x04 \x01(\x01\"K\n\x0cMetricPoints\x12*\n\x06points\x18\x01 \x03(\x0b\x32\x1a.aiplatform.v1.MetricPoint\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\"2\n\x14StreamMetricsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"7\n\x12ReportTaskResponse\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.aiplatform.v1.Task*m\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tCOMPLETED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x32\xe3\x04\n\x10SchedulerService\x12\x43\n\nSubmitTask\x12 .aiplatform.v1.SubmitTaskRequest\x1a\x13.aiplatform.v1.Task\x12=\n\x07GetTask\x12\x1d.aiplatform.v1.GetTaskRequest\x1a\x13.aiplatform.v1.Task\x12N\n\tListTasks\x12\x1f.aiplatform.v1.ListTasksRequest\x1a .aiplatform.v1.ListTasksResponse\x12\x43\n\nCancelTask\x12 .aiplatform.v1.CancelTaskRequest\x1a\x13.aiplatform.v1.Task\x12I\n\nStreamLogs\x12 .aiplatform.v1.StreamLogsRequest\x1a\x17.aiplatform.v1.LogChunk0\x01\x12\x43\n\tWatchTask\x12\x1f.aiplatform.v1.WatchTaskRequest\x1a\x13.aiplatform.v1.Task0\x01\x12Q\n\nReportTask\x12 .aiplatform.v1.ReportTaskRequest\x1a!.aiplatform.v1.ReportTaskResponse\x12S\n\rStreamMetrics\x12#.aiplatform.v1.StreamMetricsRequest\x1a\x1b.aiplatform.v1.MetricPoints0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCES_CUSTOMENTRY']._loaded_options = None
   _globals['_RESOURCES_CUSTOMENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATUS']._serialized_start=2333
-  _globals['_TASKSTATUS']._serialized_end=2442
+  _globals['_TASKSTATUS']._serialized_start=2349
+  _globals['_TASKSTATUS']._serialized_end=2458
   _globals['_RESOURCES']._serialized_start=112
   _globals['_RESOURCES']._serialized_end=279
   _globals['_RESOURCES_CUSTOMENTRY']._serialized_start=234
@@ -50,29 +50,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTASKREQUEST']._serialized_start=1162
   _globals['_SUBMITTASKREQUEST']._serialized_end=1347
   _globals['_GETTASKREQUEST']._serialized_start=1349
-  _globals['_GETTASKREQUEST']._serialized_end=1377
-  _globals['_LISTTASKSREQUEST']._serialized_start=1380
-  _globals['_LISTTASKSREQUEST']._serialized_end=1511
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1513
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1593
-  _globals['_CANCELTASKREQUEST']._serialized_start=1595
-  _globals['_CANCELTASKREQUEST']._serialized_end=1626
-  _globals['_STREAMLOGSREQUEST']._serialized_start=1628
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1695
-  _globals['_LOGCHUNK']._serialized_start=1697
-  _globals['_LOGCHUNK']._serialized_end=1737
-  _globals['_WATCHTASKREQUEST']._serialized_start=1739
-  _globals['_WATCHTASKREQUEST']._serialized_end=1769
-  _globals['_REPORTTASKREQUEST']._serialized_start=1772
-  _globals['_REPORTTASKREQUEST']._serialized_end=2074
-  _globals['_METRICPOINT']._serialized_start=2076
-  _globals['_METRICPOINT']._serialized_end=2145
-  _globals['_METRICPOINTS']._serialized_start=2147
-  _globals['_METRICPOINTS']._serialized_end=2222
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=2224
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=2274
-  _globals['_REPORTTASKRESPONSE']._serialized_start=2276
-  _globals['_REPORTTASKRESPONSE']._serialized_end=2331
-  _globals['_SCHEDULERSERVICE']._serialized_start=2445
-  _globals['_SCHEDULERSERVICE']._serialized_end=3056
+  _globals['_GETTASKREQUEST']._serialized_end=1393
+  _globals['_LISTTASKSREQUEST']._serialized_start=1396
+  _globals['_LISTTASKSREQUEST']._serialized_end=1527
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1529
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1609
+  _globals['_CANCELTASKREQUEST']._serialized_start=1611
+  _globals['_CANCELTASKREQUEST']._serialized_end=1642
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1644
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1711
+  _globals['_LOGCHUNK']._serialized_start=1713
+  _globals['_LOGCHUNK']._serialized_end=1753
+  _globals['_WATCHTASKREQUEST']._serialized_start=1755
+  _globals['_WATCHTASKREQUEST']._serialized_end=1785
+  _globals['_REPORTTASKREQUEST']._serialized_start=1788
+  _globals['_REPORTTASKREQUEST']._serialized_end=2090
+  _globals['_METRICPOINT']._serialized_start=2092
+  _globals['_METRICPOINT']._serialized_end=2161
+  _globals['_METRICPOINTS']._serialized_start=2163
+  _globals['_METRICPOINTS']._serialized_end=2238
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=2240
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=2290
+  _globals['_REPORTTASKRESPONSE']._serialized_start=2292
+  _globals['_REPORTTASKRESPONSE']._serialized_end=2347
+  _globals['_SCHEDULERSERVICE']._serialized_start=2461
+  _globals['_SCHEDULERSERVICE']._serialized_end=3072
 # @@protoc_insertion_point(module_scope)

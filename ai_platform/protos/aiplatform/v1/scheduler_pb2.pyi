@@ -134,10 +134,12 @@ class SubmitTaskRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., script: _Optional[str] = ..., input: _Optional[str] = ..., output: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "wait_s")
     ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, id: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("statuses", "name", "page_size", "page_token", "owner")
