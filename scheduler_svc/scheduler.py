@@ -70,6 +70,7 @@ class TaskRun:
     context: RunContext | None = None
     stop_reason: str = ""
     last_progress_save: float = 0.0
+    timed: bool = False  # its timeout is armed
     admitted: asyncio.Event = field(default_factory=asyncio.Event)  # holds its slot, queued for one, or ended
     producers: list[TaskRun] = field(default_factory=list)  # queued or running tasks writing its input: it waits
 
@@ -408,6 +409,7 @@ class Scheduler:
                     answer_report=functools.partial(self.local_reports, task) if self.local_reports else None,
                 )
                 if attach and task.status is TaskStatus.RUNNING:
+                    run.timed = True
                     self._arm_timeout(task)
                 try:
                     outcome = await self.backend.run(run.context, attach)
@@ -447,9 +449,10 @@ class Scheduler:
         if run.context is not None:
             run.context.stop.set()
 
-    def _arm_timeout(self, task: Task) -> None:
+    def _arm_timeout(self, task: Task, since: float | None = None) -> None:
+        """Stop the task once timeout_s has passed ``since`` (default: its start)."""
         if task.timeout_s:
-            elapsed = time.time() - (task.started_at or time.time())
+            elapsed = time.time() - (since or task.started_at or time.time())
             asyncio.get_running_loop().call_later(
                 max(task.timeout_s - elapsed, 0), self._request_stop, task.id, "timeout"
             )
@@ -461,10 +464,13 @@ class Scheduler:
         first = task.status is not TaskStatus.RUNNING
         if first:
             task.status, task.started_at = TaskStatus.RUNNING, started_at or time.time()
-            self._arm_timeout(task)
+        started = bool(pid or job_id)  # its process or job exists (a local task is running before, while it starts)
+        if started and not run.timed:  # timeout_s counts from here, not from a fork server's first warm-up
+            run.timed = True
+            self._arm_timeout(task, since=started_at or time.time())
         # Saved once its process (or job) is known, which a restart needs to end what is left of it; until then a
         # restart finds it queued and runs it then.
-        self._changed_task(task, save=bool(task.pid or task.job_id) or not first)
+        self._changed_task(task, save=started or not first)
         run.admitted.set()
 
     def _on_submitted(self, run: TaskRun, job_id: str) -> None:

@@ -11,12 +11,13 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core import auth
 from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
 from ai_platform.core.names import METRIC_KEY
-from ai_platform.core.wire import TASK_STATUSES, plain_json, struct_value
+from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2_grpc, scheduler_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
@@ -184,14 +185,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id, owner=task.owner))
         try:
             kind, value = channel_report(data)
-            if kind == "result":  # every task's: plain JSON already, as ReportTask's Struct would give it
-                self.scheduler.report(task.id, kind, plain_json(value))
-            else:
-                try:
-                    request = report_request(task.id, kind, value)
-                except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                    raise InvalidArgument(f"a {kind} report on the task's channel is malformed: {exc!r}") from None
-                answer_report(self.scheduler, request)
+            try:  # the very message ReportTask takes, through the same decoder and its limits (nesting, numbers)
+                built = report_request(task.id, kind, value).SerializeToString()
+                request = pb.ReportTaskRequest.FromString(built)
+            except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError,
+                    json_format.Error, DecodeError) as exc:
+                raise InvalidArgument(f"a {kind} report on the task's channel is malformed: {exc!r}"[:512]) from None
+            answer_report(self.scheduler, request)
             return True, b""
         except PlatformError as exc:
             return False, f"{exc.grpc_code.name}: {exc.message}".encode()

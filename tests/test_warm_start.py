@@ -28,7 +28,7 @@ def run(input_path, output_path, params):
         "threads": threading.active_count(), "random": random.random(), "pid": os.getpid(),
         "pgid": os.getpgid(0), "sid": os.getsid(0), "task_env": os.environ.get("AIP_TASK_ID"),
         "token_in_env": os.environ.get("AIP_TOKEN", "") != "" and "AIP_TASK_TOKEN" not in os.environ,
-        "stdin": sys.stdin.read(),
+        "stdin": sys.stdin.read(), "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN,
     }
     os.environ["LEFT_BEHIND"] = "yes"
     os.chdir("/tmp")
@@ -117,6 +117,7 @@ def test_nothing_one_task_changes_reaches_the_next(tasks, project):
         assert seen["pid"] == seen["pgid"] == seen["sid"], "its own session and process group"
         assert seen["token_in_env"], "its own credential, handed over rather than in its starting environment"
         assert seen["stdin"] == ""
+        assert seen["sigpipe_ignored"], "as in a new interpreter: a closed pipe is BrokenPipeError, not death"
     assert before["task_env"] == first.id and after["task_env"] == second.id
     assert before["pid"] != after["pid"]
     assert before["random"] != after["random"], "random state is not inherited from the fork server"
@@ -154,7 +155,11 @@ def run(i, o, p):
     for name, body in [("not JSON", b"{not json"), ("unknown field", b'{"kind": "result", "value": 1, "extra": 2}'),
                        ("started", b'{"kind": "started", "value": 1}'),
                        ("bad progress", b'{"kind": "progress", "value": {"fraction": "half"}}'),
-                       ("bad metric", b'{"kind": "metrics", "value": [["loss", -1, 0.5, 0.0]]}')]:
+                       ("bad metric", b'{"kind": "metrics", "value": [["loss", -1, 0.5, 0.0]]}'),
+                       # results no Task could carry: a record that no client could read again
+                       ("too big", b'{"kind": "result", "value": 1' + b"0" * 400 + b"}"),
+                       ("not finite", b'{"kind": "result", "value": 1e999}'),
+                       ("too deep", b'{"kind": "result", "value": ' + b"[" * 150 + b"]" * 150 + b"}")]:
         probe.sendall(len(body).to_bytes(4, "big") + body)
         head = probe.recv(5)
         answers[name] = [head[0], probe.recv(int.from_bytes(head[1:], "big")).decode()]
@@ -173,6 +178,8 @@ def test_a_forked_task_s_report_socket_refuses_what_is_not_a_report(tasks, proje
     assert "unknown report kind 'started'" in answers["started"][1]
     assert "progress report" in answers["bad progress"][1]
     assert "step must be >= 0" in answers["bad metric"][1]
+    assert all("result report" in answers[name][1] for name in ("too big", "not finite", "too deep")), answers
+    assert task_result(done)  # its own result, after all that: the record reads as ever
 
 
 def test_a_task_that_crashes_its_process_fails_alone(tasks):
@@ -230,7 +237,7 @@ def test_without_warm_start_a_task_gets_a_new_interpreter(project):
         done = client.wait(client.submit("messy", "scripts/messy.py").id, 60)
         assert status_name(done) == "completed", done.error
         seen = task_result(done)
-        assert seen["pid"] == seen["pgid"] and seen["token_in_env"]
+        assert seen["pid"] == seen["pgid"] and seen["token_in_env"] and seen["sigpipe_ignored"]
         assert not any(_comm(p).startswith("aip-") for p in _children_of(service.proc.pid))
         # Started back to back from two clients, each new interpreter gets its credential and completes.
         ended: list[str] = []
@@ -276,3 +283,21 @@ def _children_of(pid: int) -> list[str]:
             except (OSError, ValueError):
                 continue
     return found
+
+
+def test_timeout_s_counts_from_the_task_s_process_not_the_fork_server_s_warm_up(project):
+    (project / "slow_warm.py").write_text("import time\ntime.sleep(3)\n")  # a warm import that takes its time
+    service = ServiceProcess("scheduler_svc", project / ".ai_platform-slow",
+                             ["--storage-addr", "127.0.0.1:1", "--max-parallel", "1"], cwd=project,
+                             env={"AIP_TOKEN": "warm-t0ken", "AIP_WARM_IMPORTS": "slow_warm",
+                                  "AIP_STATE_DIR": str(project / "slow-state")}).start()
+    os.environ["AIP_TOKEN"] = "warm-t0ken"
+    client = SchedulerClient(service.addr)
+    try:
+        started = time.monotonic()
+        done = client.wait(client.submit("first", "scripts/fine.py", timeout_s=1.5).id, 60)
+        assert time.monotonic() - started > 2.5, "the fork server warmed up first"
+        assert status_name(done) == "completed", done.error
+    finally:
+        client.close()
+        service.stop()

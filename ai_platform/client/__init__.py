@@ -221,12 +221,15 @@ class SchedulerClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait_s = LONG_POLL_S if deadline is None else min(LONG_POLL_S, max(deadline - time.monotonic(), 0))
+            asked = time.monotonic()
             task = self.stub.GetTask(scheduler_pb.GetTaskRequest(id=task_id, wait_s=wait_s),
                                      timeout=wait_s + CALL_TIMEOUT_S)
             if task.status in FINISHED:
                 return task
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task_id} did not finish within {timeout}s")
+            if time.monotonic() - asked < wait_s / 2:  # answered early, unfinished: never ask in a tight loop
+                time.sleep(min(wait_s / 2, 1.0))
 
 
 class PipelineClient:

@@ -106,9 +106,10 @@ def _child(request: dict[str, Any], output: int, reports: int, control: socket.s
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        # _signal's own function: signal.signal would turn each old handler into an enum, raising and catching a
-        # ValueError for a Python one, which costs a fork more than the rest of its setup.
-        for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+        # Handlers as in a new interpreter (SIGPIPE stays ignored, as Python leaves it). _signal's own function:
+        # signal.signal would turn each old handler into an enum, raising and catching a ValueError for a Python
+        # one, which costs a fork more than the rest of its setup.
+        for number in (signal.SIGCHLD, signal.SIGTERM):
             _signal.signal(number, _signal.SIG_DFL)
         _signal.signal(signal.SIGINT, signal.default_int_handler)
         control.close()

@@ -73,6 +73,8 @@ def _follow(fd: int, on_data: Callable[[bytes], bool | None]) -> asyncio.Future:
     done = loop.create_future()
 
     def readable() -> None:
+        if done.done():  # ended (or cancelled) earlier in this turn of the loop: the descriptor is being closed
+            return
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
