@@ -226,12 +226,17 @@ def test_a_killed_fork_server_is_replaced_and_its_running_task_fails(tasks, sche
     assert fork_server(scheduler) != server, "a new fork server started"
 
 
-def test_without_warm_start_a_task_gets_a_new_interpreter(project):
-    service = ServiceProcess("scheduler_svc", project / ".ai_platform-cold",
-                             ["--storage-addr", "127.0.0.1:1", "--max-parallel", "1"], cwd=project,
-                             env={"AIP_TOKEN": "warm-t0ken", "AIP_WARM_START": "false",
-                                  "AIP_STATE_DIR": str(project / "cold-state")}).start()
+def own_scheduler(project: Path, name: str, **env: str) -> ServiceProcess:
+    """A scheduler of this test's own, one slot, with ``env`` (AIP_WARM_START, AIP_WARM_IMPORTS) over the module's."""
     os.environ["AIP_TOKEN"] = "warm-t0ken"
+    return ServiceProcess("scheduler_svc", project / f".ai_platform-{name}",
+                          ["--storage-addr", "127.0.0.1:1", "--max-parallel", "1"], cwd=project,
+                          env={"AIP_TOKEN": "warm-t0ken", "AIP_STATE_DIR": str(project / f"{name}-state"),
+                               **env}).start()
+
+
+def test_without_warm_start_a_task_gets_a_new_interpreter(project):
+    service = own_scheduler(project, "cold", AIP_WARM_START="false")
     client = SchedulerClient(service.addr)
     try:
         done = client.wait(client.submit("messy", "scripts/messy.py").id, 60)
@@ -287,11 +292,7 @@ def _children_of(pid: int) -> list[str]:
 
 def test_timeout_s_counts_from_the_task_s_process_not_the_fork_server_s_warm_up(project):
     (project / "slow_warm.py").write_text("import time\ntime.sleep(3)\n")  # a warm import that takes its time
-    service = ServiceProcess("scheduler_svc", project / ".ai_platform-slow",
-                             ["--storage-addr", "127.0.0.1:1", "--max-parallel", "1"], cwd=project,
-                             env={"AIP_TOKEN": "warm-t0ken", "AIP_WARM_IMPORTS": "slow_warm",
-                                  "AIP_STATE_DIR": str(project / "slow-state")}).start()
-    os.environ["AIP_TOKEN"] = "warm-t0ken"
+    service = own_scheduler(project, "slow", AIP_WARM_IMPORTS="slow_warm")
     client = SchedulerClient(service.addr)
     try:
         started = time.monotonic()
