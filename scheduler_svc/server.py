@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core import auth
 from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
+from ai_platform.core.limits import MAX_PARAMS_DEPTH, json_depth
 from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
@@ -234,6 +235,9 @@ def answer_report(scheduler: Scheduler, request: pb.ReportTaskRequest) -> pb.Rep
         value = struct_value(request.params)
     else:
         value = {"type": request.error.type, "message": request.error.message}
+    nested = value["metrics"] if kind == "progress" else value if kind in ("result", "params") else None
+    if json_depth(nested) > MAX_PARAMS_DEPTH:  # kept on the task, which no client could decode any more
+        raise InvalidArgument(f"a {kind} report nests deeper than {MAX_PARAMS_DEPTH} levels")
     scheduler.report(request.task_id, kind, value)
     if kind == "started":
         return pb.ReportTaskResponse(task=task_to_pb(scheduler.get(request.task_id)))

@@ -159,7 +159,8 @@ def run(i, o, p):
                        # results no Task could carry: a record that no client could read again
                        ("too big", b'{"kind": "result", "value": 1' + b"0" * 400 + b"}"),
                        ("not finite", b'{"kind": "result", "value": 1e999}'),
-                       ("too deep", b'{"kind": "result", "value": ' + b"[" * 150 + b"]" * 150 + b"}")]:
+                       ("too deep", b'{"kind": "result", "value": ' + b"[" * 150 + b"]" * 150 + b"}"),
+                       ("deep params", b'{"kind": "params", "value": {"a": ' + b"[" * 33 + b"]" * 33 + b"}}")]:
         probe.sendall(len(body).to_bytes(4, "big") + body)
         head = probe.recv(5)
         answers[name] = [head[0], probe.recv(int.from_bytes(head[1:], "big")).decode()]
@@ -179,6 +180,7 @@ def test_a_forked_task_s_report_socket_refuses_what_is_not_a_report(tasks, proje
     assert "progress report" in answers["bad progress"][1]
     assert "step must be >= 0" in answers["bad metric"][1]
     assert all("result report" in answers[name][1] for name in ("too big", "not finite", "too deep")), answers
+    assert "params report nests deeper than 32 levels" in answers["deep params"][1]
     assert task_result(done)  # its own result, after all that: the record reads as ever
 
 
