@@ -68,6 +68,8 @@ def project(tmp_path_factory) -> Path:
     (root / "scripts").mkdir()
     (root / "scripts" / "messy.py").write_text(MESSY)
     (root / "scripts" / "fine.py").write_text("def run(i, o, p):\n    return {'ok': True}\n")
+    (root / "scripts" / "huge.py").write_text("def run(i, o, p):\n    return {'n': 10 ** 400}\n")
+    (root / "scripts" / "deep.py").write_text("def run(i, o, p):\n    return {'n': eval('[' * 40 + ']' * 40)}\n")
     for name, text in CRASHES.items():
         (root / "scripts" / name).write_text(text)
     return root
@@ -136,6 +138,14 @@ def test_an_edited_script_runs_as_it_is_now_never_as_the_fork_server_compiled_it
     broken = tasks.wait(tasks.submit("edited", "scripts/edited.py").id, 60)
     assert status_name(broken) == "failed" and broken.error.type == "SyntaxError", broken.error
     assert "edited.py, line 2" in broken.error.message
+
+
+def test_a_result_no_report_can_carry_fails_the_task_saying_so(tasks, project):
+    for script in ("huge.py", "deep.py"):
+        done = tasks.wait(tasks.submit("uncarried", f"scripts/{script}").id, 60)
+        assert status_name(done) == "failed" and done.error.type == "ResultNotDelivered", done.error
+        assert "INVALID_ARGUMENT" in b"".join(tasks.logs(done.id)).decode(), "the log says why"
+    assert status_name(tasks.get(done.id)) == "failed", "the record reads as ever"
 
 
 CHANNEL_PROBE = '''
@@ -245,6 +255,8 @@ def test_without_warm_start_a_task_gets_a_new_interpreter(project):
         assert status_name(done) == "completed", done.error
         seen = task_result(done)
         assert seen["pid"] == seen["pgid"] and seen["token_in_env"] and seen["sigpipe_ignored"]
+        huge = client.wait(client.submit("huge", "scripts/huge.py").id, 60)  # over gRPC: refused in the worker
+        assert status_name(huge) == "failed" and huge.error.type == "ResultNotJSON", huge.error
         assert not any(_comm(p).startswith("aip-") for p in _children_of(service.proc.pid))
         # Started back to back from two clients, each new interpreter gets its credential and completes.
         ended: list[str] = []

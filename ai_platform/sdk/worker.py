@@ -202,6 +202,11 @@ def _run_task() -> int:
         delivered = report.send("result", result)
     except (TypeError, ValueError) as exc:
         return _fail("ResultNotJSON", f"run returned a {type(result).__name__} that is not JSON-serialisable: {exc}")
+    except Exception as exc:  # noqa: BLE001 - plain JSON that no report can carry: a number past float, too deep
+        return _fail("ResultNotJSON", f"run returned a {type(result).__name__} that a report cannot carry: {exc}")
+    if not delivered and report.is_task():  # refused (it says why above): the task fails saying so, not with exit 1
+        return _fail("ResultNotDelivered", "the scheduler did not take the result run returned; the lines above "
+                                           "in the task's log say why")
     return 0 if delivered else 1
 
 
