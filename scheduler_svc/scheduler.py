@@ -97,7 +97,9 @@ class Scheduler:
         self.start_dir = start_dir
         self.log_cap_bytes = log_cap_bytes
         self._runs: dict[str, TaskRun] = {}
-        self._change = asyncio.Event()  # set, and replaced, at every change of a task in flight (watchers wake)
+        # One event per task someone waits on (watch, long polling), set and dropped at that task's next change:
+        # a change wakes the waiters of its own task, not every waiter of every task.
+        self._changes: dict[str, asyncio.Event] = {}
         # Records a full disk refused: served from here and saved again every UNSAVED_RETRY_S until the disk has room.
         self._unsaved: dict[str, Task] = {}
         self._saver: asyncio.Task | None = None
@@ -274,6 +276,12 @@ class Scheduler:
             return
         run.context.report(kind, value)
 
+    def result_refused(self, task_id: str, refusal: str) -> None:
+        """The result a forked worker sent without waiting for the answer was refused: the task fails saying why."""
+        run = self._runs.get(task_id)
+        if run is not None and run.context is not None:
+            run.context.refuse_result(refusal)
+
     async def metrics(self, task_id: str, follow: bool) -> AsyncIterator[tuple[list[MetricPoint], int]]:
         """The task's metric points and how many were dropped; with follow, new ones until the task ends."""
         self.get(task_id)  # NOT_FOUND for an unknown task
@@ -299,7 +307,7 @@ class Scheduler:
                 return
             seen = (task.status, task.progress, task.started_at)
             while (live.status, live.progress, live.started_at) == seen:
-                await self._change.wait()
+                await self._next_change(task_id)
             task = copy.copy(live)
 
     async def finished(self, task_id: str, wait_s: float) -> Task:
@@ -308,10 +316,16 @@ class Scheduler:
         try:
             async with asyncio.timeout(wait_s):
                 while not live.status.finished:
-                    await self._change.wait()
+                    await self._next_change(task_id)
         except TimeoutError:
             pass
         return live
+
+    async def _next_change(self, task_id: str) -> None:
+        event = self._changes.get(task_id)
+        if event is None:
+            event = self._changes[task_id] = asyncio.Event()
+        await event.wait()
 
     async def logs(self, task_id: str, follow: bool, tail_bytes: int) -> AsyncIterator[tuple[int, bytes]]:
         task = self.get(task_id)
@@ -504,8 +518,8 @@ class Scheduler:
                 self._unsaved[task.id] = task
                 if self._saver is None or self._saver.done():
                     self._saver = asyncio.ensure_future(self._keep_saving())
-        changed, self._change = self._change, asyncio.Event()
-        changed.set()
+        if (changed := self._changes.pop(task.id, None)) is not None:
+            changed.set()
 
     def _save_unsaved(self) -> None:
         for task_id, task in list(self._unsaved.items()):

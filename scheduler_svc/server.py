@@ -180,12 +180,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise PermissionDenied("secret, when given, must be the task's own credential, the same as the bearer")
         return answer_report(self.scheduler, request)
 
-    def local_report(self, task: Task, data: bytes) -> tuple[bool, bytes]:
+    def local_report(self, task: Task, data: bytes) -> tuple[bool, bytes | None]:
         """A report on a forked task's own socket (``RunContext.answer_report``, ``report.ChannelReporter``), from
-        the one task the socket belongs to, checked as ReportTask checks its message. (ok, b"" or the refusal)"""
+        the one task the socket belongs to, checked as ReportTask checks its message. (ok, b"" or the refusal; None:
+        the worker's last word, which nobody waits to hear answered.) A result the worker does not wait for either:
+        one refused fails the task as ResultNotDelivered, the refusal in its log."""
         who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id, owner=task.owner))
+        kind = ""
         try:
             kind, value = channel_report(data)
+            if kind == "exit":
+                self.scheduler.report(task.id, kind, value)
+                return True, None
             try:  # the very message ReportTask takes, through the same decoder and its limits (nesting, numbers)
                 built = report_request(task.id, kind, value).SerializeToString()
                 request = pb.ReportTaskRequest.FromString(built)
@@ -195,14 +201,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             answer_report(self.scheduler, request)
             return True, b""
         except PlatformError as exc:
-            return False, f"{exc.grpc_code.name}: {exc.message}".encode()
+            refusal = f"{exc.grpc_code.name}: {exc.message}"
+            if kind == "result":
+                self.scheduler.result_refused(task.id, refusal)
+            return False, refusal.encode()
         finally:
             auth.CALLER.reset(who)
 
 
 def channel_report(data: bytes) -> tuple[str, Any]:
     """A report on a forked task's socket: JSON ``{"kind": KIND, "value": VALUE}``, the kinds ReportTask takes
-    but ``started`` (that task's spec came with its process)."""
+    but ``started`` (that task's spec came with its process), and ``exit`` with the worker's exit code (0-255)."""
     try:
         message = json.loads(data)
     except ValueError:
@@ -212,6 +221,8 @@ def channel_report(data: bytes) -> tuple[str, Any]:
     if message["kind"] not in CHANNEL_KINDS:
         raise InvalidArgument(f"unknown report kind {str(message['kind'])[:64]!r} on the task's channel; expected "
                               f"one of {', '.join(CHANNEL_KINDS)}")
+    if message["kind"] == "exit" and not (type(message["value"]) is int and 0 <= message["value"] <= 255):
+        raise InvalidArgument(f"an exit report carries the worker's exit code, 0-255, not {message['value']!r:.64}")
     return message["kind"], message["value"]
 
 

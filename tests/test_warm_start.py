@@ -170,7 +170,9 @@ def run(i, o, p):
                        ("too big", b'{"kind": "result", "value": 1' + b"0" * 400 + b"}"),
                        ("not finite", b'{"kind": "result", "value": 1e999}'),
                        ("too deep", b'{"kind": "result", "value": ' + b"[" * 150 + b"]" * 150 + b"}"),
-                       ("deep params", b'{"kind": "params", "value": {"a": ' + b"[" * 33 + b"]" * 33 + b"}}")]:
+                       ("deep params", b'{"kind": "params", "value": {"a": ' + b"[" * 33 + b"]" * 33 + b"}}"),
+                       ("exit code 256", b'{"kind": "exit", "value": 256}'),
+                       ("exit code text", b'{"kind": "exit", "value": "0"}')]:
         probe.sendall(len(body).to_bytes(4, "big") + body)
         head = probe.recv(5)
         answers[name] = [head[0], probe.recv(int.from_bytes(head[1:], "big")).decode()]
@@ -191,7 +193,46 @@ def test_a_forked_task_s_report_socket_refuses_what_is_not_a_report(tasks, proje
     assert "step must be >= 0" in answers["bad metric"][1]
     assert all("result report" in answers[name][1] for name in ("too big", "not finite", "too deep")), answers
     assert "params report nests deeper than 32 levels" in answers["deep params"][1]
+    assert all("exit code, 0-255" in answers[name][1] for name in ("exit code 256", "exit code text")), answers
     assert task_result(done)  # its own result, after all that: the record reads as ever
+
+
+FORGED_LAST_WORD = '''
+import json, os, socket, stat, subprocess, time
+
+def run(i, o, p):
+    """Say the worker's last word on its socket, then carry on as if nothing happened (a child too)."""
+    channel = next(fd for fd in map(int, os.listdir("/proc/self/fd"))
+                   if os.path.exists(f"/proc/self/fd/{fd}") and stat.S_ISSOCK(os.fstat(fd).st_mode))
+    with open("forged_exit.child", "w") as out:
+        out.write(str(subprocess.Popen(["sleep", "60"]).pid))
+    word = json.dumps({"kind": "exit", "value": 0}, separators=(",", ":")).encode()
+    socket.socket(fileno=os.dup(channel)).sendall(len(word).to_bytes(4, "big") + word)
+    time.sleep(60)
+    return {"never": True}
+'''
+
+
+def test_a_last_word_ends_the_task_and_all_of_its_processes_whoever_says_it(tasks, project):
+    """The worker's exit code on its socket ends the task as its process leaves; a script that says it early
+    ends with it, processes and slot included, rather than running on outside the platform's count."""
+    (project / "scripts" / "forged_exit.py").write_text(FORGED_LAST_WORD)
+    started = time.time()
+    forged = tasks.wait(tasks.submit("forged", "scripts/forged_exit.py").id, 60)
+    assert status_name(forged) == "failed" and forged.error.type == "ProcessExit", forged.error
+    assert "without reporting a result" in forged.error.message
+    assert time.time() - started < 30
+    deadline = time.time() + 10
+    while leftovers := [p for p in os.listdir("/proc") if p.isdigit() and _alive(p)
+                        and _comm(p).startswith("aip-" + forged.id[:11])]:
+        assert time.time() < deadline, f"every process of the task ended with it: {leftovers} are left"
+        time.sleep(0.1)
+    child = (project / "forged_exit.child").read_text()
+    while _alive(child):
+        assert time.time() < deadline, "the child it started ended with it"
+        time.sleep(0.1)
+    fine = [tasks.submit("fine", "scripts/fine.py") for _ in range(3)]
+    assert all(status_name(tasks.wait(t.id, 60)) == "completed" for t in fine), "its slot is free again"
 
 
 def test_a_task_that_crashes_its_process_fails_alone(tasks):

@@ -108,14 +108,20 @@ class Reporter:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
-CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params")
+CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params", "exit")
 
 
 class ChannelReporter:
     """Reports on the socket the local backend's fork server handed this process, to the scheduler that forked it:
     each a JSON object ``{"kind": KIND, "value": VALUE}`` framed by its length, answered with a status byte and a
     length-framed message (empty, or the refusal). The socket is this task's alone, so it carries no credential; a
-    forked task spares itself starting gRPC (10-30 ms) and building protobuf messages for its reports."""
+    forked task spares itself starting gRPC (10-30 ms) and building protobuf messages for its reports.
+
+    Two reports are not waited for: the result (a refusal fails the task as ResultNotDelivered, and the scheduler
+    says why in the task's log) and the worker's last word, ``{"kind": "exit", "value": CODE}``, which ends the
+    task as the process leaves, not once the kernel has taken it apart and the fork server has heard."""
+
+    UNANSWERED = ("result", "exit")
 
     def __init__(self, fd: int) -> None:
         import socket
@@ -134,6 +140,8 @@ class ChannelReporter:
         try:
             with self.lock:
                 self.socket.sendall(len(request).to_bytes(4, "big") + request)
+                if kind in self.UNANSWERED:
+                    return True
                 header = self._read(5)
                 answer = self._read(int.from_bytes(header[1:], "big"))
         except OSError as exc:
@@ -208,6 +216,13 @@ def send(kind: str, value: Any) -> bool:
     if reporter is None:
         return False
     return reporter.deliver(kind, reporter.request(kind, value)) is not None
+
+
+def last_word(code: int) -> None:
+    """A forked worker's exit code, said to the scheduler as the process leaves (its output already closed)."""
+    reporter = _reporter()
+    if isinstance(reporter, ChannelReporter):
+        reporter.deliver("exit", reporter.request("exit", code))
 
 
 _spec: dict[str, Any] = {}

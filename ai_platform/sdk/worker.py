@@ -212,12 +212,19 @@ def _run_task() -> int:
 
 def leave(code: int) -> None:
     """End this process once its task has: what the script registered with atexit runs, output is flushed, and
-    threads the script left running end with it (an interpreter's normal exit would wait for them)."""
+    threads the script left running end with it (an interpreter's normal exit would wait for them). A forked worker
+    closes its output and says its exit code on its report socket first: its task ends then, without waiting for
+    the kernel to take the process apart (a fraction of a millisecond, on every task)."""
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
     with contextlib.suppress(BaseException):
         sys.stdout.flush()
         sys.stderr.flush()
+    if report.forked():
+        with contextlib.suppress(BaseException):
+            os.close(1)
+            os.close(2)
+            report.last_word(code)
     os._exit(code)
 
 

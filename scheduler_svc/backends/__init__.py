@@ -28,11 +28,13 @@ class RunContext:
     on_running: Callable[[int | None, str, float | None], None]  # (pid, job_id, started_at) once work starts
     on_progress: Callable[[dict[str, Any]], None]
     on_submitted: Callable[[str], None]  # (job_id) once a cluster accepted the work
-    answer_report: Callable[[bytes], tuple[bool, bytes]] | None = None  # a report on the task's own socket
+    answer_report: Callable[[bytes], tuple[bool, bytes | None]] | None = None  # a report on the task's own socket
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # set on cancel or timeout
+    on_exit: Callable[[int], None] | None = None  # the worker's last word: its exit code (a forked worker's socket)
     result: Any = None
     error: dict[str, str] | None = None
     has_result: bool = False
+    result_refusal: str = ""  # why a result the worker did not wait to hear answered was refused
     started_at: float | None = None  # when the worker began, by its own clock (a queued Ray job starts late)
     log_lost: int = 0  # bytes of output that could not be written to the log (a full disk, its folder removed)
     log_error: str = ""  # why, the first time
@@ -65,6 +67,12 @@ class RunContext:
             self.result, self.has_result = value, True
         elif kind == "error":
             self.error = value
+        elif kind == "exit" and self.on_exit is not None:
+            self.on_exit(value)
+
+    def refuse_result(self, refusal: str) -> None:
+        self.result_refusal = refusal
+        self.write_log(b"[platform] the scheduler refused the result report: %s\n" % refusal.encode())
 
     def outcome(self, exit_description: str | None) -> Outcome:
         """Completed with a result, else failed with the script's error, else with how the process ended."""
@@ -76,6 +84,10 @@ class RunContext:
                 error_type=self.error.get("type", "Error"),
                 error_message=self.error.get("message", ""),
             )
+        if self.result_refusal and exit_description is None:
+            return Outcome(TaskStatus.FAILED, error_type="ResultNotDelivered",
+                           error_message=f"the scheduler did not take the result run returned: "
+                                         f"{self.result_refusal}"[:1024])
         return Outcome(
             TaskStatus.FAILED,
             error_type="ProcessExit",

@@ -25,15 +25,24 @@ class ForkedProcess:
     """A task's process forked by the server: what the backend needs of an ``asyncio.subprocess.Process``."""
 
     def __init__(self, pid: int, output: int, exited: asyncio.Future, reports: socket.socket) -> None:
-        self.pid, self._exited, self.reports = pid, exited, reports
+        self.pid, self.reports = pid, reports
         self.output = output  # the read end of its output pipe (non-blocking): the backend follows it
         self.returncode: int | None = None
+        self._ended = exited.get_loop().create_future()
+        exited.add_done_callback(self._exited)
+
+    def _exited(self, exited: asyncio.Future) -> None:
+        # The server's death ends its children (their death signal): as if killed.
+        self.last_word(-9 if exited.cancelled() or exited.exception() else exited.result())
+
+    def last_word(self, code: int) -> None:
+        """How it ended: the worker's own word as it leaves (its output closed already), or what the fork server saw,
+        whichever comes first."""
+        if not self._ended.done():
+            self._ended.set_result(code)
 
     async def wait(self) -> int:
-        try:
-            self.returncode = await asyncio.shield(self._exited)
-        except ForkServerGone:
-            self.returncode = -9  # the server's death ends its children (their death signal)
+        self.returncode = await asyncio.shield(self._ended)
         return self.returncode
 
 

@@ -100,7 +100,8 @@ def _follow(fd: int, on_data: Callable[[bytes], bool | None]) -> asyncio.Future:
 
 def _answer_reports(reports: socket.socket, ctx: RunContext) -> asyncio.Future:
     """A forked task's reports on its own socket, each framed by its length, answered in turn (a status byte, then
-    the answer framed by its length) until the task closes it; done then, the socket closed."""
+    the answer framed by its length) until the worker's last word or until the task closes it; done then, the
+    socket closed."""
     fd, buffer = reports.detach(), bytearray()
 
     def on_data(data: bytes) -> bool:
@@ -119,7 +120,10 @@ def _answer_reports(reports: socket.socket, ctx: RunContext) -> asyncio.Future:
             except Exception:  # noqa: BLE001 - a bug here ends this task's channel, not the scheduler's loop
                 log.exception("task %s: a report on its socket could not be answered", ctx.task.id)
                 return False
-            # The worker waits for each answer before it reports again, so the socket has room for this one.
+            if answer is None:  # the worker's last word: nothing follows it, nobody waits to hear it answered
+                return False
+            # The worker reads each answer before it reports again (its result's too, unread, is a few bytes), so
+            # the socket has room for this one; a task that never reads them ends its channel here.
             reply = memoryview(bytes([0 if ok else 1]) + len(answer).to_bytes(4, "big") + answer)
             try:
                 while reply:
@@ -200,6 +204,7 @@ class LocalBackend:
         if isinstance(proc, ForkedProcess):
             # Said here, not by the worker: one write (and one wake-up of this loop) less for every task.
             ctx.write_log(b"[platform] task %s runs on %s (pid %d)\n" % (task.id.encode(), HOST, proc.pid))
+            ctx.on_exit = proc.last_word
             pumps = [_follow(proc.output, ctx.write_log), _answer_reports(proc.reports, ctx)]
         else:
             pumps = [asyncio.ensure_future(self._pump_log(proc, ctx))]
