@@ -21,6 +21,7 @@ from ai_platform.core.settings import (
     SchedulerSettings,
     SettingsError,
     StorageSettings,
+    TaskSettings,
     markdown_table,
 )
 from ai_platform.core.wire import DATATYPES, TABLE_KINDS, TASK_STATUSES, WRITE_MODES, error_from_rpc
@@ -146,6 +147,17 @@ def test_flags_override_the_environment_and_settings_travel_to_workers():
     assert worker.token == "", "a task gets its own narrow credential, never the admin token"
     with pytest.raises(SettingsError, match="AIP_GRACE_S"):
         StorageSettings.from_env({"AIP_GRACE_S": "nan"})
+
+
+def test_a_few_variables_read_over_settings_give_what_the_whole_environment_would():
+    """The fork server reads every task's settings once; each task's own variables are read over them."""
+    shared = {"AIP_SCHEDULER_ADDR": "10.0.0.2:7", "AIP_DIE_WITH_PARENT": "1", "AIP_TASK_ID": "left-over"}
+    own = {"AIP_TASK_ID": "abc", "AIP_TASK_SCRIPT": "/p/x.py", "AIP_TASK_TOKEN": "", "UNRELATED": "1"}
+    base = TaskSettings.from_env(shared)
+    assert base.overlaid(own) == TaskSettings.from_env({**shared, **own})
+    assert base.task_id == "left-over", "the settings read over are a copy"
+    with pytest.raises(SettingsError, match="AIP_GRACE_S"):
+        StorageSettings.from_env({}).overlaid({"AIP_GRACE_S": "nan"})
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

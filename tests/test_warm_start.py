@@ -16,7 +16,7 @@ from ai_platform.client import SchedulerClient, status_name, task_result
 from tests.conftest import ServiceProcess
 
 MESSY = '''
-import os, random, signal, sys, threading, time
+import ctypes, os, random, signal, sys, threading, time
 from pathlib import Path
 
 def run(input_path, output_path, params):
@@ -29,7 +29,14 @@ def run(input_path, output_path, params):
         "pgid": os.getpgid(0), "sid": os.getsid(0), "task_env": os.environ.get("AIP_TASK_ID"),
         "token_in_env": os.environ.get("AIP_TOKEN", "") != "" and "AIP_TASK_TOKEN" not in os.environ,
         "stdin": sys.stdin.read(), "sigpipe_ignored": signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN,
+        "handlers": [signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL,
+                     signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                     signal.getsignal(signal.SIGTERM).__module__ == "ai_platform.sdk.worker"],
+        "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
+        "line_written_at_once": sys.stdout.write_through or sys.stdout.line_buffering,
     }
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["LEFT_BEHIND"] = "yes"
     os.chdir("/tmp")
     sys.path.append("/left/behind")
@@ -120,6 +127,9 @@ def test_nothing_one_task_changes_reaches_the_next(tasks, project):
         assert seen["token_in_env"], "its own credential, handed over rather than in its starting environment"
         assert seen["stdin"] == ""
         assert seen["sigpipe_ignored"], "as in a new interpreter: a closed pipe is BrokenPipeError, not death"
+        assert seen["handlers"] == [True, True, True], "default handlers, and the worker's own for SIGTERM (cancel)"
+        assert seen["dumpable"] == 0, "other processes of its user read neither its memory nor its environment"
+        assert seen["line_written_at_once"], "its prints reach the log as they happen"
     assert before["task_env"] == first.id and after["task_env"] == second.id
     assert before["pid"] != after["pid"]
     assert before["random"] != after["random"], "random state is not inherited from the fork server"

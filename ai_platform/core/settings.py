@@ -217,6 +217,27 @@ class BaseSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    def overlaid(self: S, variables: Mapping[str, str]) -> S:
+        """A copy with ``variables`` (a few of the environment's) read over these settings: what ``from_env`` gives
+        for the environment these came from plus ``variables``, without reading it all again. Raises
+        SettingsError."""
+        overlaid = object.__new__(type(self))  # a plain copy of its fields: no copy protocol, no __init__
+        overlaid.__dict__.update(self.__dict__)
+        by_variable = type(self)._by_variable()
+        for variable, raw in variables.items():
+            if raw and (known := by_variable.get(variable)) is not None:
+                name, declared = known
+                try:
+                    setattr(overlaid, name, declared.parse(raw))
+                except ValueError as exc:
+                    raise SettingsError(f"{declared.env} {exc}") from None
+        return overlaid
+
+    @classmethod
+    @functools.cache
+    def _by_variable(cls) -> dict[str, tuple[str, Declaration]]:
+        return {declared.env: (f.name, declared) for f, declared in cls.declarations()}
+
     @classmethod
     def parser(cls, prog: str | None = None) -> argparse.ArgumentParser:
         """Flags for every setting, their help generated from the declarations."""

@@ -37,7 +37,8 @@ import stat
 import sys
 from typing import Any
 
-from ai_platform.core.procs import PR_SET_NAME, PR_SET_PDEATHSIG, prctl, process_name
+from ai_platform.core.procs import PR_SET_NAME, PR_SET_PDEATHSIG, not_dumpable, prctl, process_name
+from ai_platform.core.settings import TaskSettings
 from ai_platform.sdk import report, worker
 
 MAX_MESSAGE = 1 << 20  # a spawn request: the task's environment and credential (its spec comes over gRPC)
@@ -49,9 +50,7 @@ def warm_up(modules: list[str]) -> None:
     what tasks will import anyway (e.g. numpy, pyarrow, torch: AIP_WARM_IMPORTS). A module that fails to import is
     left out (the task that needs it then fails with the real error). Neither gRPC nor protobuf is among them: a
     forked worker reports JSON on its socket, and a script that calls the platform imports them itself."""
-    from ai_platform.core.settings import TaskSettings
-
-    TaskSettings.from_env({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
+    TaskSettings.from_env({}).overlaid({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
     report.ChannelReporter.request("result", {"rows": 1, "scores": [0.5, "x"], "nested": {"none": None}})
     for name in modules:
         with contextlib.suppress(Exception):
@@ -100,19 +99,23 @@ class Scripts:
         return kept[1], kept[2]
 
 
-def _child(request: dict[str, Any], output: int, reports: int, control: socket.socket, wakeup: int,
-           compiled: tuple[Any, Any] | None) -> None:
-    """In the forked child: become the task's process, run it, and leave without returning into the server."""
+SIGCHLD = int(signal.SIGCHLD)  # a plain int: the enum member lives on a page of its own that a fork would copy
+
+
+def _child(request: dict[str, Any], output: int, reports: int, control: int, wakeup: int,
+           compiled: tuple[Any, Any] | None, settings: TaskSettings) -> None:
+    """In the forked child: become the task's process, run it, and leave without returning into the server.
+
+    Every step here costs the fork the pages it writes (some 4 us each): what the server could do once, it did
+    (the settings every task shares, its non-dumpable state, which a fork inherits), and the handlers are those of
+    a new interpreter but for the one the server set (SIGCHLD)."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        # Handlers as in a new interpreter (SIGPIPE stays ignored, as Python leaves it). _signal's own function:
-        # signal.signal would turn each old handler into an enum, raising and catching a ValueError for a Python
-        # one, which costs a fork more than the rest of its setup.
-        for number in (signal.SIGCHLD, signal.SIGTERM):
-            _signal.signal(number, _signal.SIG_DFL)
-        _signal.signal(signal.SIGINT, signal.default_int_handler)
-        control.close()
+        # _signal's own function: signal.signal would turn the old handler into an enum, raising and catching a
+        # ValueError for a Python one, which costs a fork more than the rest of its setup.
+        _signal.signal(SIGCHLD, _signal.SIG_DFL)
+        os.close(control)
         os.close(wakeup)
         os.setsid()  # its own session and process group: the backend ends the group
         null = os.open(os.devnull, os.O_RDONLY)
@@ -125,11 +128,11 @@ def _child(request: dict[str, Any], output: int, reports: int, control: socket.s
         for name, value in request["env"].items():  # the task's own variables over the platform's (this server's);
             os.environ[name] = value  # one by one: MutableMapping.update's checks cost a fork twice as much
         prctl(PR_SET_NAME, process_name(request["env"].get("AIP_TASK_ID", "")).encode())
-        gc.enable()
-        sys.stdout.reconfigure(line_buffering=True)
+        gc.enable()  # its output is written as it comes: the server runs unbuffered (PYTHONUNBUFFERED, worker_env)
         if "numpy" in sys.modules:  # a warm import of numpy: its global generator must not repeat between tasks
             sys.modules["numpy"].random.seed()
         os.set_inheritable(reports, False)  # the worker's alone: not the processes the script starts
+        report.give_settings(settings.overlaid(request["env"]))
         report.give_credential(request["credential"], reports)
         report.give_spec(request["spec"])
         if compiled is not None:
@@ -155,6 +158,8 @@ def serve(control: socket.socket) -> None:
     selector.register(wake_read, selectors.EVENT_READ, "children")
     scripts = Scripts()
     received = bytearray(MAX_MESSAGE)  # one buffer for every request, not a new megabyte each
+    control_fd = control.fileno()
+    settings = TaskSettings.from_env()  # every task's, but for its own variables (the child reads those over it)
 
     def send(message: dict[str, Any]) -> bool:
         try:
@@ -204,7 +209,7 @@ def serve(control: socket.socket) -> None:
                 send({"spawned": request["spawn"], "error": f"fork failed: {exc.strerror or exc}"})
                 continue
             if pid == 0:
-                _child(request, fds[0], fds[1], control, wake_read, compiled)
+                _child(request, fds[0], fds[1], control_fd, wake_read, compiled, settings)
             for fd in fds:
                 os.close(fd)
             send({"spawned": request["spawn"], "pid": pid})
@@ -213,6 +218,7 @@ def serve(control: socket.socket) -> None:
 def main() -> None:
     """``python -m ai_platform.sdk.forkserver FD [MODULE,MODULE...]``: serve on socket FD, after warming up."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it ends with the scheduler
+    not_dumpable()  # credentials pass through it, and each task it forks is born so (the flag survives a fork)
     control = socket.socket(fileno=int(sys.argv[1]))
     warm_up([m.strip() for m in (sys.argv[2] if len(sys.argv) > 2 else "").split(",") if m.strip()])
     # What is in memory now stays out of the collector's way: a child's collections would otherwise touch (and so

@@ -39,6 +39,11 @@ def task_settings() -> TaskSettings:
 
 
 _settings: list[TaskSettings] = []
+
+
+def give_settings(settings: TaskSettings) -> None:
+    """This worker's settings, read already (the local backend's fork server reads what every task shares once)."""
+    _settings[:] = [settings]
 _reporter_or_none: Reporter | ChannelReporter | bool | None = None  # False: not running as a task
 
 
@@ -108,6 +113,7 @@ class Reporter:
             delay = min(delay * 2, RETRY_MAX_S)
 
 
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # one encoder, not a new one per report
 CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params", "exit")
 
 
@@ -134,7 +140,7 @@ class ChannelReporter:
         """The report's bytes; TypeError/ValueError when the value is not plain JSON."""
         if kind not in CHANNEL_KINDS:
             raise ValueError(f"unknown report kind {kind!r}")
-        return json.dumps({"kind": kind, "value": value}, allow_nan=False, separators=(",", ":")).encode()
+        return _JSON.encode({"kind": kind, "value": value}).encode()
 
     def deliver(self, kind: str, request: bytes) -> bool | None:
         try:
@@ -311,6 +317,8 @@ class MetricBuffer:
 
     def flush(self) -> None:
         """Send what is buffered now (the worker calls this before it reports the task's end)."""
+        if self._thread is None:  # no point was ever logged
+            return
         with self._sending:
             with self._lock:
                 points, self._points = self._points, []

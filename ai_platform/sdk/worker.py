@@ -150,7 +150,9 @@ def _keep_to_itself() -> None:
     token = report.credential()
     if token:
         os.environ["AIP_TOKEN"] = token  # Client(), sdk.deploy_model(): the task's own, narrow credential
-    if report.task_settings().task_token_stdin:  # a forked worker's stdin is /dev/null already
+    if report.forked():  # its stdin is /dev/null already, and the fork server it came from was not dumpable
+        return
+    if report.task_settings().task_token_stdin:
         sys.stdin = open(os.devnull)  # noqa: SIM115 - the pipe has served its purpose
     not_dumpable()
 
