@@ -245,6 +245,17 @@ def test_a_last_word_ends_the_task_and_all_of_its_processes_whoever_says_it(task
     assert all(status_name(tasks.wait(t.id, 60)) == "completed" for t in fine), "its slot is free again"
 
 
+def test_params_up_to_the_limit_start_warm_too(tasks, scheduler, project):
+    """A spawn request too big for the fork server's socket (params near their 256 KiB) comes in a memfd instead,
+    rather than falling back to a new interpreter."""
+    (project / "scripts" / "sizes.py").write_text(
+        "import os\n\ndef run(i, o, p):\n    return {'n': len(p['blob']), 'parent': os.getppid()}\n")
+    blob = "x" * (256 * 1024 - 64)
+    done = tasks.wait(tasks.submit("big", "scripts/sizes.py", params={"blob": blob}).id, 60)
+    assert status_name(done) == "completed", done.error
+    assert task_result(done) == {"n": len(blob), "parent": fork_server(scheduler)}, "forked, not a new interpreter"
+
+
 def test_a_task_that_crashes_its_process_fails_alone(tasks):
     expected = {
         "segfault.py": ("ProcessExit", "killed by SIGSEGV"),

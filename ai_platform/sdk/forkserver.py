@@ -13,7 +13,9 @@ ahead, AIP_WARM_IMPORTS), one JSON message per packet:
 - ``{"spawn": ID, "env": {...}, "cwd": DIR, "credential": TOKEN, "spec": {...}}`` (``env``: the task's variables,
   set over this server's environment, which is every task's) with two descriptors (SCM_RIGHTS):
   the write end of the task's output pipe, and its end of a socket to report on (``report.ChannelReporter``); the
-  spec is what the worker would otherwise ask for in its ``started`` report.
+  spec is what the worker would otherwise ask for in its ``started`` report. A request over
+  ``INLINE_REQUEST_MAX`` bytes (big params) would not fit in a packet: it travels in a memfd passed as a third
+  descriptor, and the packet holds ``{"spawn": ID}`` alone.
   Answer: ``{"spawned": ID, "pid": PID}``, or ``{"spawned": ID, "error": "..."}``.
 - later, for each child: ``{"exited": PID, "code": CODE}`` (negative: the signal that ended it, as subprocess says).
 The server ends when the socket closes, and with the scheduler (PR_SET_PDEATHSIG); its children then get SIGTERM
@@ -41,7 +43,8 @@ from ai_platform.core.procs import PR_SET_NAME, PR_SET_PDEATHSIG, not_dumpable, 
 from ai_platform.core.settings import TaskSettings
 from ai_platform.sdk import report, worker
 
-MAX_MESSAGE = 1 << 20  # a spawn request: the task's environment and credential (its spec comes over gRPC)
+INLINE_REQUEST_MAX = 64 * 1024  # a spawn request in its packet; a bigger one comes in a memfd (a packet holds ~200 KB)
+MAX_REQUEST = 16 << 20  # a task's variables, credential and spec (params up to 256 KiB as JSON, escaped further)
 
 
 def warm_up(modules: list[str]) -> None:
@@ -147,6 +150,20 @@ def _child(request: dict[str, Any], output: int, reports: int, control: int, wak
         worker.leave(code)
 
 
+def _read_all(fd: int) -> bytes:
+    """The contents of a memfd holding a spawn request (closed after), at most MAX_REQUEST bytes."""
+    try:
+        chunks, size = [], 0
+        while (chunk := os.pread(fd, 1 << 20, size)) and size < MAX_REQUEST:
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
 def serve(control: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     wake_read, wake_write = os.pipe()
@@ -157,7 +174,7 @@ def serve(control: socket.socket) -> None:
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "children")
     scripts = Scripts()
-    received = bytearray(MAX_MESSAGE)  # one buffer for every request, not a new megabyte each
+    received = bytearray(INLINE_REQUEST_MAX)  # one buffer for every request
     control_fd = control.fileno()
     settings = TaskSettings.from_env()  # every task's, but for its own variables (the child reads those over it)
 
@@ -185,7 +202,7 @@ def serve(control: socket.socket) -> None:
                 continue
             fds = array.array("i")
             try:
-                size, ancillary, _, _ = control.recvmsg_into([received], socket.CMSG_LEN(2 * fds.itemsize))
+                size, ancillary, flags, _ = control.recvmsg_into([received], socket.CMSG_LEN(3 * fds.itemsize))
             except OSError:
                 return
             if not size:
@@ -194,11 +211,19 @@ def serve(control: socket.socket) -> None:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            request = json.loads(data)
-            if len(fds) != 2:
+            if len(fds) == 3:  # the request is in the third, a memfd
+                data = _read_all(fds.pop())
+            try:
+                request = json.loads(data) if data and not flags & socket.MSG_TRUNC else {}
+            except ValueError:
+                request = {}
+            if not isinstance(request, dict):
+                request = {}
+            if len(fds) != 2 or "spawn" not in request:
                 for fd in fds:
                     os.close(fd)
-                send({"spawned": request.get("spawn"), "error": "a spawn request carries two descriptors"})
+                send({"spawned": request.get("spawn"), "error": "a spawn request is JSON with two descriptors (three "
+                                                                "with a memfd holding a big one)"})
                 continue
             compiled = scripts.compiled(request.get("spec", {}).get("script"))
             try:

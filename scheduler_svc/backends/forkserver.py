@@ -13,6 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+from ai_platform.sdk.forkserver import INLINE_REQUEST_MAX
+
 log = logging.getLogger("scheduler_svc.forkserver")
 START_TIMEOUT_S = 60.0  # the server imports grpc and the warm imports (torch takes seconds) before its first answer
 
@@ -123,12 +125,21 @@ class ForkServer:
         reports, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request_id = next(self._ids)
         answer = self._spawned[request_id] = loop.create_future()
+        memfd = None
         try:
             message = json.dumps({"spawn": request_id, "env": env, "cwd": str(self.cwd), "credential": credential,
-                                  "spec": spec})
+                                  "spec": spec}).encode()
+            fds = [write_end, theirs.fileno()]
+            if len(message) > INLINE_REQUEST_MAX:  # big params: in a memfd, the packet empty
+                memfd = os.memfd_create("aip-spawn-request", os.MFD_CLOEXEC)
+                view = memoryview(message)
+                while view:
+                    view = view[os.write(memfd, view):]
+                fds.append(memfd)
+                message = json.dumps({"spawn": request_id}).encode()  # never empty: that is how a closed end reads
             while True:
                 try:
-                    socket.send_fds(control, [message.encode()], [write_end, theirs.fileno()])
+                    socket.send_fds(control, [message], fds)
                     break
                 except BlockingIOError:  # the server is behind: wait a moment, never block the loop
                     await asyncio.sleep(0.001)
@@ -140,6 +151,8 @@ class ForkServer:
         finally:
             os.close(write_end)
             theirs.close()
+            if memfd is not None:
+                os.close(memfd)
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 reply = await answer
