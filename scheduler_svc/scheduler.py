@@ -104,7 +104,7 @@ class Scheduler:
         self._unsaved: dict[str, Task] = {}
         self._saver: asyncio.Task | None = None
         # Reports on a forked task's own socket, answered as ReportTask is (set by the gRPC edge, server.py).
-        self.local_reports: Callable[[Task, bytes], tuple[bool, bytes]] | None = None
+        self.local_reports: Callable[[Task, bytes], tuple[bool, bytes | None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     async def recover(self) -> None:

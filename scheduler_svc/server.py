@@ -182,9 +182,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
     def local_report(self, task: Task, data: bytes) -> tuple[bool, bytes | None]:
         """A report on a forked task's own socket (``RunContext.answer_report``, ``report.ChannelReporter``), from
-        the one task the socket belongs to, checked as ReportTask checks its message. (ok, b"" or the refusal; None:
-        the worker's last word, which nobody waits to hear answered.) A result the worker does not wait for either:
-        one refused fails the task as ResultNotDelivered, the refusal in its log."""
+        the one task the socket belongs to, checked as ReportTask checks its message. (ok, b"" or the refusal; None
+        for the two reports the worker does not wait to hear answered: its result, a refusal of which fails the task
+        as ResultNotDelivered with the reason in its log, and its last word, its exit code.)"""
         who = auth.CALLER.set(auth.Principal(f"task:{task.id}", auth.Role.VIEWER, task_id=task.id, owner=task.owner))
         kind = ""
         try:
@@ -199,11 +199,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     json_format.Error, DecodeError) as exc:
                 raise InvalidArgument(f"a {kind} report on the task's channel is malformed: {exc!r}"[:512]) from None
             answer_report(self.scheduler, request)
-            return True, b""
+            return True, None if kind == "result" else b""
         except PlatformError as exc:
             refusal = f"{exc.grpc_code.name}: {exc.message}"
             if kind == "result":
                 self.scheduler.result_refused(task.id, refusal)
+                return False, None
             return False, refusal.encode()
         finally:
             auth.CALLER.reset(who)

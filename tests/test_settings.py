@@ -152,7 +152,8 @@ def test_flags_override_the_environment_and_settings_travel_to_workers():
 def test_a_few_variables_read_over_settings_give_what_the_whole_environment_would():
     """The fork server reads every task's settings once; each task's own variables are read over them."""
     shared = {"AIP_SCHEDULER_ADDR": "10.0.0.2:7", "AIP_DIE_WITH_PARENT": "1", "AIP_TASK_ID": "left-over"}
-    own = {"AIP_TASK_ID": "abc", "AIP_TASK_SCRIPT": "/p/x.py", "AIP_TASK_TOKEN": "", "UNRELATED": "1"}
+    own = {"AIP_TASK_ID": "abc", "AIP_TASK_SCRIPT": "/p/x.py", "AIP_TASK_TOKEN": "", "UNRELATED": "1",
+           "AIP_SCHEDULER_ADDR": ""}  # empty: unset, as in the environment
     base = TaskSettings.from_env(shared)
     assert base.overlaid(own) == TaskSettings.from_env({**shared, **own})
     assert base.task_id == "left-over", "the settings read over are a copy"

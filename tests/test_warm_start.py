@@ -184,6 +184,8 @@ def run(i, o, p):
                        ("exit code 256", b'{"kind": "exit", "value": 256}'),
                        ("exit code text", b'{"kind": "exit", "value": "0"}')]:
         probe.sendall(len(body).to_bytes(4, "big") + body)
+        if name in ("too big", "not finite", "too deep"):  # a result is not answered: its refusal is logged
+            continue
         head = probe.recv(5)
         answers[name] = [head[0], probe.recv(int.from_bytes(head[1:], "big")).decode()]
     return answers
@@ -201,7 +203,8 @@ def test_a_forked_task_s_report_socket_refuses_what_is_not_a_report(tasks, proje
     assert "unknown report kind 'started'" in answers["started"][1]
     assert "progress report" in answers["bad progress"][1]
     assert "step must be >= 0" in answers["bad metric"][1]
-    assert all("result report" in answers[name][1] for name in ("too big", "not finite", "too deep")), answers
+    log = b"".join(tasks.logs(done.id)).decode()
+    assert log.count("the scheduler refused the result report: INVALID_ARGUMENT: a result report") == 3, log
     assert "params report nests deeper than 32 levels" in answers["deep params"][1]
     assert all("exit code, 0-255" in answers[name][1] for name in ("exit code 256", "exit code text")), answers
     assert task_result(done)  # its own result, after all that: the record reads as ever
@@ -223,26 +226,68 @@ def run(i, o, p):
 '''
 
 
-def test_a_last_word_ends_the_task_and_all_of_its_processes_whoever_says_it(tasks, project):
+def test_a_last_word_ends_the_task_and_its_process_group_whoever_says_it(tasks, project):
     """The worker's exit code on its socket ends the task as its process leaves; a script that says it early
-    ends with it, processes and slot included, rather than running on outside the platform's count."""
+    ends with its process group and gives back its slot, rather than running on outside the platform's count. (A
+    process it started in a session of its own outlives it, as one does when a script SIGKILLs itself.)"""
     (project / "scripts" / "forged_exit.py").write_text(FORGED_LAST_WORD)
     started = time.time()
     forged = tasks.wait(tasks.submit("forged", "scripts/forged_exit.py").id, 60)
     assert status_name(forged) == "failed" and forged.error.type == "ProcessExit", forged.error
     assert "without reporting a result" in forged.error.message
     assert time.time() - started < 30
-    deadline = time.time() + 10
-    while leftovers := [p for p in os.listdir("/proc") if p.isdigit() and _alive(p)
-                        and _comm(p).startswith("aip-" + forged.id[:11])]:
-        assert time.time() < deadline, f"every process of the task ended with it: {leftovers} are left"
-        time.sleep(0.1)
+    deadline = _until_none_is_left(forged.id)
     child = (project / "forged_exit.child").read_text()
     while _alive(child):
         assert time.time() < deadline, "the child it started ended with it"
         time.sleep(0.1)
     fine = [tasks.submit("fine", "scripts/fine.py") for _ in range(3)]
     assert all(status_name(tasks.wait(t.id, 60)) == "completed" for t in fine), "its slot is free again"
+
+
+def test_a_task_ends_on_its_worker_s_last_word_not_on_the_fork_server_s_notice(tasks, scheduler, project):
+    """The fork server, stopped, can neither reap the task's process nor say it ended: the worker's own last word
+    still ends the task, with its result and exit code."""
+    (project / "scripts" / "short_nap.py").write_text(
+        "import time\n\ndef run(i, o, p):\n    time.sleep(1.5)\n    return {'slept': True}\n")
+    napping = tasks.submit("nap", "scripts/short_nap.py")
+    deadline = time.time() + 30
+    while status_name(tasks.get(napping.id)) != "running" or not tasks.get(napping.id).HasField("started_at"):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # its process is forked (the record running is saved with its pid once it is)
+    server = fork_server(scheduler)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        done = tasks.wait(napping.id, 20)
+        assert status_name(done) == "completed" and task_result(done) == {"slept": True}, done.error
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+
+REPORT_AFTER_A_REFUSED_RESULT = '''
+import atexit, time
+from ai_platform.sdk import report
+
+def progress():
+    value = {"fraction": 0.5, "message": "from atexit", "metrics": {}, "time": time.time()}
+    print("progress delivered:", report.send("progress", value), flush=True)
+
+def run(i, o, p):
+    atexit.register(progress)
+    return {"huge": 10 ** 400}
+'''
+
+
+def test_a_report_after_the_result_gets_its_own_answer(tasks, project):
+    """The result is not answered on the socket, so a report after it (an atexit hook, a thread) reads its own
+    answer, never the result's refusal."""
+    (project / "scripts" / "after_result.py").write_text(REPORT_AFTER_A_REFUSED_RESULT)
+    done = tasks.wait(tasks.submit("after", "scripts/after_result.py").id, 60)
+    assert status_name(done) == "failed" and done.error.type == "ResultNotDelivered", done.error
+    log = b"".join(tasks.logs(done.id)).decode()
+    assert "refused the result report: INVALID_ARGUMENT" in log and "refused the progress report" not in log, log
+    assert "progress delivered: True" in log, log
 
 
 def test_params_up_to_the_limit_start_warm_too(tasks, scheduler, project):
@@ -275,11 +320,7 @@ def test_a_fork_bomb_is_bounded_by_the_memory_limit(tasks):
     bomb = tasks.wait(tasks.submit("bomb", "scripts/bounded_bomb.py", memory_mb=300).id, 120)
     assert status_name(bomb) == "failed" and bomb.error.type == "OutOfMemory", bomb.error
     assert time.time() - started < 30
-    deadline = time.time() + 10
-    while leftovers := [p for p in os.listdir("/proc") if p.isdigit() and _alive(p)
-                        and _comm(p).startswith("aip-" + bomb.id[:11])]:
-        assert time.time() < deadline, f"every process of the task ended with it: {leftovers} are left"
-        time.sleep(0.1)
+    _until_none_is_left(bomb.id)
     fine = tasks.wait(tasks.submit("fine", "scripts/fine.py").id, 60)
     assert status_name(fine) == "completed"
 
@@ -340,6 +381,16 @@ def test_without_warm_start_a_task_gets_a_new_interpreter(project):
         service.stop()
 
 
+def _until_none_is_left(task_id: str) -> float:
+    """Wait (10 s at most) until no process named for the task is alive; the deadline, for further waits."""
+    deadline = time.time() + 10
+    while leftovers := [p for p in os.listdir("/proc") if p.isdigit() and _alive(p)
+                        and _comm(p).startswith("aip-" + task_id[:11])]:
+        assert time.time() < deadline, f"every process of the task ended with it: {leftovers} are left"
+        time.sleep(0.1)
+    return deadline
+
+
 def _comm(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -378,3 +429,48 @@ def test_timeout_s_counts_from_the_task_s_process_not_the_fork_server_s_warm_up(
     finally:
         client.close()
         service.stop()
+
+
+def test_the_fork_server_answers_a_spawn_request_it_cannot_take_and_serves_on(tmp_path):
+    """A memfd that holds no request, or another request than its packet names, is answered as an error for that
+    request (so the scheduler falls back at once, not after a minute), and the server takes the next one."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server = subprocess.Popen([sys.executable, "-m", "ai_platform.sdk.forkserver", str(theirs.fileno()), ""],
+                              pass_fds=(theirs.fileno(),), cwd=tmp_path, start_new_session=True)
+    theirs.close()
+    ours.settimeout(30)
+    try:
+        def spawn(packet: bytes, memfd_text: bytes | None) -> dict:
+            read_end, write_end = os.pipe()
+            mine, its = socket.socketpair()
+            fds = [write_end, its.fileno()]
+            if memfd_text is not None:
+                memfd = os.memfd_create("request")
+                os.write(memfd, memfd_text)
+                fds.append(memfd)
+            socket.send_fds(ours, [packet], fds)
+            for fd in fds:
+                os.close(fd)
+            its.detach()
+            while "spawned" not in (answer := json.loads(ours.recv(1 << 16))):  # skip exit notices
+                pass
+            os.close(read_end)
+            mine.close()
+            return answer
+
+        for number, text in ((1, b"{not json"), (2, b"")):
+            answer = spawn(b'{"spawn": %d}' % number, text)
+            assert answer["spawned"] == number and "a spawn request is JSON" in answer["error"], answer
+        assert "memfd" in spawn(b'{"spawn": 3}', json.dumps({"spawn": 4}).encode())["error"]
+        request = {"spawn": 5, "env": {"AIP_TASK_ID": "t5"}, "cwd": str(tmp_path), "credential": "",
+                   "spec": {"script": str(tmp_path / "none.py")}}
+        answer = spawn(b'{"spawn": 5}', json.dumps(request).encode())
+        assert answer["spawned"] == 5 and answer["pid"] > 0, answer  # still serving, and a memfd request forks
+    finally:
+        ours.close()
+        server.wait(30)

@@ -225,18 +225,22 @@ class BaseSettings:
         overlaid.__dict__.update(self.__dict__)
         by_variable = type(self)._by_variable()
         for variable, raw in variables.items():
-            if raw and (known := by_variable.get(variable)) is not None:
-                name, declared = known
-                try:
-                    setattr(overlaid, name, declared.parse(raw))
-                except ValueError as exc:
-                    raise SettingsError(f"{declared.env} {exc}") from None
+            if (known := by_variable.get(variable)) is None:
+                continue
+            f, declared = known
+            if not raw:  # empty, as from_env reads it: unset, the default
+                setattr(overlaid, f.name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+                continue
+            try:
+                setattr(overlaid, f.name, declared.parse(raw))
+            except ValueError as exc:
+                raise SettingsError(f"{declared.env} {exc}") from None
         return overlaid
 
     @classmethod
     @functools.cache
-    def _by_variable(cls) -> dict[str, tuple[str, Declaration]]:
-        return {declared.env: (f.name, declared) for f, declared in cls.declarations()}
+    def _by_variable(cls) -> dict[str, tuple[dataclasses.Field, Declaration]]:
+        return {declared.env: (f, declared) for f, declared in cls.declarations()}
 
     @classmethod
     def parser(cls, prog: str | None = None) -> argparse.ArgumentParser:

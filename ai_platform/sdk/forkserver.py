@@ -14,8 +14,8 @@ ahead, AIP_WARM_IMPORTS), one JSON message per packet:
   set over this server's environment, which is every task's) with two descriptors (SCM_RIGHTS):
   the write end of the task's output pipe, and its end of a socket to report on (``report.ChannelReporter``); the
   spec is what the worker would otherwise ask for in its ``started`` report. A request over
-  ``INLINE_REQUEST_MAX`` bytes (big params) would not fit in a packet: it travels in a memfd passed as a third
-  descriptor, and the packet holds ``{"spawn": ID}`` alone.
+  ``INLINE_REQUEST_MAX`` bytes (big params: a packet of some 200 KB already fails with EMSGSIZE) travels in a memfd
+  passed as a third descriptor, and the packet holds ``{"spawn": ID}`` alone.
   Answer: ``{"spawned": ID, "pid": PID}``, or ``{"spawned": ID, "error": "..."}``.
 - later, for each child: ``{"exited": PID, "code": CODE}`` (negative: the signal that ended it, as subprocess says).
 The server ends when the socket closes, and with the scheduler (PR_SET_PDEATHSIG); its children then get SIGTERM
@@ -110,8 +110,9 @@ def _child(request: dict[str, Any], output: int, reports: int, control: int, wak
     """In the forked child: become the task's process, run it, and leave without returning into the server.
 
     Every step here costs the fork the pages it writes (some 4 us each): what the server could do once, it did
-    (the settings every task shares, its non-dumpable state, which a fork inherits), and the handlers are those of
-    a new interpreter but for the one the server set (SIGCHLD)."""
+    (the settings every task shares, its non-dumpable state, which a fork inherits). The server's handlers are a new
+    interpreter's but for SIGCHLD's, which is reset here (a module in AIP_WARM_IMPORTS that installs one of its own
+    passes it on to every task, as importing it in the task would)."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -151,17 +152,31 @@ def _child(request: dict[str, Any], output: int, reports: int, control: int, wak
 
 
 def _read_all(fd: int) -> bytes:
-    """The contents of a memfd holding a spawn request (closed after), at most MAX_REQUEST bytes."""
+    """The contents of a memfd holding a spawn request (closed after); b"" when it cannot be read or holds more
+    than MAX_REQUEST bytes."""
     try:
         chunks, size = [], 0
-        while (chunk := os.pread(fd, 1 << 20, size)) and size < MAX_REQUEST:
+        while chunk := os.pread(fd, 1 << 20, size):
             chunks.append(chunk)
             size += len(chunk)
+            if size > MAX_REQUEST:
+                return b""
         return b"".join(chunks)
     except OSError:
         return b""
     finally:
         os.close(fd)
+
+
+def _request(data: bytes) -> dict[str, Any]:
+    """A spawn request as JSON, {} when it is not one (the error answer then says so)."""
+    try:
+        request = json.loads(data)
+    except ValueError:
+        return {}
+    if not isinstance(request, dict) or not isinstance(request.get("spec", {}), dict):
+        return {}
+    return request
 
 
 def serve(control: socket.socket) -> None:
@@ -211,19 +226,16 @@ def serve(control: socket.socket) -> None:
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            if len(fds) == 3:  # the request is in the third, a memfd
-                data = _read_all(fds.pop())
-            try:
-                request = json.loads(data) if data and not flags & socket.MSG_TRUNC else {}
-            except ValueError:
-                request = {}
-            if not isinstance(request, dict):
-                request = {}
-            if len(fds) != 2 or "spawn" not in request:
+            request = _request(data) if not flags & socket.MSG_TRUNC else {}
+            spawn_id = request.get("spawn")
+            if len(fds) == 3:  # the request is in the third, a memfd; the packet names it
+                request = _request(_read_all(fds.pop()))
+            if len(fds) != 2 or spawn_id is None or request.get("spawn") != spawn_id:
                 for fd in fds:
                     os.close(fd)
-                send({"spawned": request.get("spawn"), "error": "a spawn request is JSON with two descriptors (three "
-                                                                "with a memfd holding a big one)"})
+                send({"spawned": spawn_id, "error": "a spawn request is JSON with two descriptors, or {\"spawn\": ID} "
+                                                    f"with a third, a memfd holding it (of at most {MAX_REQUEST} "
+                                                    f"bytes)"})
                 continue
             compiled = scripts.compiled(request.get("spec", {}).get("script"))
             try:

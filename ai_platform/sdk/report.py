@@ -24,6 +24,7 @@ FINAL_PATIENCE_S = 300.0  # the result or error is retried this long before the 
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
 METRICS_FLUSH_S = 1.0  # buffered metric points are sent this often
 METRICS_BATCH = 5000  # points per report; a fuller buffer is sent at once
+LAST_WORD_WAIT_S = 1.0  # a forked worker's exit code waits this long for a report in flight on its socket
 REPORT_TIMEOUT_S = 10.0  # one ReportTask call (not core.wire's: importing it would load grpc eagerly)
 
 # _thread's locks, not threading's: importing threading registers a hook that every fork of the local backend's
@@ -39,12 +40,12 @@ def task_settings() -> TaskSettings:
 
 
 _settings: list[TaskSettings] = []
+_reporter_or_none: Reporter | ChannelReporter | bool | None = None  # False: not running as a task
 
 
 def give_settings(settings: TaskSettings) -> None:
     """This worker's settings, read already (the local backend's fork server reads what every task shares once)."""
     _settings[:] = [settings]
-_reporter_or_none: Reporter | ChannelReporter | bool | None = None  # False: not running as a task
 
 
 def report_request(task_id: str, kind: str, value: Any) -> Any:
@@ -127,7 +128,7 @@ class ChannelReporter:
     says why in the task's log) and the worker's last word, ``{"kind": "exit", "value": CODE}``, which ends the
     task as the process leaves, not once the kernel has taken it apart and the fork server has heard."""
 
-    UNANSWERED = ("result", "exit")
+    UNANSWERED = ("result",)
 
     def __init__(self, fd: int) -> None:
         import socket
@@ -146,7 +147,7 @@ class ChannelReporter:
         try:
             with self.lock:
                 self.socket.sendall(len(request).to_bytes(4, "big") + request)
-                if kind in self.UNANSWERED:
+                if kind in self.UNANSWERED:  # a refusal is the scheduler's to record (ResultNotDelivered)
                     return True
                 header = self._read(5)
                 answer = self._read(int.from_bytes(header[1:], "big"))
@@ -225,10 +226,15 @@ def send(kind: str, value: Any) -> bool:
 
 
 def last_word(code: int) -> None:
-    """A forked worker's exit code, said to the scheduler as the process leaves (its output already closed)."""
+    """A forked worker's exit code, said to the scheduler as the process leaves (its output already closed). Not
+    said when a thread the script left has been reporting for LAST_WORD_WAIT_S: the fork server tells of the exit."""
     reporter = _reporter()
-    if isinstance(reporter, ChannelReporter):
-        reporter.deliver("exit", reporter.request("exit", code))
+    if isinstance(reporter, ChannelReporter) and reporter.lock.acquire(timeout=LAST_WORD_WAIT_S):
+        try:
+            word = reporter.request("exit", code)
+            reporter.socket.sendall(len(word).to_bytes(4, "big") + word)
+        finally:
+            reporter.lock.release()
 
 
 _spec: dict[str, Any] = {}

@@ -28,9 +28,11 @@ class RunContext:
     on_running: Callable[[int | None, str, float | None], None]  # (pid, job_id, started_at) once work starts
     on_progress: Callable[[dict[str, Any]], None]
     on_submitted: Callable[[str], None]  # (job_id) once a cluster accepted the work
-    answer_report: Callable[[bytes], tuple[bool, bytes | None]] | None = None  # a report on the task's own socket
+    # A report on the task's own socket: (ok, the answer to send back, None for a report nobody waits on).
+    answer_report: Callable[[bytes], tuple[bool, bytes | None]] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # set on cancel or timeout
-    on_exit: Callable[[int], None] | None = None  # the worker's last word: its exit code (a forked worker's socket)
+    on_exit: Callable[[int], None] | None = None  # told the worker's last word: its exit code (a forked worker's)
+    exit_code: int | None = None  # the worker's last word, once said
     result: Any = None
     error: dict[str, str] | None = None
     has_result: bool = False
@@ -67,8 +69,10 @@ class RunContext:
             self.result, self.has_result = value, True
         elif kind == "error":
             self.error = value
-        elif kind == "exit" and self.on_exit is not None:
-            self.on_exit(value)
+        elif kind == "exit":
+            self.exit_code = value
+            if self.on_exit is not None:
+                self.on_exit(value)
 
     def refuse_result(self, refusal: str) -> None:
         self.result_refusal = refusal

@@ -120,10 +120,12 @@ def _answer_reports(reports: socket.socket, ctx: RunContext) -> asyncio.Future:
             except Exception:  # noqa: BLE001 - a bug here ends this task's channel, not the scheduler's loop
                 log.exception("task %s: a report on its socket could not be answered", ctx.task.id)
                 return False
-            if answer is None:  # the worker's last word: nothing follows it, nobody waits to hear it answered
+            if ctx.exit_code is not None:  # the worker's last word: nothing follows it
                 return False
-            # The worker reads each answer before it reports again (its result's too, unread, is a few bytes), so
-            # the socket has room for this one; a task that never reads them ends its channel here.
+            if answer is None:  # its result: the worker does not wait for an answer
+                continue
+            # The worker reads each answer before it reports again, so the socket has room for this one; a task
+            # that never reads them ends its channel here.
             reply = memoryview(bytes([0 if ok else 1]) + len(answer).to_bytes(4, "big") + answer)
             try:
                 while reply:
