@@ -5,6 +5,8 @@
 - 20 tasks that each sleep 1 s, submitted at once on 2 slots: the wall time against the ideal 10 s (goal: within 3%).
 - The seed's way, same load over HTTP: its runner calls the script's ``run`` in a thread of the server (no process
   of its own, so no cancel, timeout, memory limit or isolation), and clients poll the task.
+- Where a trivial task's CPU goes (from /proc, over the same 200 tasks): the scheduler, the fork server, the task
+  processes, the clients, and the time both cores sat idle; at 200 tasks/s, 2 cores give 10 ms per task in all.
 - With ``--ray``: a Ray head on this machine and the Ray backend, a Job per task (the figure only).
 
 Run: ``.venv/bin/python bench/bench_scheduler.py [--quick] [--ray]``.
@@ -65,6 +67,55 @@ def get(task_id: str):
 '''
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """Seconds of CPU of ``pid`` itself, and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Seconds this machine's CPUs sat idle, and seconds of CPU time passed (all CPUs together)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] / CLOCK_TICKS, sum(ticks) / CLOCK_TICKS
+
+
+def fork_server_of(pid: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+                    and b"ai_platform.sdk.forkserver" in (entry / "cmdline").read_bytes()):
+                return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+class CpuShares:
+    """CPU per task by process over a stretch of the run: the scheduler, its fork server, the task processes
+    (reaped by the fork server, or by the scheduler without one), this process (the clients), and idle."""
+
+    def __init__(self, scheduler: int, name: str = "scheduler") -> None:
+        self.scheduler, self.fork_server, self.name = scheduler, fork_server_of(scheduler), name
+        self.start = self._now()
+
+    def _now(self) -> list[float]:
+        scheduler, reaped = process_cpu(self.scheduler)
+        server, tasks = process_cpu(self.fork_server) if self.fork_server else (0.0, reaped)
+        clients = os.times()
+        idle, total = machine_cpu()
+        return [scheduler, server, tasks, clients.user + clients.system, idle, total]
+
+    def per_task_ms(self, tasks: int) -> dict[str, float]:
+        names = [self.name, "fork server", "task processes", "clients", "idle", "all"]
+        shares = {n: (b - a) * 1000 / tasks for n, a, b in zip(names, self.start, self._now(), strict=True)}
+        if not self.fork_server:
+            del shares["fork server"]
+        return shares
+
+
 class Figures:
     def __init__(self) -> None:
         self.submit_ms: list[float] = []
@@ -108,6 +159,7 @@ def ours(work: Path, env: dict[str, str], trivial: int, sleepers: int, sleep_s: 
         wait_port(int(addr.rsplit(":", 1)[1]))
         client = SchedulerClient(addr)
         client.wait(client.submit("warm-up", "trivial.py", params={"i": -1}).id, 120)
+        shares = CpuShares(service.pid)
 
         def one(i: int, state: dict) -> tuple[float, float]:
             if "client" not in state:
@@ -121,13 +173,14 @@ def ours(work: Path, env: dict[str, str], trivial: int, sleepers: int, sleep_s: 
             return submitted - started, time.perf_counter() - started
 
         figures, wall = closed_loops(2, trivial // 2, one)
+        cpu = shares.per_task_ms(trivial)
         started = time.perf_counter()
         ids = [client.submit("sleeper", "sleeper.py", params={"s": sleep_s}).id for _ in range(sleepers)]
         for task_id in ids:
             done = client.wait(task_id, 600)
             assert status_name(done) == "completed", (status_name(done), done.error.message)
         client.close()
-        return {"figures": figures, "wall": wall, "sleepers": time.perf_counter() - started}
+        return {"figures": figures, "wall": wall, "sleepers": time.perf_counter() - started, "cpu": cpu}
     finally:
         stop([service])
 
@@ -158,7 +211,9 @@ def seed_style(work: Path, trivial: int, sleepers: int, sleep_s: float) -> dict:
                 state["close"] = state["http"].close
             return run_one(state["http"], "trivial.py", {"i": i})
 
+        shares = CpuShares(server.pid, "server (runs the tasks)")
         figures, wall = closed_loops(2, trivial // 2, one)
+        cpu = shares.per_task_ms(trivial)
         with httpx.Client(timeout=60) as http:
             started = time.perf_counter()
             ids = [http.post(url, json={"script": str(work / "sleeper.py"), "params": {"s": sleep_s}}).json()["id"]
@@ -166,7 +221,7 @@ def seed_style(work: Path, trivial: int, sleepers: int, sleep_s: float) -> dict:
             for task_id in ids:
                 while http.get(f"{url}/{task_id}").json()["status"] == "running":
                     time.sleep(0.01)
-        return {"figures": figures, "wall": wall, "sleepers": time.perf_counter() - started}
+        return {"figures": figures, "wall": wall, "sleepers": time.perf_counter() - started, "cpu": cpu}
     finally:
         stop([server])
 
@@ -180,6 +235,9 @@ def show(title: str, result: dict, trivial: int, sleepers: int, sleep_s: float, 
           f"mean {statistics.mean(figures.done_ms):6.1f} ms")
     print(f"  {sleepers} x {sleep_s:g} s sleepers at once: {result['sleepers']:6.2f} s "
           f"({(result['sleepers'] / ideal - 1) * 100:+.1f}% over the ideal {ideal:g} s with 2 slots)")
+    if "cpu" in result:
+        print("  CPU per trivial task, ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in result["cpu"].items())
+              + f" (of {os.cpu_count()} CPUs)")
 
 
 def main() -> None:

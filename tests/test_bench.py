@@ -40,3 +40,6 @@ def test_benchmark_runs_quick(name: str):
     tail = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert done.returncode == 0, f"{name} --quick exited {done.returncode}\n{tail}"
     assert FIGURE.search(done.stdout), f"{name} --quick printed no figure\n{tail}"
+    if name == "bench_scheduler":  # where a trivial task's CPU goes, for each of the three ways
+        shares = re.findall(r"CPU per trivial task, ms: (.*) \(of", done.stdout)
+        assert len(shares) == 3 and "fork server" in shares[0] and "fork server" not in shares[1], tail
