@@ -4,6 +4,7 @@ the next one."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
@@ -24,7 +25,7 @@ def run(input_path, output_path, params):
     (here / "left_behind.py").write_text("VALUE = 1\\n")
     seen = {
         "env": os.environ.get("LEFT_BEHIND"), "cwd": os.getcwd(), "path": "/left/behind" in sys.path,
-        "module": "left_behind" in sys.modules, "signal": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
+        "imported": "left_behind" in sys.modules, "signal": signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL,
         "threads": threading.active_count(), "random": random.random(), "pid": os.getpid(),
         "pgid": os.getpgid(0), "sid": os.getsid(0), "task_env": os.environ.get("AIP_TASK_ID"),
         "token_in_env": os.environ.get("AIP_TOKEN", "") != "" and "AIP_TASK_TOKEN" not in os.environ,
@@ -34,6 +35,8 @@ def run(input_path, output_path, params):
                      signal.getsignal(signal.SIGTERM).__module__ == "ai_platform.sdk.worker"],
         "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0),  # PR_GET_DUMPABLE
         "line_written_at_once": sys.stdout.write_through or sys.stdout.line_buffering,
+        "module": [__name__, __file__, __cached__, __package__, __spec__.name, __spec__.origin,
+                   type(__loader__).__name__, __spec__.loader is __loader__, sys.path[0]],
     }
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,6 +103,13 @@ def tasks(scheduler):
     os.environ.pop("AIP_TOKEN", None)
 
 
+def script_module(script: Path) -> list:
+    """What a task's script module is as the worker loads it: named ``__aip_task__``, with the file's spec, loader
+    and cache path, and its directory first on sys.path."""
+    return ["__aip_task__", str(script), importlib.util.cache_from_source(str(script)), "", "__aip_task__",
+            str(script), "SourceFileLoader", True, str(script.parent)]
+
+
 def fork_server(scheduler: ServiceProcess) -> int:
     """The scheduler's fork server: its child running ai_platform.sdk.forkserver."""
     for entry in os.listdir("/proc"):
@@ -120,7 +130,8 @@ def test_nothing_one_task_changes_reaches_the_next(tasks, project):
     assert status_name(first) == status_name(second) == "completed", (first.error, second.error)
     before, after = task_result(first), task_result(second)
     for seen in (before, after):
-        assert seen["env"] is None and not seen["path"] and not seen["module"] and seen["signal"]
+        assert seen["env"] is None and not seen["path"] and not seen["imported"] and seen["signal"]
+        assert seen["module"] == script_module(project / "scripts" / "messy.py"), "as a new interpreter loads it"
         assert seen["cwd"] == str(project), "each task starts in the project directory"
         assert seen["threads"] == 1, "a task starts with one thread, whatever the last one left running"
         assert seen["pid"] == seen["pgid"] == seen["sid"], "its own session and process group"
@@ -358,6 +369,7 @@ def test_without_warm_start_a_task_gets_a_new_interpreter(project):
         assert status_name(done) == "completed", done.error
         seen = task_result(done)
         assert seen["pid"] == seen["pgid"] and seen["token_in_env"] and seen["sigpipe_ignored"]
+        assert seen["module"] == script_module(project / "scripts" / "messy.py")
         huge = client.wait(client.submit("huge", "scripts/huge.py").id, 60)  # over gRPC: refused in the worker
         assert status_name(huge) == "failed" and huge.error.type == "ResultNotJSON", huge.error
         assert not any(_comm(p).startswith("aip-") for p in _children_of(service.proc.pid))

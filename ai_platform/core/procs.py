@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,18 @@ def session_members(sid: int) -> list[int]:
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER = 1, 4, 15, 36
 
 
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL("libc.so.6", use_errno=True)
+_prctl: list[Any] = []  # libc's prctl, found once (a forked task calls it without looking it up again)
 
 
 def prctl(option: int, value: int | bytes) -> None:
     """Linux's prctl(2), quietly nothing where libc cannot be loaded."""
     try:
-        _libc().prctl(option, value, 0, 0, 0)
-    except OSError:
+        if not _prctl:
+            import ctypes
+
+            _prctl.append(ctypes.CDLL("libc.so.6", use_errno=True).prctl)
+        _prctl[0](option, value, 0, 0, 0)
+    except (OSError, AttributeError):
         pass
 
 

@@ -31,8 +31,9 @@ import gc
 import importlib
 import importlib.util
 import json
+import json.scanner
 import os
-import selectors
+import select
 import signal
 import socket
 import stat
@@ -47,14 +48,18 @@ INLINE_REQUEST_MAX = 64 * 1024  # a spawn request in its packet; a bigger one co
 MAX_REQUEST = 16 << 20  # a task's variables, credential and spec (params up to 256 KiB as JSON, escaped further)
 
 
+WARM_UP_RUNS = 10  # CPython 3.11 specialises a function's code after its 8th call, writing to it: done here, once
+
+
 def warm_up(modules: list[str]) -> None:
     """Import what a worker needs and run once what every task runs (its settings, a report), so that each fork
     finds it compiled and specialised rather than writing to (and so copying) those pages itself; then ``modules``,
     what tasks will import anyway (e.g. numpy, pyarrow, torch: AIP_WARM_IMPORTS). A module that fails to import is
     left out (the task that needs it then fails with the real error). Neither gRPC nor protobuf is among them: a
     forked worker reports JSON on its socket, and a script that calls the platform imports them itself."""
-    TaskSettings.from_env({}).overlaid({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
-    report.ChannelReporter.request("result", {"rows": 1, "scores": [0.5, "x"], "nested": {"none": None}})
+    for _ in range(WARM_UP_RUNS):
+        TaskSettings.from_env({}).overlaid({"AIP_TASK_ID": "warm-up", "AIP_TASK_SCRIPT": "warm-up.py"})
+        report.ChannelReporter.request("result", {"rows": 1, "scores": [0.5, "x"], "nested": {"none": None}})
     for name in modules:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
@@ -69,10 +74,11 @@ class Scripts:
     KEPT = 64  # scripts; the least recently used goes first
 
     def __init__(self) -> None:
-        self._compiled: dict[str, tuple[bytes, Any, Any]] = {}  # script -> (text, module spec, code)
+        self._compiled: dict[str, tuple[bytes, tuple[Any, Any, str, dict[str, Any]]]] = {}  # script -> (text, compiled)
 
-    def compiled(self, script: Any) -> tuple[Any, Any] | None:
-        """``script``'s (module spec, code) as the worker loads it, or None."""
+    def compiled(self, script: Any) -> tuple[Any, Any, str, dict[str, Any]] | None:
+        """``script`` as the worker loads it (``worker.give_compiled``): its module spec, code, directory and the
+        attributes its module starts with, worked out here once rather than in every fork; or None."""
         if not isinstance(script, str):
             return None
         try:
@@ -92,21 +98,23 @@ class Scripts:
         kept = self._compiled.pop(script, None)
         if kept is None or kept[0] != text:
             try:
+                code = compile(text, script, "exec", dont_inherit=True)
                 spec = importlib.util.spec_from_file_location("__aip_task__", script)
-                kept = (text, spec, compile(text, script, "exec", dont_inherit=True))
+                attributes = dict(vars(importlib.util.module_from_spec(spec)))
+                kept = (text, (spec, code, os.path.dirname(script), attributes))
             except Exception:  # noqa: BLE001 - a SyntaxError, a NUL byte: the task's own load says so
                 return None
         self._compiled[script] = kept  # the newest last
         while len(self._compiled) > self.KEPT:
             del self._compiled[next(iter(self._compiled))]
-        return kept[1], kept[2]
+        return kept[1]
 
 
 SIGCHLD = int(signal.SIGCHLD)  # a plain int: the enum member lives on a page of its own that a fork would copy
 
 
 def _child(request: dict[str, Any], output: int, reports: int, control: int, wakeup: int,
-           compiled: tuple[Any, Any] | None, settings: TaskSettings) -> None:
+           compiled: tuple[Any, Any, str, dict[str, Any]] | None, settings: TaskSettings) -> None:
     """In the forked child: become the task's process, run it, and leave without returning into the server.
 
     Every step here costs the fork the pages it writes (some 4 us each): what the server could do once, it did
@@ -140,7 +148,7 @@ def _child(request: dict[str, Any], output: int, reports: int, control: int, wak
         report.give_credential(request["credential"], reports)
         report.give_spec(request["spec"])
         if compiled is not None:
-            worker.give_compiled(request["spec"]["script"], *compiled)
+            worker.give_compiled(request["spec"]["script"], compiled)
         code = worker.main()
     except BaseException:  # noqa: BLE001 - whatever happens, this process must not return into the server
         with contextlib.suppress(Exception):
@@ -168,41 +176,57 @@ def _read_all(fd: int) -> bytes:
         os.close(fd)
 
 
-def _request(data: bytes) -> dict[str, Any]:
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # json.loads less its Python steps, which a fork would copy
+
+
+def _request(data: bytes | bytearray) -> dict[str, Any]:
     """A spawn request as JSON, {} when it is not one (the error answer then says so)."""
     try:
-        request = json.loads(data)
-    except ValueError:
+        text = data.decode()
+        request, end = _scan(text, 0)
+    except (ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    if end != len(text):
         return {}
     if not isinstance(request, dict) or not isinstance(request.get("spec", {}), dict):
         return {}
     return request
 
 
+MSG_TRUNC = int(socket.MSG_TRUNC)  # plain ints: an enum's operators run Python code (and touch its pages) each time
+SOL_SOCKET, SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+READABLE = int(select.EPOLLIN)
+
+
 def serve(control: socket.socket) -> None:
-    selector = selectors.DefaultSelector()
+    """Answer spawn requests and tell of children's exits until the socket closes.
+
+    After each fork every page of this process is shared with the child, so each page the loop then writes is
+    copied (a few microseconds each): the loop keeps to few objects, an epoll object rather than a selector, answers
+    formatted as bytes rather than encoded by ``json``, plain ints rather than enum flags."""
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup descriptor hears of children
-    selector.register(control, selectors.EVENT_READ, "control")
-    selector.register(wake_read, selectors.EVENT_READ, "children")
+    control_fd = control.fileno()
+    poller = select.epoll()
+    poller.register(control_fd, READABLE)
+    poller.register(wake_read, READABLE)
     scripts = Scripts()
     received = bytearray(INLINE_REQUEST_MAX)  # one buffer for every request
-    control_fd = control.fileno()
+    ancillary_size = socket.CMSG_LEN(3 * array.array("i").itemsize)
     settings = TaskSettings.from_env()  # every task's, but for its own variables (the child reads those over it)
 
-    def send(message: dict[str, Any]) -> bool:
+    def send(message: bytes) -> None:
         try:
-            control.send(json.dumps(message).encode())
-            return True
+            os.write(control_fd, message)  # one packet, as send(2) without flags
         except OSError:
-            return False
+            pass
 
     while True:
-        for key, _ in selector.select():
-            if key.data == "children":
+        for fd, _ in poller.poll():
+            if fd == wake_read:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_read, 512):
                         pass
@@ -213,29 +237,28 @@ def serve(control: socket.socket) -> None:
                         break
                     if pid == 0:
                         break
-                    send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+                    send(b'{"exited": %d, "code": %d}' % (pid, os.waitstatus_to_exitcode(status)))
                 continue
             fds = array.array("i")
             try:
-                size, ancillary, flags, _ = control.recvmsg_into([received], socket.CMSG_LEN(3 * fds.itemsize))
+                size, ancillary, flags, _ = control.recvmsg_into([received], ancillary_size)
             except OSError:
                 return
             if not size:
                 return  # the scheduler closed the socket: stop (the children end with us)
-            data = received[:size]
             for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                if level == SOL_SOCKET and kind == SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            request = _request(data) if not flags & socket.MSG_TRUNC else {}
+            request = _request(received[:size]) if not flags & MSG_TRUNC else {}
             spawn_id = request.get("spawn")
             if len(fds) == 3:  # the request is in the third, a memfd; the packet names it
                 request = _request(_read_all(fds.pop()))
-            if len(fds) != 2 or spawn_id is None or request.get("spawn") != spawn_id:
+            if len(fds) != 2 or type(spawn_id) is not int or request.get("spawn") != spawn_id:
                 for fd in fds:
                     os.close(fd)
-                send({"spawned": spawn_id, "error": "a spawn request is JSON with two descriptors, or {\"spawn\": ID} "
-                                                    f"with a third, a memfd holding it (of at most {MAX_REQUEST} "
-                                                    f"bytes)"})
+                send(json.dumps({"spawned": spawn_id if type(spawn_id) is int else None,
+                                 "error": "a spawn request is JSON with two descriptors, or {\"spawn\": ID} with "
+                                          f"a third, a memfd holding it (of at most {MAX_REQUEST} bytes)"}).encode())
                 continue
             compiled = scripts.compiled(request.get("spec", {}).get("script"))
             try:
@@ -243,13 +266,13 @@ def serve(control: socket.socket) -> None:
             except OSError as exc:
                 for fd in fds:
                     os.close(fd)
-                send({"spawned": request["spawn"], "error": f"fork failed: {exc.strerror or exc}"})
+                send(json.dumps({"spawned": spawn_id, "error": f"fork failed: {exc.strerror or exc}"}).encode())
                 continue
             if pid == 0:
                 _child(request, fds[0], fds[1], control_fd, wake_read, compiled, settings)
-            for fd in fds:
-                os.close(fd)
-            send({"spawned": request["spawn"], "pid": pid})
+            os.close(fds[0])
+            os.close(fds[1])
+            send(b'{"spawned": %d, "pid": %d}' % (spawn_id, pid))
 
 
 def main() -> None:

@@ -131,9 +131,7 @@ class ChannelReporter:
     UNANSWERED = ("result",)
 
     def __init__(self, fd: int) -> None:
-        import socket
-
-        self.socket = socket.socket(fileno=fd)
+        self.fd = fd  # the socket's descriptor, written and read as it is: no socket object to build in each fork
         self.lock = _thread.allocate_lock()
 
     @staticmethod
@@ -146,7 +144,7 @@ class ChannelReporter:
     def deliver(self, kind: str, request: bytes) -> bool | None:
         try:
             with self.lock:
-                self.socket.sendall(len(request).to_bytes(4, "big") + request)
+                self.send(len(request).to_bytes(4, "big") + request)
                 if kind in self.UNANSWERED:  # a refusal is the scheduler's to record (ResultNotDelivered)
                     return True
                 header = self._read(5)
@@ -160,10 +158,16 @@ class ChannelReporter:
             return None
         return True
 
+    def send(self, data: bytes) -> None:
+        """All of ``data`` (the caller holds the lock)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
     def _read(self, size: int) -> bytes:
         data = b""
         while len(data) < size:
-            chunk = self.socket.recv(size - len(data))
+            chunk = os.read(self.fd, size - len(data))
             if not chunk:
                 raise ConnectionError("the scheduler closed the report channel")
             data += chunk
@@ -232,7 +236,7 @@ def last_word(code: int) -> None:
     if isinstance(reporter, ChannelReporter) and reporter.lock.acquire(timeout=LAST_WORD_WAIT_S):
         try:
             word = reporter.request("exit", code)
-            reporter.socket.sendall(len(word).to_bytes(4, "big") + word)
+            reporter.send(len(word).to_bytes(4, "big") + word)
         finally:
             reporter.lock.release()
 

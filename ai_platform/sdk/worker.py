@@ -33,23 +33,27 @@ def _fail(kind: str, message: str) -> int:
     return 1
 
 
-_compiled: dict[str, tuple[Any, Any]] = {}  # script -> (module spec, code), compiled by the fork server
+_compiled: dict[str, tuple[Any, Any, str, dict[str, Any]]] = {}  # script -> what the fork server compiled
 
 
-def give_compiled(script: str, spec: Any, code: Any) -> None:
-    """The script already compiled, by the fork server that forked this process (from the text it has now)."""
-    _compiled[script] = (spec, code)
+def give_compiled(script: str, compiled: tuple[Any, Any, str, dict[str, Any]]) -> None:
+    """The script already compiled by the fork server that forked this process (from the text it has now): its
+    module spec, code, directory, and the attributes its module starts with (as ``module_from_spec`` sets them)."""
+    _compiled[script] = compiled
 
 
 def _load(script: str) -> Any:
     """The script as a module: what ``exec_module`` does, less its search for a bytecode cache (a task's script is
     read once, and may have changed since the last task), and less the compiling where the fork server did it."""
-    spec, code = _compiled.pop(script, (None, None))
-    if spec is None:
+    spec, code, _, attributes = _compiled.pop(script, (None, None, "", None))
+    if attributes is not None:  # the module as module_from_spec makes it, from what the fork server worked out
+        module = type(sys)(spec.name)
+        module.__dict__.update(attributes)
+    else:
         spec = importlib.util.spec_from_file_location("__aip_task__", script)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {script}")
-    module = importlib.util.module_from_spec(spec)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {script}")
+        module = importlib.util.module_from_spec(spec)
     sys.modules["__aip_task__"] = module
     try:
         if code is None:
@@ -171,7 +175,7 @@ def _run_task() -> int:
     settings = report.task_settings()
     if settings.die_with_parent:
         _die_with_parent()
-    spec = report.start(time.time())
+    spec = report.spec() or report.start(time.time())  # a forked worker's was handed over
     if spec is None:
         print(f"task failed: the scheduler at {settings.scheduler_addr} could not be told the task started, so its "
               f"spec did not arrive", file=sys.stderr, flush=True)
@@ -179,7 +183,7 @@ def _run_task() -> int:
     if not report.forked():  # the local backend says it for a task it forked
         print(f"[platform] task {settings.task_id} runs on {socket.gethostname()} (pid {os.getpid()})", flush=True)
     script = spec["script"]  # relative to the job's working directory (shipped by Ray) when it was given so
-    sys.path.insert(0, os.path.dirname(script))
+    sys.path.insert(0, _compiled[script][2] if script in _compiled else os.path.dirname(script))
     sys.argv = [script]
     try:
         module = _load(script)
@@ -216,19 +220,28 @@ def leave(code: int) -> None:
     """End this process once its task has: what the script registered with atexit runs, output is flushed, and
     threads the script left running end with it (an interpreter's normal exit would wait for them). A forked worker
     closes its output and says its exit code on its report socket first: its task ends then, without waiting for
-    the kernel to take the process apart (a fraction of a millisecond, on every task)."""
-    with contextlib.suppress(BaseException):
+    the kernel to take the process apart (a fraction of a millisecond, on every task). Plain try blocks, not
+    contextlib.suppress: each object a fork touches costs it a copied page."""
+    try:
         atexit._run_exitfuncs()
-    with contextlib.suppress(BaseException):
+    except BaseException:  # noqa: BLE001, S110 - leaving regardless
+        pass
+    try:
         sys.stdout.flush()
         sys.stderr.flush()
+    except BaseException:  # noqa: BLE001, S110
+        pass
     if report.forked():
-        with contextlib.suppress(BaseException):  # its output ends here (/dev/null in its place for any thread left)
+        try:  # its output ends here (/dev/null in its place for any thread left)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
             os.dup2(null, 2)
-        with contextlib.suppress(BaseException):
+        except BaseException:  # noqa: BLE001, S110
+            pass
+        try:
             report.last_word(code)
+        except BaseException:  # noqa: BLE001, S110
+            pass
     os._exit(code)
 
 
