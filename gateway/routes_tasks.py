@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ai_platform.core.errors import PlatformError
-from ai_platform.core.limits import check_params, check_task_fields
+from ai_platform.core.limits import TASK_WAIT_MAX_S, check_params, check_task_fields
 from ai_platform.core.views import (
     ERRORS,
     STREAM_ERRORS,
@@ -87,11 +87,20 @@ async def list_tasks(
     return [TaskView.from_pb(t) for t in response.tasks]
 
 
-@router.get("/api/v1/tasks/{id}", response_model=TaskView, responses=ERRORS, summary="A task, with its progress")
-async def get_task(request: Request, id: str) -> dict:
+@router.get("/api/v1/tasks/{id}", response_model=TaskView, responses=ERRORS,
+            summary="A task, with its progress; with wait_s, answered as it finishes (long polling)")
+async def get_task(
+    request: Request,
+    id: str,
+    wait_s: float = Query(0, ge=0, le=TASK_WAIT_MAX_S, allow_inf_nan=False,
+                          description="wait up to this many seconds for the task to finish; answered at once when it "
+                                      "has, or as it does (a client that waits longer asks again)"),
+) -> dict:
     upstreams = request.app.state.upstreams
     task = await upstreams.call(
-        "scheduler", upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id), timeout=upstreams.timeout_s), NOT_FOUND
+        "scheduler",
+        upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id, wait_s=wait_s), timeout=wait_s + upstreams.timeout_s),
+        NOT_FOUND,
     )
     return TaskView.from_pb(task)
 

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ai_platform.core import auth
 from ai_platform.core.errors import InvalidArgument, PermissionDenied, PlatformError
-from ai_platform.core.limits import MAX_PARAMS_DEPTH, json_depth
+from ai_platform.core.limits import MAX_PARAMS_DEPTH, TASK_WAIT_MAX_S, json_depth
 from ai_platform.core.names import METRIC_KEY
 from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
@@ -28,7 +28,6 @@ from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
 
 MAX_PAGE = 1000
-MAX_WAIT_S = 60.0  # GetTask's long polling; a client that waits longer asks again
 METRICS_PER_MESSAGE = 10_000
 
 
@@ -128,8 +127,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return task_to_pb(task)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
-        if not 0 <= request.wait_s <= MAX_WAIT_S:  # NaN too
-            raise InvalidArgument(f"wait_s must be between 0 and {MAX_WAIT_S:g} seconds, got {request.wait_s}")
+        if not 0 <= request.wait_s <= TASK_WAIT_MAX_S:  # NaN too
+            raise InvalidArgument(f"wait_s must be between 0 and {TASK_WAIT_MAX_S:g} seconds, got {request.wait_s}")
         if request.wait_s:
             return task_to_pb(await self.scheduler.finished(request.id, request.wait_s))
         return task_to_pb(self.scheduler.get(request.id))

@@ -325,11 +325,29 @@ def test_predict_and_infer_reach_inference_over_its_socket(http, platform):
 def wait_task(http, task_id: str, timeout: float = 60) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        task = http.get(f"/api/v1/tasks/{task_id}").json()
+        task = http.get(f"/api/v1/tasks/{task_id}?wait_s={min(max(deadline - time.time(), 0), 30):.1f}").json()
         if task["status"] in ("completed", "failed", "cancelled"):
             return task
-        time.sleep(0.1)
     raise AssertionError(f"task {task_id} did not finish")
+
+
+def test_a_task_is_long_polled_until_it_finishes(http):
+    task = http.post("/api/v1/tasks", json={"name": "nap", "script": "scripts/nap.py",
+                                            "params": {"seconds": 1.5}}).json()
+    asked = time.monotonic()
+    running = http.get(f"/api/v1/tasks/{task['id']}?wait_s=0.3").json()
+    assert running["status"] == "running" and time.monotonic() - asked >= 0.25, "it waited, then answered as it is"
+    done = http.get(f"/api/v1/tasks/{task['id']}?wait_s=30").json()
+    answered = time.monotonic()
+    assert done["status"] == "completed" and answered - asked < 20, "answered as it finished, not after 30 s"
+    assert done["completed_at"] and answered - asked >= 1.0
+    again = http.get(f"/api/v1/tasks/{task['id']}?wait_s=30")
+    assert again.json()["status"] == "completed" and time.monotonic() - answered < 5, "finished: answered at once"
+    for bad in ("61", "-1", "nan", "inf", "soon", ""):
+        assert "wait_s" in error_of(http.get(f"/api/v1/tasks/{task['id']}?wait_s={bad}"), 400, "INVALID_REQUEST")
+    assert "unknown query parameter(s) ['wait']" in error_of(http.get(f"/api/v1/tasks/{task['id']}?wait=5"), 400,
+                                                             "INVALID_REQUEST")
+    error_of(http.get("/api/v1/tasks/nope?wait_s=5"), 404, "TASK_NOT_FOUND")
 
 
 def test_seed_task_creation_body(http, platform):

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from ai_platform.core import arrow_ipc
+from ai_platform.core.limits import TASK_WAIT_MAX_S
 from ai_platform.core.settings import ClientSettings
 from ai_platform.core.views import (
     GarbageView,
@@ -133,7 +134,7 @@ class StorageClient:
 
 
 FINISHED = {scheduler_pb.COMPLETED, scheduler_pb.FAILED, scheduler_pb.CANCELLED}
-LONG_POLL_S = 60.0  # the longest GetTask waits for a task to finish (the scheduler's MAX_WAIT_S)
+LONG_POLL_S = TASK_WAIT_MAX_S  # the longest GetTask waits for a task to finish
 
 
 def task_result(task: scheduler_pb.Task) -> Any:

@@ -25,6 +25,7 @@ MAX_SCRIPT_CHARS = 1024
 MAX_PATH_COMPONENT_BYTES = 255  # what Linux filesystems take ("File name too long" past it)
 MAX_REF_CHARS = 4096
 MAX_TIMEOUT_S = 30 * 24 * 3600
+TASK_WAIT_MAX_S = 60.0  # GetTask's long polling (gRPC wait_s, REST ?wait_s=): a client that waits longer asks again
 
 
 def json_depth(value: Any) -> int:
