@@ -1,5 +1,5 @@
 """Connection limits of the gateway's HTTP server: a request's headers must arrive within a time limit, and a client
-may follow only so many streams at once.
+may follow only so many streams (and hold only so many long polls) at once.
 
 uvicorn closes a kept-alive connection that idles after a response (``timeout_keep_alive``) but waits forever for the
 first request on a connection, and for headers that trickle in: an idle or slow-header client holds its connection
@@ -9,8 +9,9 @@ and its memory for good. :func:`header_timeout_protocol` closes such a connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -60,19 +61,20 @@ def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
 
 
 class StreamLimit:
-    """How many followed streams (server-sent events) each client holds; past ``per_client``, a 429."""
+    """How many followed streams (server-sent events) and long polls each client holds; past ``per_client``, a 429.
+    A long poll is counted too: the gateway does not hear a client give up on one, so it waits out its ``wait_s``."""
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
         self.open: dict[str, int] = {}
 
-    def follow(self, client: Any, events: AsyncIterator[str]) -> AsyncIterator[str]:
-        """``events`` counted against ``client`` while it lasts: ApiError 429 now if the client is at its limit.
-        The count is given back when the stream ends, fails, or is dropped unstarted (a client that went away)."""
+    def _take(self, client: Any) -> Callable[[], None]:
+        """One more for ``client`` (ApiError 429 if it is at its limit); the function that gives it back, once."""
         host = client.host if client is not None else "?"
         if self.open.get(host, 0) >= self.per_client:
-            raise ApiError(429, "TOO_MANY_REQUESTS", f"this client already follows {self.per_client} streams (the "
-                                                     f"limit, AIP_MAX_STREAMS_PER_CLIENT); close one first")
+            raise ApiError(429, "TOO_MANY_REQUESTS", f"this client already holds {self.per_client} followed streams "
+                                                     f"and long polls (the limit, AIP_MAX_STREAMS_PER_CLIENT); close "
+                                                     f"one first")
         self.open[host] = self.open.get(host, 0) + 1
         released = False
 
@@ -84,6 +86,13 @@ class StreamLimit:
                 if not self.open[host]:
                     del self.open[host]
 
+        return release
+
+    def follow(self, client: Any, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        """``events`` counted against ``client`` while it lasts: ApiError 429 now if the client is at its limit.
+        The count is given back when the stream ends, fails, or is dropped unstarted (a client that went away)."""
+        release = self._take(client)
+
         async def counted() -> AsyncIterator[str]:
             try:
                 async for event in events:
@@ -94,3 +103,12 @@ class StreamLimit:
         stream = counted()
         weakref.finalize(stream, release)
         return stream
+
+    @contextlib.asynccontextmanager
+    async def hold(self, client: Any) -> AsyncIterator[None]:
+        """A long poll counted against ``client`` while it waits: ApiError 429 now if the client is at its limit."""
+        release = self._take(client)
+        try:
+            yield
+        finally:
+            release()

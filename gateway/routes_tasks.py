@@ -87,7 +87,7 @@ async def list_tasks(
     return [TaskView.from_pb(t) for t in response.tasks]
 
 
-@router.get("/api/v1/tasks/{id}", response_model=TaskView, responses=ERRORS,
+@router.get("/api/v1/tasks/{id}", response_model=TaskView, responses={**ERRORS, **STREAM_ERRORS},
             summary="A task, with its progress; with wait_s, answered as it finishes (long polling)")
 async def get_task(
     request: Request,
@@ -97,12 +97,15 @@ async def get_task(
                                       "has, or as it does (a client that waits longer asks again)"),
 ) -> dict:
     upstreams = request.app.state.upstreams
-    task = await upstreams.call(
-        "scheduler",
-        upstreams.scheduler.GetTask(pb.GetTaskRequest(id=id, wait_s=wait_s), timeout=wait_s + upstreams.timeout_s),
-        NOT_FOUND,
-    )
-    return TaskView.from_pb(task)
+
+    async def task() -> Any:
+        return await upstreams.call("scheduler", upstreams.scheduler.GetTask(
+            pb.GetTaskRequest(id=id, wait_s=wait_s), timeout=wait_s + upstreams.timeout_s), NOT_FOUND)
+
+    if not wait_s:
+        return TaskView.from_pb(await task())
+    async with request.app.state.streams.hold(request.client):  # counted as a followed stream is
+        return TaskView.from_pb(await task())
 
 
 @router.post(

@@ -4,6 +4,7 @@ asserts both the answer (a precise status naming the problem) and that nothing c
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import random
@@ -349,9 +350,20 @@ def test_a_client_follows_at_most_its_share_of_streams(http, platform):
             assert response.status_code == 200
         refused = http.get(f"/api/v1/tasks/{task['id']}/metrics", params={"follow": "true"})
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "TOO_MANY_REQUESTS"
+        polled = http.get(f"/api/v1/tasks/{task['id']}", params={"wait_s": 5})
+        assert polled.status_code == 429 and "long polls" in polled.json()["error"]["message"], "a long poll counts"
+        assert http.get(f"/api/v1/tasks/{task['id']}").json()["status"] == "running", "a plain read does not"
     time.sleep(0.5)
     with http.stream("GET", f"/api/v1/tasks/{task['id']}/logs", params={"follow": "true"}) as again:
         assert again.status_code == 200, "closed streams are given back"
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # three long polls hold the share, as three streams do
+        polls = [pool.submit(http.get, f"/api/v1/tasks/{task['id']}", params={"wait_s": 3}) for _ in range(3)]
+        time.sleep(1)
+        refused = http.get(f"/api/v1/tasks/{task['id']}/logs", params={"follow": "true"})
+        assert refused.status_code == 429, refused.text
+        assert [p.result().json()["status"] for p in polls] == ["running"] * 3, "each waited, then answered"
+    with http.stream("GET", f"/api/v1/tasks/{task['id']}/logs", params={"follow": "true"}) as again:
+        assert again.status_code == 200, "ended long polls are given back"
     http.post(f"/api/v1/tasks/{task['id']}/cancel")
 
 

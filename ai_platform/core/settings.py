@@ -517,8 +517,9 @@ class GatewaySettings(ServiceSettings):
                                             "opened (or the request began) is closed", parse=positive_number)
     keep_alive_s: int = setting(5, "an idle kept-alive connection is closed after this many seconds",
                                 parse=positive_integer)
-    max_streams_per_client: int = setting(32, "followed streams (logs, metrics) one client address may hold at "
-                                              "once; 429 past it", parse=positive_integer)
+    max_streams_per_client: int = setting(32, "followed streams (logs, metrics) and long polls (a task's wait_s) "
+                                              "one client address may hold at once; 429 past it",
+                                          parse=positive_integer)
     inference_socket: str = _inference_socket_setting()
 
 

@@ -335,7 +335,8 @@ class ProtocolErrorBody(BaseModel):
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
 PROTOCOL_ERRORS = {status: {"model": ProtocolErrorBody} for status in (400, 401, 404, 409, 413, 503, 507)}
-STREAM_ERRORS = {429: {"model": ErrorBody, "description": "the client follows too many streams already"}}
+STREAM_ERRORS = {429: {"model": ErrorBody, "description": "the client holds too many followed streams and long polls "
+                                                          "already"}}
 
 
 class WhoAmIView(BaseModel):

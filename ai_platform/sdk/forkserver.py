@@ -9,7 +9,8 @@ starts with the code), so every child starts from the same clean state: nothing 
 reaches the next.
 
 Protocol, over the SOCK_SEQPACKET socket whose descriptor is the first argument (the second lists modules to import
-ahead, AIP_WARM_IMPORTS), one JSON message per packet:
+ahead, AIP_WARM_IMPORTS), one JSON object per packet, UTF-8 with nothing before or after it (as ``json.dumps``
+writes it), each spawn named by an integer ID:
 - ``{"spawn": ID, "env": {...}, "cwd": DIR, "credential": TOKEN, "spec": {...}}`` (``env``: the task's variables,
   set over this server's environment, which is every task's) with two descriptors (SCM_RIGHTS):
   the write end of the task's output pipe, and its end of a socket to report on (``report.ChannelReporter``); the
