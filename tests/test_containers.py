@@ -266,7 +266,13 @@ def test_storage_crashes_and_comes_back_with_every_version(deployment, api):
 
     uploading = threading.Thread(target=upload)
     uploading.start()
-    time.sleep(1.0)
+    # Kill storage mid-write: once its first data file is in the lake, with more to write and no commit yet.
+    fs, data = lake_fs(deployment), "lake/platform/datasets/halfway.lance/data"
+    deadline = time.monotonic() + 60
+    while uploading.is_alive() and time.monotonic() < deadline:
+        if fs.get_file_info(pafs.FileSelector(data, allow_not_found=True)):
+            break
+        time.sleep(0.02)
     pid = int(deployment.inspect("storage", "{{.State.Pid}}"))
     restarts = int(deployment.inspect("storage", "{{.RestartCount}}"))
     killed = time.monotonic()
@@ -276,11 +282,14 @@ def test_storage_crashes_and_comes_back_with_every_version(deployment, api):
     deployment.figures["storage_back_after_kill_s"] = round(time.monotonic() - killed, 1)
     assert int(deployment.inspect("storage", "{{.RestartCount}}")) == restarts + 1
     outcome = results[0]
+    halfway = api.get("/api/v1/datasets/halfway")
     if isinstance(outcome, httpx.Response) and outcome.status_code == 201:
         assert outcome.json()["num_rows"] == big.num_rows  # it finished before the kill: whole
+    elif halfway.status_code == 200:  # committed, then killed before it answered: whole, one version
+        assert (halfway.json()["num_rows"], halfway.json()["version"]) == (big.num_rows, 1), halfway.text
     else:
-        halfway = api.get("/api/v1/datasets/halfway")
         assert halfway.status_code == 404, "no partial version of a write the crash cut off"
+    deployment.figures["storage_kill_cut_the_write"] = halfway.status_code == 404
     after = {kind: api.get(f"/api/v1/{kind}").json() for kind in ("datasets", "models")}
     for kind in ("datasets", "models"):
         seen = {t["id"]: (t["version"], t["num_rows"]) for t in after[kind] if t["id"] != "halfway"}
