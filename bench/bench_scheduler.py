@@ -7,7 +7,8 @@
   of its own, so no cancel, timeout, memory limit or isolation), and clients poll the task.
 - Where a trivial task's CPU goes (from /proc, over the same 200 tasks): the scheduler, the fork server, the task
   processes, the clients, and the time both cores sat idle; at 200 tasks/s, 2 cores give 10 ms per task in all.
-- With ``--ray``: a Ray head on this machine and the Ray backend, a Job per task (the figure only).
+- With ``--ray``: a Ray head on this machine (2 CPUs) and the Ray backend: a Ray Job per task (10 trivial tasks,
+  4 sleepers), then the same load as above on 2 warm runners (AIP_RAY_WARM_RUNNERS: a fork per task).
 
 Run: ``.venv/bin/python bench/bench_scheduler.py [--quick] [--ray]``.
 """
@@ -267,25 +268,35 @@ def main() -> None:
               f"{rate:.0f} tasks/s (>= 200: {'met' if rate >= 200 else 'NOT met'}), sleepers {over:+.1f}% "
               f"(<= 3%: {'met' if over <= 3 else 'NOT met'})")
         if args.ray:
-            ray_figures(work, env, sleep_s)
+            ray_figures(work, env, trivial, sleepers, sleep_s, args.quick)
     finally:
         stop_and_clean([], work)
 
 
-def ray_figures(work: Path, env: dict[str, str], sleep_s: float) -> None:
+def ray_figures(work: Path, env: dict[str, str], trivial: int, sleepers: int, sleep_s: float, quick: bool) -> None:
     from ai_platform.cli.ray_cluster import start_local_head
 
     # Ray's session folder lies outside the scripts' folder, which each job ships as its working_dir.
     state = Path(tempfile.mkdtemp(prefix="bench-scheduler-ray-"))
     head = start_local_head(num_cpus=2, temp_dir=str(state))
+    ray_env = {**env, "RAY_ADDRESS": head.dashboard_url}
+    backend = ["--backend", "ray", "--ray-address", head.dashboard_url]
     try:
-        result = ours(work, {**env, "RAY_ADDRESS": head.dashboard_url}, 10, 4, sleep_s,
-                      ["--backend", "ray", "--ray-address", head.dashboard_url])
-        show("ours, Ray backend (a Ray Job per task)", result, 10, 4, sleep_s, 4 * sleep_s / 2)
+        jobs, job_sleepers = (4, 2) if quick else (10, 4)
+        result = ours(work, ray_env, jobs, job_sleepers, sleep_s, backend)
+        result.pop("cpu")  # the tasks run in Ray's processes, not the scheduler's children
+        show("ours, Ray backend, a Ray Job per task", result, jobs, job_sleepers, sleep_s, job_sleepers * sleep_s / 2)
+        # Last: the runners hold the cluster's 2 CPUs until the head stops.
+        warm = ours(work, ray_env, trivial, sleepers, sleep_s,
+                    [*backend, "--ray-warm-runners", "2", "--ray-cluster-address", head.gcs_address])
+        warm.pop("cpu")
+        show("ours, Ray backend, 2 warm runners (a fork per task)", warm, trivial, sleepers, sleep_s,
+             sleepers * sleep_s / 2)
+        print(f"Ray, warm runners against a Job per task: {(trivial / warm['wall']) / (jobs / result['wall']):.0f}x "
+              f"the tasks/s")
     finally:
         head.stop()
         stop_and_clean([], state)
-
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ from ai_platform.core.settings import SchedulerSettings
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2, pipelines_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from scheduler_svc.backends import Backend
 from scheduler_svc.backends.local import LocalBackend
-from scheduler_svc.backends.ray import RayBackend
+from scheduler_svc.backends.ray import WORKING_DIR_EXCLUDES, RayBackend
+from scheduler_svc.backends.ray_warm import WarmPool
 from scheduler_svc.pipelines import Pipelines, PipelineStore
 from scheduler_svc.refs import Resolver
 from scheduler_svc.scheduler import Scheduler
@@ -43,10 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     start_dir = Path.cwd()
     if settings.backend == "ray" and not settings.ray_address:
         raise SystemExit("scheduler: --backend ray needs --ray-address or RAY_ADDRESS")
+    if settings.backend == "ray" and settings.ray_warm_runners and not settings.ray_cluster_address:
+        raise SystemExit("scheduler: --ray-warm-runners needs --ray-cluster-address (the cluster's GCS host:port)")
 
     async def run() -> None:
         if settings.backend == "ray":
-            backend: Backend = RayBackend(settings.ray_address, settings.worker_env())
+            warm = WarmPool.of(settings, WORKING_DIR_EXCLUDES) if settings.ray_warm_runners else None
+            backend: Backend = RayBackend(settings.ray_address, settings.worker_env(), warm=warm)
         else:
             backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel,
                                    warm_start=settings.warm_start, warm_imports=settings.warm_imports)

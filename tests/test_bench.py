@@ -35,11 +35,13 @@ def test_figure_pattern():
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_runs_quick(name: str):
     env = {k: v for k, v in os.environ.items() if k != "AIP_TOKEN"}
-    done = subprocess.run([sys.executable, f"bench/{name}.py", "--quick"], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=300)
+    extra = ["--ray"] if name == "bench_scheduler" else []  # its Ray figures too: a Job per task, warm runners
+    done = subprocess.run([sys.executable, f"bench/{name}.py", "--quick", *extra], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
     tail = f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     assert done.returncode == 0, f"{name} --quick exited {done.returncode}\n{tail}"
     assert FIGURE.search(done.stdout), f"{name} --quick printed no figure\n{tail}"
     if name == "bench_scheduler":  # where a trivial task's CPU goes, for each of the three ways
         shares = re.findall(r"CPU per trivial task, ms: (.*) \(of", done.stdout)
         assert len(shares) == 3 and "fork server" in shares[0] and "fork server" not in shares[1], tail
+        assert re.search(r"Ray, warm runners against a Job per task: \d+x", done.stdout), tail

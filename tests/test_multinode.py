@@ -225,6 +225,36 @@ def test_a_resource_no_node_offers_keeps_the_task_pending_and_says_which(tasks):
     assert status_name(tasks.cancel(task.id)) == "cancelled"
 
 
+def test_warm_runners_fork_short_tasks_on_every_node_with_the_script_shipped(platform, cluster):
+    head, _ = cluster
+    project = platform["project"]
+    # Three runners take the cluster's three CPUs, so one is on the second node; tasks take free runners in turn.
+    scheduler = ServiceProcess(
+        "scheduler_svc", project / "warm-state",
+        ["--state-dir", str(project / "warm-state"), "--backend", "ray", "--ray-address", head.dashboard_url,
+         "--ray-warm-runners", "3", "--ray-cluster-address", head.gcs_address],
+        env={**platform["scheduler"].env}, cwd=project).start(60)
+    client = SchedulerClient(scheduler.addr)
+    try:
+        results = [task_result(run(client, f"where-{i}", "scripts/where_am_i.py", timeout=120,
+                                   params={"project": str(project)})) for i in range(3)]
+    finally:
+        client.close()
+        scheduler.stop()
+    shipped = sorted(p.name for p in (project / "scripts").iterdir())
+    assert {r["sees_project"] for r in results} == {True, False}, results
+    assert all(r["cwd_files"] == shipped for r in results), "each ran in a folder holding the script's folder"
+    from ray.util.state import list_actors
+
+    deadline = time.time() + 30
+    while time.time() < deadline and any(
+            a.class_name == "WarmRunner" for a in list_actors(address=head.dashboard_url,
+                                                             filters=[("state", "=", "ALIVE")])):
+        time.sleep(0.5)
+    assert not [a for a in list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")])
+                if a.class_name == "WarmRunner"], "the stopped scheduler gave the runners' CPUs back"
+
+
 def test_killing_the_node_fails_its_task_with_a_clear_error(tasks, cluster):
     _, node = cluster
     task = tasks.submit("doomed", "scripts/progress.py", params={"steps": 200, "pause": 0.5},

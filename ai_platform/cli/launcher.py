@@ -216,6 +216,7 @@ def up(home: Path, *, host: str = "127.0.0.1", ports: dict[str, int] | None = No
                              "dashboard_url": head.dashboard_url, "temp_dir": temp, "started_here": True}
                 env["RAY_ADDRESS"] = head.dashboard_url
                 env.setdefault("AIP_SERVE_ADDRESS", head.gcs_address)
+                env.setdefault("AIP_RAY_CLUSTER_ADDRESS", head.gcs_address)
             if env.get("AIP_SERVE_ADDRESS"):  # models served by Ray Serve replicas on the same cluster
                 env.setdefault("AIP_SERVING", "ray")
             state.ray = state.ray or {"dashboard_url": env["RAY_ADDRESS"], "started_here": False}

@@ -455,6 +455,13 @@ class SchedulerSettings(ServiceSettings):
     scheduler_public_addr: str = setting("", "the scheduler's address as task workers reach it (on other nodes)",
                                          parse=optional_address, shown="its own address")
     ray_address: str = _ray_address_setting()
+    ray_warm_runners: int = setting(0, "Ray backend: warm runners, Ray actors that each hold one CPU of the cluster "
+                                       "and fork short tasks (at most 1 CPU, no GPU, memory or custom resources) in "
+                                       "milliseconds rather than start a Ray Job each (about a second); 0: a Job per "
+                                       "task", parse=non_negative_integer)
+    ray_cluster_address: str = setting("", "Ray backend, warm runners: the cluster's GCS address (host:port) as a "
+                                           "driver on one of its nodes joins it; `aip up --level 2` sets it",
+                                       parse=optional_address)
     script_roots: list[str] = _script_roots_setting(lambda: [os.getcwd()])
     max_parallel: int = setting(doc="local backend: tasks running at once; the rest queue", parse=positive_integer,
                                 factory=lambda: os.cpu_count() or 1, shown="CPU count")

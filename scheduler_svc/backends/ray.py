@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ai_platform.core.errors import Unavailable
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
+from scheduler_svc.backends.ray_warm import WarmPool, is_warm, script_folder
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
@@ -47,9 +48,10 @@ class RayBackend:
     slots = None  # the cluster queues jobs until their resources are free
     custom_resources = True  # passed to Ray as entrypoint resources: a task lands on a node that offers them
 
-    def __init__(self, address: str, platform_env: dict[str, str]) -> None:
+    def __init__(self, address: str, platform_env: dict[str, str], warm: WarmPool | None = None) -> None:
         self.address = address if "://" in address else f"http://{address}"
         self.platform_env = platform_env
+        self.warm = warm  # short tasks fork on warm runners (AIP_RAY_WARM_RUNNERS) rather than start a Job each
         self._client = None
 
     def can_reattach(self, task: Task) -> bool:
@@ -70,9 +72,19 @@ class RayBackend:
 
     async def close(self) -> None:
         self._client = None
+        if self.warm is not None:
+            await self.warm.close()
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
+        if self.warm is not None and (is_warm(task) if attach else self.warm.fits(task)):
+            files = None if attach else await asyncio.to_thread(script_folder, Path(task.script), WORKING_DIR_EXCLUDES)
+            if attach or files is not None:  # a folder too big for a call is shipped by a Job's working_dir
+                return await self.warm.run(ctx, files or {}, attach)
+        elif attach and is_warm(task):
+            return Outcome(TaskStatus.FAILED, error_type="RunnerLost",
+                           error_message="the task ran on a warm runner, and this scheduler has none "
+                                         "(AIP_RAY_WARM_RUNNERS=0)")
         client = await self.client()
         job_id = task.job_id or task.id
         if not attach:

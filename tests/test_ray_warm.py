@@ -1,0 +1,240 @@
+"""Short tasks on Ray's warm runners (AIP_RAY_WARM_RUNNERS): Ray actors on a real local Ray cluster that fork each
+task, with what a Ray Job gives a task kept: logs, progress, cancel, a clean process per task, and following a task
+again after a scheduler restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ai_platform.cli.ray_cluster import start_local_head
+from ai_platform.client import SchedulerClient, status_name, task_result
+from tests.conftest import ROOT, ServiceProcess, free_port
+from tests.task_scripts import write_scripts
+
+LEAKY = '''
+import os, sys
+import json
+
+def run(input_path, output_path, params):
+    seen = {"env": os.environ.get("AIP_LEAK"), "module": "aip_leak" in sys.modules, "cwd": os.getcwd(),
+            "pid": os.getpid(), "pgid": os.getpgid(0)}
+    os.environ["AIP_LEAK"] = "set"
+    sys.modules["aip_leak"] = sys
+    print("leaky ran", flush=True)
+    return seen
+'''
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    head = start_local_head(num_cpus=4, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield head
+    head.stop()
+    assert head.pids() == [], "every process of the Ray cluster we started has ended (its runners too)"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("warm-project")
+    write_scripts(root / "scripts")
+    (root / "scripts/leaky.py").write_text(LEAKY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def services(project, ray_head):
+    home = project / ".ai_platform"
+    storage = ServiceProcess("storage_svc", home, cwd=project).start()
+    args = ["--storage-addr", storage.addr, "--backend", "ray", "--ray-address", ray_head.dashboard_url,
+            "--ray-warm-runners", "2", "--ray-cluster-address", ray_head.gcs_address, "--grace-s", "2",
+            "--script-roots", str(project)]
+    scheduler = ServiceProcess("scheduler_svc", home, args, cwd=project).start()
+    yield storage, scheduler, args
+    scheduler.stop()
+    storage.stop()
+
+
+@pytest.fixture(scope="module")
+def tasks(services):
+    client = SchedulerClient(services[1].addr)
+    yield client
+    client.close()
+
+
+def finished(tasks: SchedulerClient, task_id: str, timeout: float = 120):
+    return tasks.wait(task_id, timeout=timeout)
+
+
+def test_a_short_task_forks_on_a_runner_with_result_progress_and_logs(tasks):
+    task = tasks.submit("warm", "scripts/progress.py", params={"steps": 3, "pause": 0.1})
+    fractions = [u.progress.fraction for u in tasks.watch(task.id) if u.HasField("progress")]
+    done = tasks.get(task.id)
+    log = b"".join(tasks.logs(task.id))
+    assert status_name(done) == "completed", (done.error, log[-2000:])
+    assert task_result(done) == {"epochs": 3}
+    assert fractions[-1] == 1.0
+    assert b"epoch 2 starting" in log and b"done training" in log and b"runs on" in log
+
+
+def test_many_short_tasks_each_in_a_clean_process_of_its_own(tasks):
+    ids = [tasks.submit("leaky", "scripts/leaky.py").id for _ in range(6)]
+    seen = []
+    for task_id in ids:
+        done = finished(tasks, task_id)
+        assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task_id))[-2000:])
+        seen.append(task_result(done))
+    assert all(s["env"] is None and not s["module"] for s in seen), "nothing one task changed reaches the next"
+    assert len({s["pid"] for s in seen}) == len(seen)
+    assert all(s["pid"] == s["pgid"] for s in seen), "each task leads its own process group"
+    assert all(Path(s["cwd"]).name == task_id and Path(s["cwd"]).parent.name.startswith("aip-warm-runner-")
+               for s, task_id in zip(seen, ids, strict=True)), "on a runner, in a folder of its own"
+
+
+def test_bad_scripts_fail_alone_with_their_real_errors(tasks):
+    expected = {"raises": ("ValueError", "bad value 42"), "syntax_error": ("SyntaxError", "line 1"),
+                "no_run": ("ScriptError", "defines no run"), "hard_exit": ("ProcessExit", "code 7"),
+                "killed": ("ProcessExit", "SIGKILL")}
+    failing = {name: tasks.submit(name, f"scripts/{name}.py").id for name in expected}
+    for name, task_id in failing.items():
+        done = finished(tasks, task_id)
+        assert status_name(done) == "failed", name
+        assert done.error.type == expected[name][0] and expected[name][1] in done.error.message, (name, done.error)
+    after = finished(tasks, tasks.submit("after", "scripts/trivial.py").id)
+    assert status_name(after) == "completed", "the runners go on"
+
+
+def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
+    pidfile = tmp_path / "pids"
+    task = tasks.submit("sleeper", "scripts/sleeper.py", params={"pidfile": str(pidfile)})
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid, child, _escaped = (int(p) for p in pidfile.read_text().split())
+    tasks.cancel(task.id)
+    done = finished(tasks, task.id)
+    assert status_name(done) == "cancelled"
+    for gone in (pid, child):
+        deadline = time.monotonic() + 10
+        while _alive(gone) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(gone), f"process {gone} of the cancelled task is gone"
+    timed = tasks.submit("timed", "scripts/sleeper.py", params={"seconds": 60}, timeout_s=1)
+    done = finished(tasks, timed.id)
+    assert status_name(done) == "failed" and done.error.type == "Timeout"
+
+
+def test_a_task_asking_for_more_than_a_runner_runs_as_a_ray_job(tasks):
+    done = finished(tasks, tasks.submit("big", "scripts/leaky.py", num_cpus=2).id)
+    assert status_name(done) == "completed", done.error
+    assert "aip-warm-runner-" not in task_result(done)["cwd"], "two CPUs: a Ray Job"
+
+
+def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services, project):
+    storage, scheduler, args = services
+    client = SchedulerClient(scheduler.addr)
+    try:
+        task = client.submit("long", "scripts/progress.py", params={"steps": 8, "pause": 0.5})
+        deadline = time.monotonic() + 30
+        while b"epoch 0 starting" not in b"".join(client.logs(task.id)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # running, and some of its log already read
+    finally:
+        client.close()
+    scheduler.proc.send_signal(signal.SIGKILL)  # the task runs on, on its runner
+    scheduler.proc.wait(10)
+    scheduler.proc = None
+    time.sleep(2)
+    scheduler.start()
+    client = SchedulerClient(scheduler.addr)
+    try:
+        done = finished(client, task.id)
+        log = b"".join(client.logs(task.id))
+        assert status_name(done) == "completed", (done.error, log[-2000:])
+        assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "its log whole, each line once"
+    finally:
+        client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_task_whose_runner_dies_fails_saying_so_and_a_new_runner_takes_its_place(tasks, tmp_path):
+    pidfile = tmp_path / "pids"
+    task = tasks.submit("orphaned", "scripts/sleeper.py", params={"pidfile": str(pidfile)})
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid, child, _escaped = (int(p) for p in pidfile.read_text().split())
+    runner = _parent(_parent(pid))  # the task's parent is the fork server, whose parent is the runner actor
+    assert "WarmRunner" in Path(f"/proc/{runner}/cmdline").read_bytes().decode(errors="replace")
+    os.kill(runner, signal.SIGKILL)  # as if its node died
+    done = finished(tasks, task.id)
+    assert status_name(done) == "failed" and done.error.type == "RunnerLost", done.error
+    for gone in (pid, child):
+        deadline = time.monotonic() + 10
+        while _alive(gone) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(gone), f"process {gone} of the task ended with its runner"
+    for _ in range(3):  # whichever runner each takes, the dead one's place is filled
+        after = finished(tasks, tasks.submit("after", "scripts/trivial.py").id)
+        assert status_name(after) == "completed", after.error
+
+
+def test_a_scheduler_that_stops_gives_its_idle_runners_cpus_back(services, ray_head):
+    from ray.util.state import list_actors
+
+    def runners() -> list:
+        return [a for a in list_actors(address=ray_head.dashboard_url, filters=[("state", "=", "ALIVE")])
+                if a.class_name == "WarmRunner"]
+
+    client = SchedulerClient(services[1].addr)
+    try:
+        assert status_name(finished(client, client.submit("last", "scripts/trivial.py").id)) == "completed"
+    finally:
+        client.close()
+    assert len(runners()) == 2, [(a.class_name, a.name, a.state) for a in list_actors(address=ray_head.dashboard_url)]
+    services[1].stop()
+    deadline = time.monotonic() + 30
+    while runners() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert runners() == [], "the runners ended with the scheduler, none running a task"
+
+
+def test_warm_runners_need_a_cluster_they_can_reach(tmp_path):
+    (tmp_path / "trivial.py").write_text("def run(input_path, output_path, params):\n    return {}\n")
+    base = [sys.executable, "-m", "scheduler_svc", "--backend", "ray", "--ray-address", "http://127.0.0.1:1"]
+    env = {**os.environ, "AIP_HOME": str(tmp_path / ".ai_platform"), "PYTHONPATH": str(ROOT)}
+    refused = subprocess.run([*base, "--ray-warm-runners", "1"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=60)
+    assert refused.returncode != 0 and "--ray-cluster-address" in refused.stderr, refused.stderr
+    refused = subprocess.run([*base, "--ray-warm-runners", "-1"], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=60)
+    assert refused.returncode != 0 and "ray-warm-runners" in refused.stderr.replace("_", "-").lower(), refused.stderr
+    nowhere = f"127.0.0.1:{free_port()}"
+    scheduler = ServiceProcess("scheduler_svc", tmp_path / ".ai_platform",
+                               [*base[3:], "--ray-warm-runners", "1", "--ray-cluster-address", nowhere,
+                                "--script-roots", str(tmp_path)], cwd=tmp_path).start()
+    client = SchedulerClient(scheduler.addr)
+    try:
+        done = finished(client, client.submit("lost", "trivial.py").id, timeout=60)
+        assert status_name(done) == "failed" and done.error.type == "Unavailable", done.error
+        assert nowhere in done.error.message and "AIP_RAY_CLUSTER_ADDRESS" in done.error.message
+    finally:
+        client.close()
+        scheduler.stop()
