@@ -35,8 +35,9 @@ pytestmark = pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() 
                                 reason="a second Ray node needs its own mount namespace (unshare, as root)")
 
 WHERE_AM_I = """
-import os
+import os, time
 def run(input_path, output_path, params):
+    time.sleep(params.get("pause", 0))
     return {"sees_project": os.path.exists(params["project"]), "cwd_files": sorted(os.listdir("."))}
 """
 
@@ -228,7 +229,7 @@ def test_a_resource_no_node_offers_keeps_the_task_pending_and_says_which(tasks):
 def test_warm_runners_fork_short_tasks_on_every_node_with_the_script_shipped(platform, cluster):
     head, _ = cluster
     project = platform["project"]
-    # Three runners take the cluster's three CPUs, so one is on the second node; tasks take free runners in turn.
+    # Three runners take the cluster's three CPUs, so one is on the second node; three tasks at once take all three.
     scheduler = ServiceProcess(
         "scheduler_svc", project / "warm-state",
         ["--state-dir", str(project / "warm-state"), "--backend", "ray", "--ray-address", head.dashboard_url,
@@ -236,8 +237,11 @@ def test_warm_runners_fork_short_tasks_on_every_node_with_the_script_shipped(pla
         env={**platform["scheduler"].env}, cwd=project).start(60)
     client = SchedulerClient(scheduler.addr)
     try:
-        results = [task_result(run(client, f"where-{i}", "scripts/where_am_i.py", timeout=120,
-                                   params={"project": str(project)})) for i in range(3)]
+        ids = [client.submit(f"where-{i}", "scripts/where_am_i.py", params={"project": str(project), "pause": 2})
+               .id for i in range(3)]
+        done = [client.wait(task_id, 120) for task_id in ids]
+        assert [status_name(d) for d in done] == ["completed"] * 3, [d.error for d in done]
+        results = [task_result(d) for d in done]
     finally:
         client.close()
         scheduler.stop()

@@ -32,6 +32,19 @@ def run(input_path, output_path, params):
 '''
 
 
+USES_RAY = '''
+import ray
+
+@ray.remote
+def square(x):
+    return x * x
+
+def run(input_path, output_path, params):
+    ray.init()  # RAY_ADDRESS: the cluster the runner is on
+    return {"cluster_cpus": ray.cluster_resources()["CPU"], "squares": ray.get([square.remote(i) for i in range(3)])}
+'''
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     head = start_local_head(num_cpus=4, temp_dir=str(tmp_path_factory.mktemp("ray")))
@@ -45,6 +58,8 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("warm-project")
     write_scripts(root / "scripts")
     (root / "scripts/leaky.py").write_text(LEAKY)
+    (root / "scripts/uses_ray.py").write_text(USES_RAY)
+    (root / "scripts/deep.py").write_text("def run(i, o, p):\n    return {'n': eval('[' * 40 + ']' * 40)}\n")
     return root
 
 
@@ -97,6 +112,17 @@ def test_many_short_tasks_each_in_a_clean_process_of_its_own(tasks):
                for s, task_id in zip(seen, ids, strict=True)), "on a runner, in a folder of its own"
 
 
+def test_reports_pass_through_the_runner_as_reporttask_checks_them(tasks):
+    done = finished(tasks, tasks.submit("metrics", "scripts/metrics.py", params={"points": 50}).id)
+    assert status_name(done) == "completed", done.error
+    points = [p for batch in tasks.metrics(done.id) for p in batch.points]
+    assert len([p for p in points if p.key == "loss"]) == 50 and {p.step for p in points if p.key == "late"} == {2, 7}
+    refused = finished(tasks, tasks.submit("deep", "scripts/deep.py").id)  # nests past what a task may keep
+    assert status_name(refused) == "failed" and refused.error.type == "ResultNotDelivered", refused.error
+    log = b"".join(tasks.logs(refused.id)).decode()
+    assert "the scheduler refused the result report: INVALID_ARGUMENT" in log, log
+
+
 def test_bad_scripts_fail_alone_with_their_real_errors(tasks):
     expected = {"raises": ("ValueError", "bad value 42"), "syntax_error": ("SyntaxError", "line 1"),
                 "no_run": ("ScriptError", "defines no run"), "hard_exit": ("ProcessExit", "code 7"),
@@ -128,6 +154,21 @@ def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
     timed = tasks.submit("timed", "scripts/sleeper.py", params={"seconds": 60}, timeout_s=1)
     done = finished(tasks, timed.id)
     assert status_name(done) == "failed" and done.error.type == "Timeout"
+    # Both runners busy: a third task waits for one, and is cancelled at once.
+    busy = [tasks.submit("busy", "scripts/sleeper.py", params={"seconds": 60}) for _ in range(2)]
+    waiting = tasks.submit("waiting", "scripts/trivial.py")
+    assert status_name(waiting) == "pending"
+    began = time.monotonic()
+    assert status_name(tasks.cancel(waiting.id)) == "cancelled" and time.monotonic() - began < 5
+    for task in busy:
+        tasks.cancel(task.id)
+    assert {status_name(finished(tasks, task.id)) for task in busy} == {"cancelled"}
+
+
+def test_ray_inside_a_task_on_a_runner_joins_the_cluster(tasks):
+    done = finished(tasks, tasks.submit("ray-inside", "scripts/uses_ray.py").id)
+    assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(done.id))[-2000:])
+    assert task_result(done) == {"cluster_cpus": 4.0, "squares": [0, 1, 4]}, "the cluster's 4 CPUs, not this machine's"
 
 
 def test_a_task_asking_for_more_than_a_runner_runs_as_a_ray_job(tasks):
@@ -136,8 +177,16 @@ def test_a_task_asking_for_more_than_a_runner_runs_as_a_ray_job(tasks):
     assert "aip-warm-runner-" not in task_result(done)["cwd"], "two CPUs: a Ray Job"
 
 
-def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services, project):
+def _runners(ray_head) -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(address=ray_head.dashboard_url, filters=[("state", "=", "ALIVE")])
+            if a.class_name == "WarmRunner"]
+
+
+def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services, project, ray_head):
     storage, scheduler, args = services
+    before = {a.name for a in _runners(ray_head)}
     client = SchedulerClient(scheduler.addr)
     try:
         task = client.submit("long", "scripts/progress.py", params={"steps": 8, "pause": 0.5})
@@ -150,6 +199,7 @@ def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services
     scheduler.proc.wait(10)
     scheduler.proc = None
     time.sleep(2)
+    scheduler.extra_args[scheduler.extra_args.index("--grace-s") + 1] = "3"  # another configuration: new runners
     scheduler.start()
     client = SchedulerClient(scheduler.addr)
     try:
@@ -157,8 +207,14 @@ def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services
         log = b"".join(client.logs(task.id))
         assert status_name(done) == "completed", (done.error, log[-2000:])
         assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "its log whole, each line once"
+        assert status_name(finished(client, client.submit("next", "scripts/trivial.py").id)) == "completed"
     finally:
         client.close()
+    deadline = time.monotonic() + 30
+    while before & {a.name for a in _runners(ray_head)} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    now = {a.name for a in _runners(ray_head)}
+    assert len(now) == 2 and not before & now, "the old configuration's runners ended once done; two new ones run"
 
 
 def _alive(pid: int) -> bool:
@@ -200,8 +256,7 @@ def test_a_scheduler_that_stops_gives_its_idle_runners_cpus_back(services, ray_h
     from ray.util.state import list_actors
 
     def runners() -> list:
-        return [a for a in list_actors(address=ray_head.dashboard_url, filters=[("state", "=", "ALIVE")])
-                if a.class_name == "WarmRunner"]
+        return _runners(ray_head)
 
     client = SchedulerClient(services[1].addr)
     try:

@@ -14,9 +14,7 @@ writes it), each spawn named by an integer ID:
 - ``{"spawn": ID, "env": {...}, "cwd": DIR, "credential": TOKEN, "spec": {...}}`` (``env``: the task's variables,
   set over this server's environment, which is every task's) with two descriptors (SCM_RIGHTS):
   the write end of the task's output pipe, and its end of a socket to report on (``report.ChannelReporter``); the
-  spec is what the worker would otherwise ask for in its ``started`` report. With ``"channel": false`` the worker
-  reports over gRPC instead (its report socket closed: a warm runner on a Ray node, whose scheduler is
-  elsewhere). A request over
+  spec is what the worker would otherwise ask for in its ``started`` report. A request over
   ``INLINE_REQUEST_MAX`` bytes (big params: a packet of some 200 KB already fails with EMSGSIZE) travels in a memfd
   passed as a third descriptor, and the packet holds ``{"spawn": ID}`` alone.
   Answer: ``{"spawned": ID, "pid": PID}``, or ``{"spawned": ID, "error": "..."}``.
@@ -146,15 +144,10 @@ def _child(request: dict[str, Any], output: int, reports: int, control: int, wak
         gc.enable()  # its output is written as it comes: the server runs unbuffered (PYTHONUNBUFFERED, worker_env)
         if "numpy" in sys.modules:  # a warm import of numpy: its global generator must not repeat between tasks
             sys.modules["numpy"].random.seed()
+        os.set_inheritable(reports, False)  # the worker's alone: not the processes the script starts
         report.give_settings(settings.overlaid(request["env"]))
-        if request.get("channel", True):
-            os.set_inheritable(reports, False)  # the worker's alone: not the processes the script starts
-            report.give_credential(request["credential"], reports)
-            report.give_spec(request["spec"])
-        else:  # it reports over gRPC, as a Ray job's worker does
-            os.close(reports)
-            report.give_credential(request["credential"])
-            report.give_spec(request["spec"])
+        report.give_credential(request["credential"], reports)
+        report.give_spec(request["spec"])
         if compiled is not None:
             worker.give_compiled(request["spec"]["script"], compiled)
         code = worker.main()

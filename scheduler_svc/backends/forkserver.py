@@ -116,11 +116,11 @@ class ForkServer:
         self._spawned.clear()
         self._exits.clear()
 
-    async def spawn(self, env: dict[str, str], credential: str, spec: dict, cwd: Path | None = None,
-                    channel: bool = True) -> ForkedProcess:
+    async def spawn(self, env: dict[str, str], credential: str, spec: dict, cwd: Path | None = None) \
+            -> ForkedProcess:
         """A new process for one task, its output on a pipe of its own; ``env``: its own variables, over the server's
         environment; ``spec``: what its worker would otherwise ask the scheduler for in its ``started`` report;
-        ``cwd``: its working directory, if not the server's. Without ``channel`` it reports over gRPC."""
+        ``cwd``: its working directory, if not the server's."""
         control = await self._ensure_started()
         loop = asyncio.get_running_loop()
         read_end, write_end = os.pipe()
@@ -129,11 +129,8 @@ class ForkServer:
         answer = self._spawned[request_id] = loop.create_future()
         memfd = None
         try:
-            request = {"spawn": request_id, "env": env, "cwd": str(cwd or self.cwd), "credential": credential,
-                       "spec": spec}
-            if not channel:
-                request["channel"] = False
-            message = json.dumps(request).encode()
+            message = json.dumps({"spawn": request_id, "env": env, "cwd": str(cwd or self.cwd),
+                                  "credential": credential, "spec": spec}).encode()
             fds = [write_end, theirs.fileno()]
             if len(message) > INLINE_REQUEST_MAX:  # big params: in a memfd, the packet empty
                 memfd = os.memfd_create("aip-spawn-request", os.MFD_CLOEXEC)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ai_platform.core.errors import Unavailable
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
-from scheduler_svc.backends.ray_warm import WarmPool, is_warm, script_folder
+from scheduler_svc.backends.ray_warm import WarmPool, folder_fits, is_warm
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
@@ -78,9 +78,9 @@ class RayBackend:
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
         if self.warm is not None and (is_warm(task) if attach else self.warm.fits(task)):
-            files = None if attach else await asyncio.to_thread(script_folder, Path(task.script), WORKING_DIR_EXCLUDES)
-            if attach or files is not None:  # a folder too big for a call is shipped by a Job's working_dir
-                return await self.warm.run(ctx, files or {}, attach)
+            script = Path(task.script)
+            if attach or await asyncio.to_thread(folder_fits, script, WORKING_DIR_EXCLUDES):
+                return await self.warm.run(ctx, script, attach)  # a bigger folder goes by a Job's working_dir
         elif attach and is_warm(task):
             return Outcome(TaskStatus.FAILED, error_type="RunnerLost",
                            error_message="the task ran on a warm runner, and this scheduler has none "

@@ -5,7 +5,9 @@ worker, and ships the script's folder. A warm runner is a detached Ray actor hol
 fork server (``ai_platform.sdk.forkserver``) with the worker's imports loaded, so a task is a fork, as on the local
 backend: its own process group (cancel and timeout end the group), its own working directory (the script's folder,
 shipped with the call), a clean interpreter state, its output kept by the runner and read by the scheduler as it
-comes, and its reports over gRPC with its own credential, as a Ray Job's worker sends them.
+comes. Its reports go on its own socket to the runner (JSON, as on the local backend), which passes them on to the
+scheduler over one gRPC channel with the task's own credential: a forked task spares itself starting gRPC (some
+20 ms for its first call).
 
 A runner runs one task at a time, so the CPU Ray counts for it is the task's. Tasks that ask for more than one CPU,
 for GPUs, memory or custom resources, or whose folder is over ``FOLDER_MAX_BYTES``, still run as Ray Jobs. Runners are
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,20 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from ai_platform.core.errors import Unavailable
+from ai_platform.core.settings import child_environment
 from scheduler_svc.backends import RunContext, task_variables, worker_env, worker_spec
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray_warm")
-NAMESPACE = "aip"
-RUNNER_NAME = "aip-warm-runner-%d"
-JOB_PREFIX = "warm:"  # a task's job_id on a runner: warm:INDEX:TASK_ID
+RUNNER_PREFIX = "aip-warm-runner-"  # then the configuration's hash and the index
+JOB_PREFIX = "warm:"  # a task's job_id on a runner: warm:RUNNER:TASK_ID
 FOLDER_MAX_BYTES = 8 << 20  # a bigger script folder is shipped by a Ray Job's working_dir instead
 FOLDER_MAX_FILES = 1000
 POLL_WAIT_S = 1.0  # how long one poll of a runner waits for output or the end
 LOG_KEEP_BYTES = 64 << 20  # output a runner keeps for the scheduler to read; older output is dropped, said in the log
 CONNECT_TIMEOUT_S = 5.0
-START_TIMEOUT_S = 120.0  # for a runner to start: Ray places it once one of its nodes has a CPU free
-GRPC_IMPORTS = ["grpc", "ai_platform.protos.aiplatform.v1.scheduler_pb2_grpc"]  # a runner's tasks report over gRPC
+RECLAIM_S = 60.0  # after a restart, a task left on a runner that no re-attachment claims by then is ended
+UNREACHABLE_S = 60.0  # a runner Ray cannot reach for longer fails its task
+REPORT_MAX_BYTES = 64 << 20  # one report on a task's socket, as on the local backend
+RELAY_PATIENCE_S = 330.0  # a result being passed on is retried for 300 s (report.FINAL_PATIENCE_S); the end waits
 
 
 class RunnerLost(RuntimeError):
@@ -56,6 +62,7 @@ class RunnerRun:
         self.output, self.start = bytearray(), 0
         self.code: int | None = None
         self.changed = asyncio.Event()
+        self.relay: asyncio.Future | None = None
 
 
 class WarmRunner:
@@ -65,10 +72,24 @@ class WarmRunner:
         from scheduler_svc.backends.forkserver import ForkServer
 
         self.root = Path(tempfile.mkdtemp(prefix="aip-warm-runner-"))
-        # The platform's settings over this node's environment, as a Ray Job's env_vars are set over it.
-        self.forkserver = ForkServer(self.root, {**os.environ, **env}, warm_imports)
+        # The platform's settings over this node's environment (as a Ray Job's env_vars are), less any credential.
+        self.env = child_environment(env, secrets=False)
+        self.forkserver = ForkServer(self.root, self.env, warm_imports)
         self.grace_s = grace_s
         self.runs: dict[str, RunnerRun] = {}
+        self._stub: Any = None
+
+    def _scheduler(self) -> Any:
+        """The scheduler's ReportTask, over one channel for every task (this node's TLS files, as a worker's)."""
+        if self._stub is None:
+            from ai_platform.core.settings import TaskSettings
+            from ai_platform.core.wire import aio_channel
+            from ai_platform.protos.aiplatform.v1 import scheduler_pb2_grpc
+
+            settings = TaskSettings.from_env(self.env)
+            channel = aio_channel(settings.scheduler_addr, tls=settings.tls())
+            self._stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        return self._stub
 
     async def start(self, task_id: str, files: dict[str, bytes], script: str, env: dict[str, str],
                     credential: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -82,13 +103,89 @@ class WarmRunner:
             path.write_bytes(data)
         folder.mkdir(parents=True, exist_ok=True)
         path = str(folder / script)
-        proc = await self.forkserver.spawn({**env, "AIP_TASK_SCRIPT": path}, credential, {**spec, "script": path},
-                                           cwd=folder, channel=False)
-        proc.reports.close()  # the task reports over gRPC
+        try:
+            proc = await self.forkserver.spawn({**env, "AIP_TASK_SCRIPT": path}, credential,
+                                               {**spec, "script": path}, cwd=folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         run = self.runs[task_id] = RunnerRun(proc, folder)
+        self._say(run, f"[platform] task {task_id} runs on {socket.gethostname()} (pid {proc.pid}, a warm runner)\n")
         asyncio.get_running_loop().add_reader(proc.output, self._read, task_id, run)
+        run.relay = asyncio.ensure_future(self._relay(task_id, run, credential))
         asyncio.ensure_future(self._wait(run))
         return {"pid": proc.pid, "host": socket.gethostname(), "started_at": time.time()}
+
+    async def _relay(self, task_id: str, run: RunnerRun, credential: str) -> None:
+        """Pass the task's reports (``report.ChannelReporter``: each framed by its length, answered with a status
+        byte and the refusal, if any) on to the scheduler, until its last word or until it closes its socket."""
+        loop, sock, buffer = asyncio.get_running_loop(), run.proc.reports, bytearray()
+
+        async def take(size: int) -> bytes:
+            while len(buffer) < size:
+                chunk = await loop.sock_recv(sock, 1 << 16)
+                if not chunk:
+                    raise EOFError
+                buffer.extend(chunk)
+            data = bytes(buffer[:size])
+            del buffer[:size]
+            return data
+
+        try:
+            while True:
+                size = int.from_bytes(await take(4), "big")
+                if size > REPORT_MAX_BYTES:
+                    return  # not a report: the channel ends
+                message = json.loads(await take(size))
+                kind, value = message.get("kind"), message.get("value")
+                if kind == "exit":  # its last word: it ends as it leaves (its output closed already)
+                    if type(value) is int and 0 <= value <= 255:
+                        run.proc.last_word(value)
+                    return
+                refusal = await self._deliver(task_id, credential, kind, value)
+                if kind == "result":  # not waited for: a refusal fails the task, saying why in its log
+                    if refusal:
+                        self._say(run, f"[platform] the scheduler refused the result report: {refusal}\n")
+                        await self._deliver(task_id, credential, "error", {
+                            "type": "ResultNotDelivered",
+                            "message": f"the scheduler did not take the result run returned: {refusal}"[:1024]})
+                    continue
+                answer = refusal.encode()
+                await loop.sock_sendall(sock, bytes([1 if refusal else 0]) + len(answer).to_bytes(4, "big") + answer)
+        except (EOFError, OSError, ValueError, AttributeError):
+            return  # it closed its socket, or sent what is not a report: the channel ends
+        finally:
+            sock.close()
+
+    async def _deliver(self, task_id: str, credential: str, kind: Any, value: Any) -> str:
+        """One report as ReportTask, retried with backoff while the scheduler cannot be reached (as a worker's own
+        reports are); '' when taken, else why not."""
+        import grpc
+
+        from ai_platform.sdk import report
+
+        try:
+            request = report.report_request(task_id, kind, value)
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+            return f"INVALID_ARGUMENT: a {kind} report is malformed: {exc!r}"[:512]
+        patience = report.FINAL_PATIENCE_S if kind in ("result", "error") else report.PROGRESS_PATIENCE_S
+        deadline, delay = time.monotonic() + patience, report.RETRY_FIRST_S
+        while True:
+            try:
+                await self._scheduler().ReportTask(request, timeout=report.REPORT_TIMEOUT_S,
+                                                   metadata=[("authorization", f"Bearer {credential}")])
+                return ""
+            except grpc.aio.AioRpcError as exc:
+                retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not retry or time.monotonic() + delay > deadline:
+                    return f"{exc.code().name}: {exc.details()}"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, report.RETRY_MAX_S)
+
+    @staticmethod
+    def _say(run: RunnerRun, line: str) -> None:
+        run.output += line.encode()
+        run.changed.set()
 
     def _read(self, task_id: str, run: RunnerRun) -> None:
         try:
@@ -117,6 +214,9 @@ class WarmRunner:
             run.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), 0.1)
+        if run.relay is not None:  # a result still being passed on (retried while the scheduler is away) goes first
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(run.relay), RELAY_PATIENCE_S)
         run.code = code
         run.changed.set()
 
@@ -154,6 +254,12 @@ class WarmRunner:
         if run is not None:
             if run.code is None:
                 self._kill(run, signal.SIGKILL)
+            if run.relay is not None:
+                run.relay.cancel()
+            if run.proc.output != -1:  # held open past the drain by a process that escaped the group
+                asyncio.get_running_loop().remove_reader(run.proc.output)
+                os.close(run.proc.output)
+                run.proc.output = -1
             shutil.rmtree(run.folder, ignore_errors=True)
 
     async def tasks(self) -> list[str]:
@@ -161,12 +267,10 @@ class WarmRunner:
         return list(self.runs)
 
 
-def script_folder(script: Path, excludes: list[str]) -> dict[str, bytes] | None:
-    """The files of the script's folder (as a Ray Job's ``working_dir`` ships it, less ``excludes``), or None when
-    it is over FOLDER_MAX_BYTES or FOLDER_MAX_FILES."""
-    files: dict[str, bytes] = {}
-    size = 0
-    root = script.parent
+def _folder_files(root: Path, excludes: list[str]) -> list[Path] | None:
+    """The files of the folder ``root`` (as a Ray Job's ``working_dir`` ships it, less ``excludes``), or None when
+    they are over FOLDER_MAX_BYTES or FOLDER_MAX_FILES."""
+    files, size = [], 0
     for folder, dirs, names in os.walk(root, followlinks=False):
         dirs[:] = [d for d in dirs if not any(fnmatch.fnmatch(d, pattern) for pattern in excludes)]
         for name in names:
@@ -178,53 +282,73 @@ def script_folder(script: Path, excludes: list[str]) -> dict[str, bytes] | None:
             size += path.stat().st_size
             if size > FOLDER_MAX_BYTES or len(files) >= FOLDER_MAX_FILES:
                 return None
-            files[str(path.relative_to(root))] = path.read_bytes()
+            files.append(path)
     return files
 
 
+def folder_fits(script: Path, excludes: list[str]) -> bool:
+    """Whether the script's folder is small enough to ship with the call that starts the task."""
+    return _folder_files(script.parent, excludes) is not None
+
+
+def script_folder(script: Path, excludes: list[str]) -> dict[str, bytes] | None:
+    """The script's folder, each file by its path in it; None when it is too big (``folder_fits``)."""
+    files = _folder_files(script.parent, excludes)
+    return None if files is None else {str(path.relative_to(script.parent)): path.read_bytes() for path in files}
+
+
 class WarmPool:
-    """The scheduler's side: the runners (created on first use, or found again by name), which are free, and one
-    task's run on one."""
+    """The scheduler's side: the runners (started on first use, or found again by name), which are free, and one
+    task's run on one.
+
+    Runners are named after this scheduler's state directory and its configuration, in a namespace of their own: two
+    schedulers on one cluster never share one, and a restarted scheduler whose configuration changed starts new
+    ones (an old one is kept while a task it holds is followed, then ended)."""
 
     def __init__(self, address: str, size: int, env: dict[str, str], warm_imports: list[str], grace_s: float,
-                 excludes: list[str]) -> None:
+                 excludes: list[str], owner: str) -> None:
         self.address, self.size, self.env = address, size, env
         self.warm_imports, self.grace_s, self.excludes = warm_imports, grace_s, excludes
-        self._runners: list[Any] = []
-        self._free: asyncio.Queue[int] | None = None
-        self._busy: dict[int, set[str]] = {}  # runner -> tasks left on it by a previous scheduler, until followed
+        config = hashlib.sha256(json.dumps([env, warm_imports, grace_s], sort_keys=True).encode()).hexdigest()[:10]
+        self.namespace = f"aip-{hashlib.sha256(owner.encode()).hexdigest()[:12]}"
+        self.names = [f"{RUNNER_PREFIX}{config}-{i}" for i in range(size)]
+        self._runners: dict[str, Any] = {}  # name -> handle: this pool's, and older ones still holding tasks
+        self._held: dict[str, set[str]] = {}  # runner -> tasks left on it by a previous scheduler, until followed
+        self._free: asyncio.Queue[str] | None = None
         self._ready = asyncio.Lock()
+        self._starting: dict[str, asyncio.Future] = {}  # runner -> until it answered what it holds
 
     @classmethod
     def of(cls, settings: Any, excludes: list[str]) -> WarmPool:
-        """The pool a scheduler's settings ask for (``SchedulerSettings``)."""
-        env = worker_env(None, settings.worker_env(), {"AIP_DIE_WITH_PARENT": "1"})  # a task ends with its runner
-        return cls(settings.ray_cluster_address, settings.ray_warm_runners, env,
-                   [*settings.warm_imports, *GRPC_IMPORTS], settings.grace_s, excludes)
+        """The pool a scheduler's settings ask for (``SchedulerSettings``). Its tasks end with their runner, and
+        reach the cluster as a Job's driver does (Ray and Daft's Ray runner inside a task)."""
+        env = worker_env(None, settings.worker_env(), {"AIP_DIE_WITH_PARENT": "1",
+                                                      "RAY_ADDRESS": settings.ray_cluster_address})
+        return cls(settings.ray_cluster_address, settings.ray_warm_runners, env, settings.warm_imports,
+                   settings.grace_s, excludes, owner=str(settings.state_path()))
 
     def fits(self, task: Task) -> bool:
         """Whether the task can run on a runner: at most one CPU, nothing else asked of the cluster."""
         r = task.resources
         return r.num_cpus <= 1 and not r.num_gpus and not r.memory_mb and not r.custom
 
-    async def _ensure(self) -> asyncio.Queue[int]:
+    async def _ensure(self) -> asyncio.Queue[str]:
         async with self._ready:
             if self._free is None:
-                self._runners = await asyncio.to_thread(self._connect)
-                for sig in (signal.SIGTERM, signal.SIGINT):  # Ray's driver put its crash handler over the service's
+                found = await asyncio.to_thread(self._connect)
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    # Ray's driver put its crash handler over the service's; set again, Python's own is back.
                     if callable(handler := signal.getsignal(sig)):
                         signal.signal(sig, handler)
-                held = await asyncio.gather(*(runner.tasks.remote() for runner in self._runners))
                 self._free = asyncio.Queue()
-                for index, tasks in enumerate(held):
-                    if tasks:
-                        self._busy[index] = set(tasks)
-                    else:
-                        self._free.put_nowait(index)
+                for name, handle in found.items():
+                    self._runners[name] = handle
+                    self._starting[name] = asyncio.ensure_future(self._started(name))
             return self._free
 
-    def _connect(self) -> list[Any]:
-        """Join the cluster as a driver; the runners, each started (once its CPU was free) or found by name."""
+    def _connect(self) -> dict[str, Any]:
+        """Join the cluster as a driver; this pool's runners (started, or found by name) and older ones of this
+        scheduler's (another configuration) that may hold tasks."""
         import ray
 
         if not ray.is_initialized():
@@ -237,23 +361,64 @@ class WarmPool:
             # Joined from a thread, so Ray leaves the service's SIGTERM handler alone, as it says: expected.
             logging.getLogger("ray._private.worker").addFilter(
                 lambda record: not record.getMessage().startswith("SIGTERM handler is not set"))
-            ray.init(address=self.address, namespace=NAMESPACE, logging_level=logging.WARNING,
+            ray.init(address=self.address, namespace=self.namespace, logging_level=logging.WARNING,
                      log_to_driver=False, configure_logging=False)
-        runners = [self._create(i, wait=False) for i in range(self.size)]
-        ray.get([runner.tasks.remote() for runner in runners], timeout=START_TIMEOUT_S)
-        log.info("%d warm runners on the Ray cluster at %s", self.size, self.address)
-        return runners
+        found = {name: self._create(name) for name in self.names}
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            name = actor["name"]
+            if actor["namespace"] == self.namespace and name.startswith(RUNNER_PREFIX) and name not in found:
+                with contextlib.suppress(ValueError):
+                    found[name] = ray.get_actor(name, namespace=self.namespace)
+        return found
 
-    def _create(self, index: int, wait: bool = True) -> Any:
+    def _create(self, name: str) -> Any:
         import ray
 
-        runner = ray.remote(WarmRunner).options(
-            name=RUNNER_NAME % index, num_cpus=1, lifetime="detached", get_if_exists=True, max_restarts=0,
-            max_concurrency=1000, runtime_env={"env_vars": {"PYTHONPATH": self.env["PYTHONPATH"]}},
+        return ray.remote(WarmRunner).options(
+            name=name, namespace=self.namespace, num_cpus=1, lifetime="detached", get_if_exists=True,
+            max_restarts=0, max_concurrency=1000,
+            runtime_env={"env_vars": {"PYTHONPATH": self.env["PYTHONPATH"]}},
         ).remote(self.env, self.warm_imports, self.grace_s)
-        if wait:
-            ray.get(runner.tasks.remote(), timeout=START_TIMEOUT_S)
-        return runner
+
+    async def _started(self, name: str) -> None:
+        """Once the runner runs (Ray places it when one of its nodes has a CPU free): free, or holding the tasks a
+        previous scheduler left on it until they are followed (or, unclaimed after RECLAIM_S, ended)."""
+        try:
+            held = await self._runners[name].tasks.remote()
+        except Exception as exc:  # noqa: BLE001 - a runner that cannot start is left out, said in the log
+            log.error("warm runner %s could not start: %s", name, str(exc).splitlines()[0][:300])
+            self._runners.pop(name, None)
+            return
+        if held:
+            self._held[name] = set(held)
+            asyncio.get_running_loop().call_later(RECLAIM_S, lambda: asyncio.ensure_future(self._reclaim(name)))
+        else:
+            self._give_back(name)
+
+    async def _reclaim(self, name: str) -> None:
+        """End what no restarted scheduler claimed on the runner (a task that was being started as it stopped)."""
+        for task_id in list(self._held.get(name, ())):
+            log.warning("task %s on warm runner %s was not followed after the restart; it is ended", task_id, name)
+            self._held[name].discard(task_id)
+            runner = self._runners.get(name)
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    await runner.stop.remote(task_id)
+                    await runner.forget.remote(task_id)
+        if not self._held.get(name):
+            self._give_back(name)
+
+    def _give_back(self, name: str) -> None:
+        """A runner with nothing on it: free again, or, from an older configuration, ended."""
+        self._held.pop(name, None)
+        if name in self.names:
+            if self._free is not None:
+                self._free.put_nowait(name)
+        elif (runner := self._runners.pop(name, None)) is not None:
+            import ray
+
+            with contextlib.suppress(Exception):
+                ray.kill(runner)
 
     async def close(self) -> None:
         """End the idle runners, giving their CPUs back to the cluster, and leave it. A runner with a task on it
@@ -262,9 +427,11 @@ class WarmPool:
             return
         import ray
 
+        for starting in self._starting.values():
+            starting.cancel()
         idle = []
         while not self._free.empty():
-            idle.append(self._runners[self._free.get_nowait()])
+            idle.append(self._runners.get(self._free.get_nowait()))
         self._free = None
 
         def leave() -> None:
@@ -276,68 +443,108 @@ class WarmPool:
 
         await asyncio.to_thread(leave)
 
-    async def run(self, ctx: RunContext, files: dict[str, bytes], attach: bool) -> Outcome:
+    async def _take(self, ctx: RunContext, free: asyncio.Queue[str]) -> str | None:
+        """A free runner, or None when the task was stopped (cancelled) while it waited for one."""
+        taking = asyncio.ensure_future(free.get())
+        stop = asyncio.ensure_future(ctx.stop.wait())
+        try:
+            await asyncio.wait([taking, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not taking.done():
+                taking.cancel()
+        if ctx.stop.is_set():
+            if taking.done() and not taking.cancelled():
+                free.put_nowait(taking.result())
+            return None
+        return taking.result()
+
+    async def run(self, ctx: RunContext, script: Path | None, attach: bool) -> Outcome:
+        """Run the task on a free runner (``script``'s folder shipped with it), or, with ``attach``, follow it on
+        the runner its job id names."""
         task = ctx.task
         free = await self._ensure()
         if attach:
-            index = int(task.job_id.split(":")[1])
-            if index >= len(self._runners) or task.id not in self._busy.get(index, set()):
+            name = task.job_id.split(":")[1]
+            if name in self._starting:
+                await asyncio.shield(self._starting[name])  # its runner says what it holds first
+            if task.id not in self._held.get(name, set()):
                 return Outcome(TaskStatus.FAILED, error_type="RunnerLost",
-                               error_message=f"the warm runner {index} that ran the task no longer holds it (the "
+                               error_message=f"the warm runner {name} that ran the task no longer holds it (the "
                                              f"runner or its node ended)")
-            self._busy[index].discard(task.id)
+            self._held[name].discard(task.id)
         else:
             ctx.on_submitted("")  # admitted: it waits for a free runner, as a Ray Job waits for a free CPU
-            index = await free.get()
+            taken = await self._take(ctx, free)
+            if taken is None:
+                return Outcome(TaskStatus.CANCELLED)
+            name = taken
         try:
-            if self._runners[index] is None:  # it died with its node: a new one, wherever Ray places it
-                self._runners[index] = await asyncio.to_thread(self._create, index)
-            runner = self._runners[index]
+            if name not in self._runners:  # it died with its node: a new one, wherever Ray places it
+                self._runners[name] = await asyncio.to_thread(self._create, name)
+            runner = self._runners[name]
             if not attach:
-                started = await runner.start.remote(task.id, files, Path(task.script).name, task_variables(task),
-                                                    ctx.credential, worker_spec(task))
-                job_id = f"{JOB_PREFIX}{index}:{task.id}"
-                ctx.on_submitted(job_id)
+                assert script is not None
+                files = await asyncio.to_thread(script_folder, script, self.excludes)
+                if files is None:
+                    raise ValueError(f"the folder of {script.name} grew over {FOLDER_MAX_BYTES} bytes or "
+                                     f"{FOLDER_MAX_FILES} files as the task started")
+                job_id = f"{JOB_PREFIX}{name}:{task.id}"
+                ctx.on_submitted(job_id)  # saved before it starts: a restart finds it on this runner
+                started = await asyncio.shield(runner.start.remote(
+                    task.id, files, script.name, task_variables(task), ctx.credential, worker_spec(task)))
                 ctx.on_running(None, job_id, started["started_at"])
             outcome = await self._follow(ctx, runner)
         except asyncio.CancelledError:
             raise  # the scheduler stops following it (it shuts down): the task runs on, for the next one to follow
         except BaseException as exc:
-            from ray.exceptions import RayActorError
+            from ray.exceptions import ActorDiedError
 
-            if isinstance(exc, RayActorError):
-                log.warning("warm runner %d is gone (%s); a new one takes its place", index, exc)
-                self._runners[index] = None
-                self._busy.pop(index, None)  # what it held went with it
-                if self._free is not None:
-                    self._free.put_nowait(index)  # the next task to take it starts a new runner
+            if isinstance(exc, ActorDiedError):
+                log.warning("warm runner %s is gone (%s); a new one takes its place", name, exc)
+                self._runners.pop(name, None)
+                self._give_back(name)  # the next task to take it starts a new runner
                 raise RunnerLost(f"the warm runner that ran the task ended (its node or process died): "
                                  f"{str(exc).splitlines()[0][:300]}") from None
-            await self._release(index, task.id)
+            await self._release(name, task.id)
             raise
-        await self._release(index, task.id)
+        await self._release(name, task.id)
         return outcome
 
-    async def _release(self, index: int, task_id: str) -> None:
-        runner = self._runners[index]
+    async def _release(self, name: str, task_id: str) -> None:
+        runner = self._runners.get(name)
         if runner is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await runner.forget.remote(task_id)
-        if not self._busy.get(index) and self._free is not None:
-            self._free.put_nowait(index)
+            except Exception as exc:  # noqa: BLE001 - it ended, or cannot be reached: the next task finds out
+                log.warning("warm runner %s could not forget task %s: %s", name, task_id, exc)
+        if not self._held.get(name):
+            self._give_back(name)
 
     async def _follow(self, ctx: RunContext, runner: Any) -> Outcome:
-        """Mirror the task's output into its log until it ends; stop it when asked."""
-        task, offset, stopped = ctx.task, ctx.log.end, False
+        """Mirror the task's output into its log until it ends; stop it when asked. A runner that cannot be
+        reached for a moment (Ray says so) is asked again, for up to UNREACHABLE_S."""
+        from ray.exceptions import ActorUnavailableError
+
+        task, offset, stopped, unreachable_since = ctx.task, ctx.log.end, False, 0.0
         stop_asked = asyncio.ensure_future(ctx.stop.wait())
         try:
             while True:
                 poll = asyncio.ensure_future(runner.poll.remote(task.id, offset, POLL_WAIT_S))
                 await asyncio.wait([poll, stop_asked], return_when=asyncio.FIRST_COMPLETED)
-                if ctx.stop.is_set() and not stopped:
-                    stopped = True
-                    await runner.stop.remote(task.id)
-                data, begin, code = await poll
+                try:
+                    if ctx.stop.is_set() and not stopped:
+                        await runner.stop.remote(task.id)
+                        stopped = True
+                    data, begin, code = await poll
+                except ActorUnavailableError:
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > UNREACHABLE_S:
+                        raise
+                    await asyncio.sleep(0.5)
+                    continue
+                unreachable_since = 0.0
                 if begin > offset:
                     ctx.write_log(b"\n[platform] %d bytes of output were dropped by the runner\n" % (begin - offset))
                 if data:
