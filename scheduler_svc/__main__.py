@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("scheduler: --ray-warm-runners needs --ray-cluster-address (the cluster's GCS host:port)")
 
     async def run() -> None:
-        if settings.backend == "ray":
-            warm = WarmPool.of(settings, WORKING_DIR_EXCLUDES) if settings.ray_warm_runners else None
+        ray = settings.backend == "ray"
+        warm = WarmPool.of(settings, WORKING_DIR_EXCLUDES) if ray and settings.ray_warm_runners else None
+        if ray:
             backend: Backend = RayBackend(settings.ray_address, settings.worker_env(), warm=warm)
         else:
             backend = LocalBackend(start_dir, settings.grace_s, settings.worker_env(), settings.max_parallel,
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                                      pipelines_pb2_grpc.add_PipelineServiceServicer_to_server,
                                      pipelines_pb2.DESCRIPTOR.services_by_name["PipelineService"])
         await scheduler.recover()
+        if warm is not None:
+            warm.start()
         await pipelines.start()
 
         async def shutdown() -> None:

@@ -236,7 +236,16 @@ def test_warm_runners_fork_short_tasks_on_every_node_with_the_script_shipped(pla
          "--ray-warm-runners", "3", "--ray-cluster-address", head.gcs_address],
         env={**platform["scheduler"].env}, cwd=project).start(60)
     client = SchedulerClient(scheduler.addr)
+    from ray.util.state import list_actors
+
+    def runners() -> list:
+        return [a for a in list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")])
+                if a.class_name == "WarmRunner"]
+
     try:
+        deadline = time.time() + 60
+        while len(runners()) < 3 and time.time() < deadline:
+            time.sleep(0.5)  # the scheduler starts its runners as it starts
         ids = [client.submit(f"where-{i}", "scripts/where_am_i.py", params={"project": str(project), "pause": 2})
                .id for i in range(3)]
         done = [client.wait(task_id, 120) for task_id in ids]
@@ -248,15 +257,10 @@ def test_warm_runners_fork_short_tasks_on_every_node_with_the_script_shipped(pla
     shipped = sorted(p.name for p in (project / "scripts").iterdir())
     assert {r["sees_project"] for r in results} == {True, False}, results
     assert all(r["cwd_files"] == shipped for r in results), "each ran in a folder holding the script's folder"
-    from ray.util.state import list_actors
-
     deadline = time.time() + 30
-    while time.time() < deadline and any(
-            a.class_name == "WarmRunner" for a in list_actors(address=head.dashboard_url,
-                                                             filters=[("state", "=", "ALIVE")])):
+    while runners() and time.time() < deadline:
         time.sleep(0.5)
-    assert not [a for a in list_actors(address=head.dashboard_url, filters=[("state", "=", "ALIVE")])
-                if a.class_name == "WarmRunner"], "the stopped scheduler gave the runners' CPUs back"
+    assert not runners(), "the stopped scheduler gave the runners' CPUs back"
 
 
 def test_killing_the_node_fails_its_task_with_a_clear_error(tasks, cluster):

@@ -32,6 +32,19 @@ def run(input_path, output_path, params):
 '''
 
 
+SPAN = '''
+import os, time
+
+def run(input_path, output_path, params):
+    began = time.time()
+    time.sleep(params.get("seconds", 0.5))
+    server = os.getppid()  # the fork server, whose parent is the runner
+    with open(f"/proc/{server}/stat") as stat:
+        runner = int(stat.read().rsplit(")", 1)[1].split()[1])
+    return {"runner": runner, "began": began, "ended": time.time()}
+'''
+
+
 USES_RAY = '''
 import ray
 
@@ -59,6 +72,7 @@ def project(tmp_path_factory) -> Path:
     write_scripts(root / "scripts")
     (root / "scripts/leaky.py").write_text(LEAKY)
     (root / "scripts/uses_ray.py").write_text(USES_RAY)
+    (root / "scripts/span.py").write_text(SPAN)
     (root / "scripts/deep.py").write_text("def run(i, o, p):\n    return {'n': eval('[' * 40 + ']' * 40)}\n")
     return root
 
@@ -157,7 +171,8 @@ def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
     # Both runners busy: a third task waits for one, and is cancelled at once.
     busy = [tasks.submit("busy", "scripts/sleeper.py", params={"seconds": 60}) for _ in range(2)]
     waiting = tasks.submit("waiting", "scripts/trivial.py")
-    assert status_name(waiting) == "pending"
+    time.sleep(1.0)
+    assert status_name(tasks.get(waiting.id)) == "pending" and not tasks.get(waiting.id).HasField("started_at")
     began = time.monotonic()
     assert status_name(tasks.cancel(waiting.id)) == "cancelled" and time.monotonic() - began < 5
     for task in busy:
@@ -177,6 +192,19 @@ def test_a_task_asking_for_more_than_a_runner_runs_as_a_ray_job(tasks):
     assert "aip-warm-runner-" not in task_result(done)["cwd"], "two CPUs: a Ray Job"
 
 
+def _running(scheduler: ServiceProcess, name: str, params: dict):
+    """A progress.py task, once it runs and some of its log was read."""
+    client = SchedulerClient(scheduler.addr)
+    try:
+        task = client.submit(name, "scripts/progress.py", params=params)
+        deadline = time.monotonic() + 30
+        while b"epoch 0 starting" not in b"".join(client.logs(task.id)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return task
+    finally:
+        client.close()
+
+
 def _runners(ray_head) -> list:
     from ray.util.state import list_actors
 
@@ -187,26 +215,43 @@ def _runners(ray_head) -> list:
 def test_a_task_on_a_runner_is_followed_again_after_a_scheduler_restart(services, project, ray_head):
     storage, scheduler, args = services
     before = {a.name for a in _runners(ray_head)}
-    client = SchedulerClient(scheduler.addr)
-    try:
-        task = client.submit("long", "scripts/progress.py", params={"steps": 8, "pause": 0.5})
-        deadline = time.monotonic() + 30
-        while b"epoch 0 starting" not in b"".join(client.logs(task.id)) and time.monotonic() < deadline:
-            time.sleep(0.05)  # running, and some of its log already read
-    finally:
-        client.close()
+    task = _running(scheduler, "long", {"steps": 8, "pause": 0.5})
     scheduler.proc.send_signal(signal.SIGKILL)  # the task runs on, on its runner
     scheduler.proc.wait(10)
     scheduler.proc = None
     time.sleep(2)
-    scheduler.extra_args[scheduler.extra_args.index("--grace-s") + 1] = "3"  # another configuration: new runners
+    scheduler.start()  # the same configuration: the same runners
+    client = SchedulerClient(scheduler.addr)
+    try:
+        spans = [client.submit("span", "scripts/span.py", params={"seconds": 0.5}).id for _ in range(4)]
+        done = finished(client, task.id)
+        log = b"".join(client.logs(task.id))
+        assert status_name(done) == "completed", (done.error, log[-2000:])
+        assert done.HasField("started_at")
+        assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "its log whole, each line once"
+        ran = [task_result(finished(client, span)) for span in spans]
+    finally:
+        client.close()
+    assert {a.name for a in _runners(ray_head)} == before, "the restarted scheduler found its runners again"
+    by_runner: dict[int, list] = {}
+    for r in ran:
+        by_runner.setdefault(r["runner"], []).append((r["began"], r["ended"]))
+    assert len(by_runner) <= 2
+    for spans_on_one in by_runner.values():
+        spans_on_one.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans_on_one, spans_on_one[1:], strict=False)), \
+            "one task at a time on a runner"
+    # Another configuration: new runners, and the old ones end once what they hold was followed.
+    task = _running(services[1], "long", {"steps": 8, "pause": 0.5})
+    scheduler.proc.send_signal(signal.SIGKILL)
+    scheduler.proc.wait(10)
+    scheduler.proc = None
+    scheduler.extra_args[scheduler.extra_args.index("--grace-s") + 1] = "3"
     scheduler.start()
     client = SchedulerClient(scheduler.addr)
     try:
         done = finished(client, task.id)
-        log = b"".join(client.logs(task.id))
-        assert status_name(done) == "completed", (done.error, log[-2000:])
-        assert log.count(b"epoch 0 starting") == 1 and b"done training" in log, "its log whole, each line once"
+        assert status_name(done) == "completed", done.error
         assert status_name(finished(client, client.submit("next", "scripts/trivial.py").id)) == "completed"
     finally:
         client.close()

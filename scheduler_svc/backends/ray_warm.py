@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -44,10 +45,13 @@ FOLDER_MAX_FILES = 1000
 POLL_WAIT_S = 1.0  # how long one poll of a runner waits for output or the end
 LOG_KEEP_BYTES = 64 << 20  # output a runner keeps for the scheduler to read; older output is dropped, said in the log
 CONNECT_TIMEOUT_S = 5.0
+RETRY_START_S = 30.0  # a runner that could not start is tried again after this
 RECLAIM_S = 60.0  # after a restart, a task left on a runner that no re-attachment claims by then is ended
 UNREACHABLE_S = 60.0  # a runner Ray cannot reach for longer fails its task
 REPORT_MAX_BYTES = 64 << 20  # one report on a task's socket, as on the local backend
 RELAY_PATIENCE_S = 330.0  # a result being passed on is retried for 300 s (report.FINAL_PATIENCE_S); the end waits
+DRAIN_S = 2.0  # after the task's process ends, how long its output and reports may still arrive
+CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params")  # what a task may report (its spec came with it)
 
 
 class RunnerLost(RuntimeError):
@@ -63,6 +67,8 @@ class RunnerRun:
         self.code: int | None = None
         self.changed = asyncio.Event()
         self.relay: asyncio.Future | None = None
+        self.delivering = False  # a report is being passed on (retried while the scheduler is away)
+        self.started_at = time.time()
 
 
 class WarmRunner:
@@ -113,8 +119,9 @@ class WarmRunner:
         self._say(run, f"[platform] task {task_id} runs on {socket.gethostname()} (pid {proc.pid}, a warm runner)\n")
         asyncio.get_running_loop().add_reader(proc.output, self._read, task_id, run)
         run.relay = asyncio.ensure_future(self._relay(task_id, run, credential))
+        run.relay.add_done_callback(lambda _: run.changed.set())  # the end waits for it
         asyncio.ensure_future(self._wait(run))
-        return {"pid": proc.pid, "host": socket.gethostname(), "started_at": time.time()}
+        return {"pid": proc.pid, "host": socket.gethostname(), "started_at": run.started_at}
 
     async def _relay(self, task_id: str, run: RunnerRun, credential: str) -> None:
         """Pass the task's reports (``report.ChannelReporter``: each framed by its length, answered with a status
@@ -142,7 +149,14 @@ class WarmRunner:
                     if type(value) is int and 0 <= value <= 255:
                         run.proc.last_word(value)
                     return
-                refusal = await self._deliver(task_id, credential, kind, value)
+                if kind not in CHANNEL_KINDS:
+                    refusal = f"INVALID_ARGUMENT: unknown report kind {str(kind)[:64]!r} on the task's channel"
+                else:
+                    run.delivering = True
+                    try:
+                        refusal = await self._deliver(task_id, credential, kind, value)
+                    finally:
+                        run.delivering = False
                 if kind == "result":  # not waited for: a refusal fails the task, saying why in its log
                     if refusal:
                         self._say(run, f"[platform] the scheduler refused the result report: {refusal}\n")
@@ -152,8 +166,10 @@ class WarmRunner:
                     continue
                 answer = refusal.encode()
                 await loop.sock_sendall(sock, bytes([1 if refusal else 0]) + len(answer).to_bytes(4, "big") + answer)
-        except (EOFError, OSError, ValueError, AttributeError):
+        except (EOFError, OSError, ValueError, AttributeError, RecursionError):
             return  # it closed its socket, or sent what is not a report: the channel ends
+        except Exception as exc:  # noqa: BLE001 - a bug here ends this task's channel, said in its log
+            self._say(run, f"[platform] the runner stopped passing on the task's reports: {exc!r}"[:1024] + "\n")
         finally:
             sock.close()
 
@@ -208,17 +224,21 @@ class WarmRunner:
 
     async def _wait(self, run: RunnerRun) -> None:
         code = await run.proc.wait()
-        self._kill(run, signal.SIGKILL)  # nothing of the task outlives it
-        deadline = time.monotonic() + 2.0  # a process that escaped the group may hold the output: not for long
-        while run.proc.output != -1 and time.monotonic() < deadline:
-            run.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.changed.wait(), 0.1)
-        if run.relay is not None:  # a result still being passed on (retried while the scheduler is away) goes first
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(run.relay), RELAY_PATIENCE_S)
-        run.code = code
-        run.changed.set()
+        try:
+            self._kill(run, signal.SIGKILL)  # nothing of the task outlives it
+            deadline = time.monotonic() + DRAIN_S  # a process that escaped the group may hold its pipes: not long
+            while (run.proc.output != -1 or (run.relay is not None and not run.relay.done())) and \
+                    (time.monotonic() < deadline or run.delivering):  # a report being passed on is waited for
+                if time.monotonic() > deadline + RELAY_PATIENCE_S:
+                    break
+                run.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.changed.wait(), 0.1)
+            if run.relay is not None and not run.relay.done():
+                run.relay.cancel()
+        finally:
+            run.code = code
+            run.changed.set()
 
     @staticmethod
     def _kill(run: RunnerRun, sig: int) -> None:
@@ -262,9 +282,9 @@ class WarmRunner:
                 run.proc.output = -1
             shutil.rmtree(run.folder, ignore_errors=True)
 
-    async def tasks(self) -> list[str]:
-        """The tasks this runner holds (running, or ended and not yet read to the end)."""
-        return list(self.runs)
+    async def tasks(self) -> dict[str, float]:
+        """The tasks this runner holds (running, or ended and not yet read to the end), with their start times."""
+        return {task_id: run.started_at for task_id, run in self.runs.items()}
 
 
 def _folder_files(root: Path, excludes: list[str]) -> list[Path] | None:
@@ -313,10 +333,14 @@ class WarmPool:
         self.namespace = f"aip-{hashlib.sha256(owner.encode()).hexdigest()[:12]}"
         self.names = [f"{RUNNER_PREFIX}{config}-{i}" for i in range(size)]
         self._runners: dict[str, Any] = {}  # name -> handle: this pool's, and older ones still holding tasks
-        self._held: dict[str, set[str]] = {}  # runner -> tasks left on it by a previous scheduler, until followed
+        self._held: dict[str, dict[str, float]] = {}  # runner -> tasks a previous scheduler left on it (and their
+        # start), until followed
+        self._following: dict[str, int] = {}  # runner -> tasks being followed on it
         self._free: asyncio.Queue[str] | None = None
+        self._free_names: set[str] = set()  # what the queue holds: a runner is in it once, and only when idle
         self._ready = asyncio.Lock()
         self._starting: dict[str, asyncio.Future] = {}  # runner -> until it answered what it holds
+        self._connecting: asyncio.Future | None = None
 
     @classmethod
     def of(cls, settings: Any, excludes: list[str]) -> WarmPool:
@@ -325,7 +349,18 @@ class WarmPool:
         env = worker_env(None, settings.worker_env(), {"AIP_DIE_WITH_PARENT": "1",
                                                       "RAY_ADDRESS": settings.ray_cluster_address})
         return cls(settings.ray_cluster_address, settings.ray_warm_runners, env, settings.warm_imports,
-                   settings.grace_s, excludes, owner=str(settings.state_path()))
+                   settings.grace_s, excludes, owner=_scheduler_id(settings.state_path()))
+
+    def start(self) -> None:
+        """Join the cluster now, not at the first task: the runners start, and what a previous scheduler left on
+        them is followed or, unclaimed, ended."""
+        async def connect() -> None:
+            try:
+                await self._ensure()
+            except Exception as exc:  # noqa: BLE001 - the first task that needs a runner tries again, and says why
+                log.warning("the warm runners could not start: %s", str(exc).splitlines()[0][:300])
+
+        self._connecting = asyncio.ensure_future(connect())
 
     def fits(self, task: Task) -> bool:
         """Whether the task can run on a runner: at most one CPU, nothing else asked of the cluster."""
@@ -385,34 +420,50 @@ class WarmPool:
         previous scheduler left on it until they are followed (or, unclaimed after RECLAIM_S, ended)."""
         try:
             held = await self._runners[name].tasks.remote()
-        except Exception as exc:  # noqa: BLE001 - a runner that cannot start is left out, said in the log
-            log.error("warm runner %s could not start: %s", name, str(exc).splitlines()[0][:300])
+        except Exception as exc:  # noqa: BLE001 - a runner that cannot start is tried again, said in the log
+            log.error("warm runner %s could not start (tried again in %.0f s): %s", name, RETRY_START_S,
+                      str(exc).splitlines()[0][:300])
             self._runners.pop(name, None)
+            if name in self.names:
+                asyncio.get_running_loop().call_later(RETRY_START_S, self._restart, name)
             return
         if held:
-            self._held[name] = set(held)
+            self._held[name] = dict(held)
             asyncio.get_running_loop().call_later(RECLAIM_S, lambda: asyncio.ensure_future(self._reclaim(name)))
         else:
             self._give_back(name)
 
+    def _restart(self, name: str) -> None:
+        if self._free is not None and name not in self._runners:
+            async def restart() -> None:
+                self._runners[name] = await asyncio.to_thread(self._create, name)
+                await self._started(name)
+
+            self._starting[name] = asyncio.ensure_future(restart())
+
     async def _reclaim(self, name: str) -> None:
         """End what no restarted scheduler claimed on the runner (a task that was being started as it stopped)."""
         for task_id in list(self._held.get(name, ())):
+            if task_id not in self._held.get(name, ()):
+                continue  # claimed meanwhile
             log.warning("task %s on warm runner %s was not followed after the restart; it is ended", task_id, name)
-            self._held[name].discard(task_id)
+            self._held[name].pop(task_id, None)
             runner = self._runners.get(name)
             if runner is not None:
                 with contextlib.suppress(Exception):
                     await runner.stop.remote(task_id)
                     await runner.forget.remote(task_id)
-        if not self._held.get(name):
-            self._give_back(name)
+        self._give_back(name)
 
     def _give_back(self, name: str) -> None:
-        """A runner with nothing on it: free again, or, from an older configuration, ended."""
+        """A runner with nothing on it and nobody following it: free again (once), or, from an older
+        configuration, ended. One still busy is left as it is."""
+        if self._held.get(name) or self._following.get(name) or name in self._free_names:
+            return
         self._held.pop(name, None)
         if name in self.names:
             if self._free is not None:
+                self._free_names.add(name)
                 self._free.put_nowait(name)
         elif (runner := self._runners.pop(name, None)) is not None:
             import ray
@@ -429,10 +480,10 @@ class WarmPool:
 
         for starting in self._starting.values():
             starting.cancel()
-        idle = []
-        while not self._free.empty():
-            idle.append(self._runners.get(self._free.get_nowait()))
-        self._free = None
+        # Idle or still starting: nothing on it for the next scheduler to follow.
+        idle = [runner for name, runner in self._runners.items()
+                if not self._held.get(name) and not self._following.get(name)]
+        self._free, self._free_names = None, set()
 
         def leave() -> None:
             for runner in idle:
@@ -457,6 +508,7 @@ class WarmPool:
             if taking.done() and not taking.cancelled():
                 free.put_nowait(taking.result())
             return None
+        self._free_names.discard(taking.result())
         return taking.result()
 
     async def run(self, ctx: RunContext, script: Path | None, attach: bool) -> Outcome:
@@ -468,17 +520,20 @@ class WarmPool:
             name = task.job_id.split(":")[1]
             if name in self._starting:
                 await asyncio.shield(self._starting[name])  # its runner says what it holds first
-            if task.id not in self._held.get(name, set()):
+            if task.id not in self._held.get(name, {}):
                 return Outcome(TaskStatus.FAILED, error_type="RunnerLost",
                                error_message=f"the warm runner {name} that ran the task no longer holds it (the "
                                              f"runner or its node ended)")
-            self._held[name].discard(task.id)
+            started_at = self._held[name].pop(task.id)
+            self._following[name] = self._following.get(name, 0) + 1
+            ctx.on_running(None, task.job_id, started_at)  # it may have been saved as queued, just before it started
         else:
             ctx.on_submitted("")  # admitted: it waits for a free runner, as a Ray Job waits for a free CPU
             taken = await self._take(ctx, free)
             if taken is None:
                 return Outcome(TaskStatus.CANCELLED)
             name = taken
+            self._following[name] = self._following.get(name, 0) + 1
         try:
             if name not in self._runners:  # it died with its node: a new one, wherever Ray places it
                 self._runners[name] = await asyncio.to_thread(self._create, name)
@@ -503,7 +558,9 @@ class WarmPool:
             if isinstance(exc, ActorDiedError):
                 log.warning("warm runner %s is gone (%s); a new one takes its place", name, exc)
                 self._runners.pop(name, None)
-                self._give_back(name)  # the next task to take it starts a new runner
+                self._held.pop(name, None)  # what it held went with it
+                self._following[name] -= 1
+                self._give_back(name)  # once nobody follows it: the next task to take it starts a new runner
                 raise RunnerLost(f"the warm runner that ran the task ended (its node or process died): "
                                  f"{str(exc).splitlines()[0][:300]}") from None
             await self._release(name, task.id)
@@ -518,8 +575,8 @@ class WarmPool:
                 await runner.forget.remote(task_id)
             except Exception as exc:  # noqa: BLE001 - it ended, or cannot be reached: the next task finds out
                 log.warning("warm runner %s could not forget task %s: %s", name, task_id, exc)
-        if not self._held.get(name):
-            self._give_back(name)
+        self._following[name] -= 1
+        self._give_back(name)
 
     async def _follow(self, ctx: RunContext, runner: Any) -> Outcome:
         """Mirror the task's output into its log until it ends; stop it when asked. A runner that cannot be
@@ -538,6 +595,10 @@ class WarmPool:
                         stopped = True
                     data, begin, code = await poll
                 except ActorUnavailableError:
+                    if not poll.done():
+                        poll.cancel()
+                    elif not poll.cancelled():
+                        poll.exception()  # retrieved: asked again below
                     now = time.monotonic()
                     unreachable_since = unreachable_since or now
                     if now - unreachable_since > UNREACHABLE_S:
@@ -558,6 +619,18 @@ class WarmPool:
         from scheduler_svc.backends.local import describe_exit
 
         return ctx.outcome(describe_exit(code))
+
+
+def _scheduler_id(state_dir: Path) -> str:
+    """This scheduler's own id, kept in its state directory: its runners are named after it, so two schedulers on
+    one cluster never share one, whatever their paths."""
+    path = state_dir / "ray-warm-runners.id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(8))
+        return path.read_text().strip()
 
 
 def is_warm(task: Task) -> bool:
