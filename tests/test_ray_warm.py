@@ -150,21 +150,31 @@ def test_bad_scripts_fail_alone_with_their_real_errors(tasks):
     assert status_name(after) == "completed", "the runners go on"
 
 
-def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
-    pidfile = tmp_path / "pids"
-    task = tasks.submit("sleeper", "scripts/sleeper.py", params={"pidfile": str(pidfile)})
+def _sleeping(tasks: SchedulerClient, tmp_path: Path, name: str) -> tuple:
+    """A sleeper.py task once it runs: the task, its process and the child it started."""
+    pidfile = tmp_path / f"{name}.pids"
+    task = tasks.submit(name, "scripts/sleeper.py", params={"pidfile": str(pidfile)})
     deadline = time.monotonic() + 60
     while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     pid, child, _escaped = (int(p) for p in pidfile.read_text().split())
+    return task, pid, child
+
+
+def _gone(*pids: int) -> None:
+    for pid in pids:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), f"process {pid} of the task is gone"
+
+
+def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
+    task, pid, child = _sleeping(tasks, tmp_path, "sleeper")
     tasks.cancel(task.id)
     done = finished(tasks, task.id)
     assert status_name(done) == "cancelled"
-    for gone in (pid, child):
-        deadline = time.monotonic() + 10
-        while _alive(gone) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(gone), f"process {gone} of the cancelled task is gone"
+    _gone(pid, child)
     timed = tasks.submit("timed", "scripts/sleeper.py", params={"seconds": 60}, timeout_s=1)
     done = finished(tasks, timed.id)
     assert status_name(done) == "failed" and done.error.type == "Timeout"
@@ -276,22 +286,13 @@ def _parent(pid: int) -> int:
 
 
 def test_a_task_whose_runner_dies_fails_saying_so_and_a_new_runner_takes_its_place(tasks, tmp_path):
-    pidfile = tmp_path / "pids"
-    task = tasks.submit("orphaned", "scripts/sleeper.py", params={"pidfile": str(pidfile)})
-    deadline = time.monotonic() + 60
-    while not pidfile.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pid, child, _escaped = (int(p) for p in pidfile.read_text().split())
+    task, pid, child = _sleeping(tasks, tmp_path, "orphaned")
     runner = _parent(_parent(pid))  # the task's parent is the fork server, whose parent is the runner actor
     assert "WarmRunner" in Path(f"/proc/{runner}/cmdline").read_bytes().decode(errors="replace")
     os.kill(runner, signal.SIGKILL)  # as if its node died
     done = finished(tasks, task.id)
     assert status_name(done) == "failed" and done.error.type == "RunnerLost", done.error
-    for gone in (pid, child):
-        deadline = time.monotonic() + 10
-        while _alive(gone) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(gone), f"process {gone} of the task ended with its runner"
+    _gone(pid, child)  # they ended with their runner
     for _ in range(3):  # whichever runner each takes, the dead one's place is filled
         after = finished(tasks, tasks.submit("after", "scripts/trivial.py").id)
         assert status_name(after) == "completed", after.error
