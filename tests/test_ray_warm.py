@@ -181,8 +181,12 @@ def test_cancel_and_timeout_end_the_task_and_its_processes(tasks, tmp_path):
     # Both runners busy: a third task waits for one, and is cancelled at once.
     busy = [tasks.submit("busy", "scripts/sleeper.py", params={"seconds": 60}) for _ in range(2)]
     waiting = tasks.submit("waiting", "scripts/trivial.py")
-    time.sleep(1.0)
-    assert status_name(tasks.get(waiting.id)) == "pending" and not tasks.get(waiting.id).HasField("started_at")
+    deadline = time.monotonic() + 10
+    while not tasks.get(waiting.id).progress.message and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = tasks.get(waiting.id)
+    assert status_name(record) == "pending" and not record.HasField("started_at")
+    assert record.progress.message == "waiting for a free warm runner: 2 of 2 running, each busy with a task"
     began = time.monotonic()
     assert status_name(tasks.cancel(waiting.id)) == "cancelled" and time.monotonic() - began < 5
     for task in busy:

@@ -45,6 +45,7 @@ FOLDER_MAX_FILES = 1000
 POLL_WAIT_S = 1.0  # how long one poll of a runner waits for output or the end
 LOG_KEEP_BYTES = 64 << 20  # output a runner keeps for the scheduler to read; older output is dropped, said in the log
 CONNECT_TIMEOUT_S = 5.0
+PENDING_SAY_S = 2.0  # a task still waiting for a runner then says why
 RETRY_START_S = 30.0  # a runner that could not start is tried again after this
 RECLAIM_S = 60.0  # after a restart, a task left on a runner that no re-attachment claims by then is ended
 UNREACHABLE_S = 60.0  # a runner Ray cannot reach for longer fails its task
@@ -499,7 +500,10 @@ class WarmPool:
         taking = asyncio.ensure_future(free.get())
         stop = asyncio.ensure_future(ctx.stop.wait())
         try:
-            await asyncio.wait([taking, stop], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([taking, stop], timeout=PENDING_SAY_S, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # say why it waits, as a pending Ray Job says which resource it lacks
+                ctx.on_progress({"fraction": 0.0, "message": self._waiting(), "metrics": {}, "time": time.time()})
+                await asyncio.wait([taking, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
             if not taking.done():
@@ -510,6 +514,14 @@ class WarmPool:
             return None
         self._free_names.discard(taking.result())
         return taking.result()
+
+    def _waiting(self) -> str:
+        ready = [n for n in self.names if n in self._runners and (n not in self._starting or self._starting[n].done())]
+        message = f"waiting for a free warm runner: {len(ready)} of {self.size} running, each busy with a task"
+        if len(ready) < self.size:
+            message += (f"; {self.size - len(ready)} not started yet (Ray places a runner once a node has a CPU "
+                        f"free)")
+        return message
 
     async def run(self, ctx: RunContext, script: Path | None, attach: bool) -> Outcome:
         """Run the task on a free runner (``script``'s folder shipped with it), or, with ``attach``, follow it on
