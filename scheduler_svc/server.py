@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +21,8 @@ from ai_platform.core.wire import TASK_STATUSES, struct_value
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2 as ppb
 from ai_platform.protos.aiplatform.v1 import pipelines_pb2_grpc, scheduler_pb2_grpc
 from ai_platform.protos.aiplatform.v1 import scheduler_pb2 as pb
-from ai_platform.sdk.report import CHANNEL_KINDS, report_request
+from ai_platform.sdk.report import report_request
+from scheduler_svc.backends import channel_report
 from scheduler_svc.pipelines import PipelineRecord, PipelineRun, Pipelines
 from scheduler_svc.scheduler import Scheduler, TaskRequest
 from scheduler_svc.tasks import MetricPoint, Resources, Task, TaskStatus
@@ -207,23 +207,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             return False, refusal.encode()
         finally:
             auth.CALLER.reset(who)
-
-
-def channel_report(data: bytes) -> tuple[str, Any]:
-    """A report on a forked task's socket: JSON ``{"kind": KIND, "value": VALUE}``, the kinds ReportTask takes
-    but ``started`` (that task's spec came with its process), and ``exit`` with the worker's exit code (0-255)."""
-    try:
-        message = json.loads(data)
-    except ValueError:
-        raise InvalidArgument("a report on the task's channel must be JSON") from None
-    if not isinstance(message, dict) or set(message) != {"kind", "value"}:
-        raise InvalidArgument('a report on the task\'s channel is {"kind": KIND, "value": VALUE}, nothing else')
-    if message["kind"] not in CHANNEL_KINDS:
-        raise InvalidArgument(f"unknown report kind {str(message['kind'])[:64]!r} on the task's channel; expected "
-                              f"one of {', '.join(CHANNEL_KINDS)}")
-    if message["kind"] == "exit" and not (type(message["value"]) is int and 0 <= message["value"] <= 255):
-        raise InvalidArgument(f"an exit report carries the worker's exit code, 0-255, not {message['value']!r:.64}")
-    return message["kind"], message["value"]
 
 
 def answer_report(scheduler: Scheduler, request: pb.ReportTaskRequest) -> pb.ReportTaskResponse:

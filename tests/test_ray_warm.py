@@ -17,6 +17,7 @@ from ai_platform.cli.ray_cluster import start_local_head
 from ai_platform.client import SchedulerClient, status_name, task_result
 from tests.conftest import ROOT, ServiceProcess, free_port
 from tests.task_scripts import write_scripts
+from tests.test_warm_start import CHANNEL_PROBE
 
 LEAKY = '''
 import os, sys
@@ -135,6 +136,21 @@ def test_reports_pass_through_the_runner_as_reporttask_checks_them(tasks):
     assert status_name(refused) == "failed" and refused.error.type == "ResultNotDelivered", refused.error
     log = b"".join(tasks.logs(refused.id)).decode()
     assert "the scheduler refused the result report: INVALID_ARGUMENT" in log, log
+
+
+def test_the_runner_checks_reports_as_the_local_backend_does(tasks, project):
+    (project / "scripts/channel_probe.py").write_text(CHANNEL_PROBE)
+    done = finished(tasks, tasks.submit("probe", "scripts/channel_probe.py").id)
+    assert status_name(done) == "completed", done.error  # refused reports leave the task as it was
+    answers = task_result(done)
+    assert all(status == 1 and text.startswith("INVALID_ARGUMENT") for status, text in answers.values()), answers
+    assert "must be JSON" in answers["not JSON"][1] and "nothing else" in answers["unknown field"][1]
+    assert "unknown report kind 'started'" in answers["started"][1]
+    assert "progress report" in answers["bad progress"][1] and "step must be >= 0" in answers["bad metric"][1]
+    assert "params report nests deeper than 32 levels" in answers["deep params"][1]
+    assert all("exit code, 0-255" in answers[name][1] for name in ("exit code 256", "exit code text")), answers
+    log = b"".join(tasks.logs(done.id)).decode()
+    assert log.count("the scheduler refused the result report: INVALID_ARGUMENT") == 3, log
 
 
 def test_bad_scripts_fail_alone_with_their_real_errors(tasks):

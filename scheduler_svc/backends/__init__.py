@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ai_platform.core.errors import InvalidArgument
 from ai_platform.core.settings import platform_pythonpath
+from ai_platform.sdk.report import CHANNEL_KINDS
 from scheduler_svc.logs import TaskLog
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
@@ -120,6 +123,24 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def channel_report(data: bytes) -> tuple[str, Any]:
+    """A report on a forked task's socket (the local backend's, or a warm runner's on Ray): JSON ``{"kind": KIND,
+    "value": VALUE}``, the kinds ReportTask takes but ``started`` (that task's spec came with its process), and
+    ``exit`` with the worker's exit code (0-255)."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        raise InvalidArgument("a report on the task's channel must be JSON") from None
+    if not isinstance(message, dict) or set(message) != {"kind", "value"}:
+        raise InvalidArgument('a report on the task\'s channel is {"kind": KIND, "value": VALUE}, nothing else')
+    if message["kind"] not in CHANNEL_KINDS:
+        raise InvalidArgument(f"unknown report kind {str(message['kind'])[:64]!r} on the task's channel; expected "
+                              f"one of {', '.join(CHANNEL_KINDS)}")
+    if message["kind"] == "exit" and not (type(message["value"]) is int and 0 <= message["value"] <= 255):
+        raise InvalidArgument(f"an exit report carries the worker's exit code, 0-255, not {message['value']!r:.64}")
+    return message["kind"], message["value"]
 
 
 def worker_env(task: Task | None, platform_env: dict[str, str], extra: dict[str, str], script: str = "") \

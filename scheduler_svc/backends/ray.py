@@ -1,4 +1,5 @@
-"""Levels 2 and 3: each task is a Ray job (Ray Jobs API) running the same worker entry point.
+"""Levels 2 and 3: each task is a Ray job (Ray Jobs API) running the same worker entry point, but for short tasks
+on warm runners (``ray_warm``) when the scheduler keeps some.
 
 The job reports to the scheduler over gRPC like any task (no shared disk, any node); its logs are
 streamed from Ray's log tail into the task log, and checked once against Ray's whole log when the
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ai_platform.core.errors import Unavailable
 from scheduler_svc.backends import WORKER_COMMAND, RunContext, worker_env
-from scheduler_svc.backends.ray_warm import WarmPool, folder_fits, is_warm
+from scheduler_svc.backends.ray_warm import WarmPool, is_warm
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray")
@@ -77,11 +78,9 @@ class RayBackend:
 
     async def run(self, ctx: RunContext, attach: bool) -> Outcome:
         task = ctx.task
-        if self.warm is not None and (is_warm(task) if attach else self.warm.fits(task)):
-            script = Path(task.script)
-            if attach or await asyncio.to_thread(folder_fits, script, WORKING_DIR_EXCLUDES):
-                return await self.warm.run(ctx, script, attach)  # a bigger folder goes by a Job's working_dir
-        elif attach and is_warm(task):
+        if self.warm is not None and (is_warm(task) if attach else await self.warm.takes(task)):
+            return await self.warm.run(ctx, Path(task.script), attach)
+        if attach and is_warm(task):
             return Outcome(TaskStatus.FAILED, error_type="RunnerLost",
                            error_message="the task ran on a warm runner, and this scheduler has none "
                                          "(AIP_RAY_WARM_RUNNERS=0)")

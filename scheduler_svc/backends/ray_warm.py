@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ai_platform.core.errors import Unavailable
+from ai_platform.core.errors import InvalidArgument, Unavailable
 from ai_platform.core.settings import child_environment
-from scheduler_svc.backends import RunContext, task_variables, worker_env, worker_spec
+from scheduler_svc.backends import RunContext, channel_report, task_variables, worker_env, worker_spec
 from scheduler_svc.tasks import Outcome, Task, TaskStatus
 
 log = logging.getLogger("scheduler_svc.ray_warm")
@@ -52,7 +52,6 @@ UNREACHABLE_S = 60.0  # a runner Ray cannot reach for longer fails its task
 REPORT_MAX_BYTES = 64 << 20  # one report on a task's socket, as on the local backend
 RELAY_PATIENCE_S = 330.0  # a result being passed on is retried for 300 s (report.FINAL_PATIENCE_S); the end waits
 DRAIN_S = 2.0  # after the task's process ends, how long its output and reports may still arrive
-CHANNEL_KINDS = ("progress", "result", "error", "metrics", "params")  # what a task may report (its spec came with it)
 
 
 class RunnerLost(RuntimeError):
@@ -69,6 +68,7 @@ class RunnerRun:
         self.changed = asyncio.Event()
         self.relay: asyncio.Future | None = None
         self.delivering = False  # a report is being passed on (retried while the scheduler is away)
+        self.refusal = ""  # why the scheduler refused the result, if it did (the task then fails, saying so)
         self.started_at = time.time()
 
 
@@ -144,31 +144,28 @@ class WarmRunner:
                 size = int.from_bytes(await take(4), "big")
                 if size > REPORT_MAX_BYTES:
                     return  # not a report: the channel ends
-                message = json.loads(await take(size))
-                kind, value = message.get("kind"), message.get("value")
+                try:  # checked as the local backend checks its tasks' reports
+                    kind, value = channel_report(await take(size))
+                except InvalidArgument as exc:
+                    kind, refusal = "", f"INVALID_ARGUMENT: {exc.message}"
                 if kind == "exit":  # its last word: it ends as it leaves (its output closed already)
-                    if type(value) is int and 0 <= value <= 255:
-                        run.proc.last_word(value)
+                    run.proc.last_word(value)
                     return
-                if kind not in CHANNEL_KINDS:
-                    refusal = f"INVALID_ARGUMENT: unknown report kind {str(kind)[:64]!r} on the task's channel"
-                else:
+                if kind:
                     run.delivering = True
                     try:
                         refusal = await self._deliver(task_id, credential, kind, value)
                     finally:
                         run.delivering = False
-                if kind == "result":  # not waited for: a refusal fails the task, saying why in its log
+                if kind == "result":  # not waited for: a refusal is the scheduler's to record, as on the local backend
                     if refusal:
+                        run.refusal = refusal
                         self._say(run, f"[platform] the scheduler refused the result report: {refusal}\n")
-                        await self._deliver(task_id, credential, "error", {
-                            "type": "ResultNotDelivered",
-                            "message": f"the scheduler did not take the result run returned: {refusal}"[:1024]})
                     continue
                 answer = refusal.encode()
                 await loop.sock_sendall(sock, bytes([1 if refusal else 0]) + len(answer).to_bytes(4, "big") + answer)
-        except (EOFError, OSError, ValueError, AttributeError, RecursionError):
-            return  # it closed its socket, or sent what is not a report: the channel ends
+        except (EOFError, OSError):
+            return  # it closed its socket: the channel ends
         except Exception as exc:  # noqa: BLE001 - a bug here ends this task's channel, said in its log
             self._say(run, f"[platform] the runner stopped passing on the task's reports: {exc!r}"[:1024] + "\n")
         finally:
@@ -183,7 +180,7 @@ class WarmRunner:
 
         try:
             request = report.report_request(task_id, kind, value)
-        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - anything ReportTask could not carry (protobuf's own errors too)
             return f"INVALID_ARGUMENT: a {kind} report is malformed: {exc!r}"[:512]
         patience = report.FINAL_PATIENCE_S if kind in ("result", "error") else report.PROGRESS_PATIENCE_S
         deadline, delay = time.monotonic() + patience, report.RETRY_FIRST_S
@@ -246,9 +243,10 @@ class WarmRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, sig)
 
-    async def poll(self, task_id: str, offset: int, wait_s: float) -> tuple[bytes, int, int | None]:
+    async def poll(self, task_id: str, offset: int, wait_s: float) -> tuple[bytes, int, int | None, str]:
         """Output from ``offset`` on (as soon as there is some, or the task ended, or after ``wait_s``), the offset
-        it starts at (later than asked when older output was dropped), and the exit code once it ended."""
+        it starts at (later than asked when older output was dropped), the exit code once it ended, and why the
+        scheduler refused the task's result ('' if it did not)."""
         run = self.runs.get(task_id)
         if run is None:
             raise LookupError(f"this runner has no task {task_id}")
@@ -257,7 +255,7 @@ class WarmRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.changed.wait(), wait_s)
         begin = max(offset, run.start)
-        return bytes(run.output[begin - run.start:]), begin, run.code
+        return bytes(run.output[begin - run.start:]), begin, run.code, run.refusal
 
     async def stop(self, task_id: str) -> None:
         """SIGTERM to the task's group, SIGKILL after the grace period."""
@@ -363,10 +361,13 @@ class WarmPool:
 
         self._connecting = asyncio.ensure_future(connect())
 
-    def fits(self, task: Task) -> bool:
-        """Whether the task can run on a runner: at most one CPU, nothing else asked of the cluster."""
+    async def takes(self, task: Task) -> bool:
+        """Whether the task runs on a runner: it asks for at most one CPU and nothing else of the cluster, and its
+        script's folder is small enough to ship with the call that starts it."""
         r = task.resources
-        return r.num_cpus <= 1 and not r.num_gpus and not r.memory_mb and not r.custom
+        if r.num_cpus > 1 or r.num_gpus or r.memory_mb or r.custom:
+            return False
+        return await asyncio.to_thread(folder_fits, Path(task.script), self.excludes)
 
     async def _ensure(self) -> asyncio.Queue[str]:
         async with self._ready:
@@ -605,7 +606,7 @@ class WarmPool:
                     if ctx.stop.is_set() and not stopped:
                         await runner.stop.remote(task.id)
                         stopped = True
-                    data, begin, code = await poll
+                    data, begin, code, refusal = await poll
                 except ActorUnavailableError:
                     if not poll.done():
                         poll.cancel()
@@ -627,6 +628,7 @@ class WarmPool:
                     break
         finally:
             stop_asked.cancel()
+        ctx.result_refusal = refusal  # said in the log by the runner already
         ctx.log.close()
         from scheduler_svc.backends.local import describe_exit
 
