@@ -4,6 +4,7 @@ again after a scheduler restart."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,13 +20,15 @@ from tests.conftest import ROOT, ServiceProcess, free_port
 from tests.task_scripts import write_scripts
 from tests.test_warm_start import CHANNEL_PROBE
 
+TOKEN = "warm-runner-t0ken"
 LEAKY = '''
-import os, sys
-import json
+import hashlib, os, sys
 
 def run(input_path, output_path, params):
     seen = {"env": os.environ.get("AIP_LEAK"), "module": "aip_leak" in sys.modules, "cwd": os.getcwd(),
-            "pid": os.getpid(), "pgid": os.getpgid(0)}
+            "pid": os.getpid(), "pgid": os.getpgid(0),
+            "token": hashlib.sha256(os.environ.get("AIP_TOKEN", "").encode()).hexdigest(),  # never the token itself
+            "task_token_variable": "AIP_TASK_TOKEN" in os.environ}
     os.environ["AIP_LEAK"] = "set"
     sys.modules["aip_leak"] = sys
     print("leaky ran", flush=True)
@@ -81,12 +84,14 @@ def project(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def services(project, ray_head):
     home = project / ".ai_platform"
-    storage = ServiceProcess("storage_svc", home, cwd=project).start()
+    storage = ServiceProcess("storage_svc", home, cwd=project, env={"AIP_TOKEN": TOKEN}).start()
     args = ["--storage-addr", storage.addr, "--backend", "ray", "--ray-address", ray_head.dashboard_url,
             "--ray-warm-runners", "2", "--ray-cluster-address", ray_head.gcs_address, "--grace-s", "2",
             "--script-roots", str(project)]
-    scheduler = ServiceProcess("scheduler_svc", home, args, cwd=project).start()
-    yield storage, scheduler, args
+    scheduler = ServiceProcess("scheduler_svc", home, args, cwd=project, env={"AIP_TOKEN": TOKEN}).start()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIP_TOKEN", TOKEN)  # a deployment's: clients here carry it, tasks never see it
+        yield storage, scheduler, args
     scheduler.stop()
     storage.stop()
 
@@ -121,6 +126,10 @@ def test_many_short_tasks_each_in_a_clean_process_of_its_own(tasks):
         assert status_name(done) == "completed", (done.error, b"".join(tasks.logs(task_id))[-2000:])
         seen.append(task_result(done))
     assert all(s["env"] is None and not s["module"] for s in seen), "nothing one task changed reaches the next"
+    # Its own narrow credential, which the worker hands its SDK clients; never the deployment's token.
+    unset, deployment = (hashlib.sha256(t.encode()).hexdigest() for t in ("", TOKEN))
+    assert all(s["token"] not in (unset, deployment) and not s["task_token_variable"] for s in seen), seen
+    assert len({s["token"] for s in seen}) == len(seen), "each task its own credential"
     assert len({s["pid"] for s in seen}) == len(seen)
     assert all(s["pid"] == s["pgid"] for s in seen), "each task leads its own process group"
     assert all(Path(s["cwd"]).name == task_id and Path(s["cwd"]).parent.name.startswith("aip-warm-runner-")
